@@ -1,0 +1,1 @@
+"""Training side: segmentation models, knowledge-distillation losses and the Accelerate trainer."""

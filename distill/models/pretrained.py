@@ -1,0 +1,247 @@
+"""Load foreign weight files by key mapping, with a report of what did not fit.
+
+Supported layouts:
+- ImageNet backbones: torchvision ResNet (``conv1``, ``layer1`` ..., ``fc``) and CIRKD's deep-stem ResNet files
+  (``conv1/conv2/conv3`` stem); torchvision MobileNetV2 (nested ``features.N.conv.0.0``) and flat layouts.
+- CIRKD v1 segmentation checkpoints (``pretrained.*``, ``head.aspp.*``/``head.psp.*``, ``auxlayer.*``), e.g. its
+  released DeepLabV3-ResNet101 Cityscapes teacher.
+
+Convert a CIRKD checkpoint into a self-describing one::
+
+    python -m distill.models.pretrained deeplabv3_resnet101_citys_best_model.pth --arch deeplabv3_r101 \
+        --dataset cityscapes --out teacher_r101_citys.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = [
+    "LoadReport",
+    "WeightsError",
+    "read_state_dict",
+    "map_cirkd_segmentation",
+    "map_imagenet_backbone",
+    "load_mapped",
+    "load_backbone_weights",
+    "convert_cirkd_checkpoint",
+]
+
+
+class WeightsError(ValueError):
+    """A weight file that does not fit the model."""
+
+
+@dataclass
+class LoadReport:
+    """What happened when a foreign state dict was loaded."""
+
+    loaded: int = 0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # keys deliberately dropped (classifier, last conv)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def __str__(self) -> str:
+        lines = [f"loaded {self.loaded} tensors"]
+        if self.ignored:
+            lines.append(f"ignored {len(self.ignored)} (not part of this model): {_short(self.ignored)}")
+        if self.missing:
+            lines.append(f"missing {len(self.missing)} (kept at initialisation): {_short(self.missing)}")
+        if self.unexpected:
+            lines.append(f"unexpected {len(self.unexpected)}: {_short(self.unexpected)}")
+        for k, got, want in self.mismatched[:10]:
+            lines.append(f"mis-shaped {k}: file {list(got)} vs model {list(want)}")
+        if len(self.mismatched) > 10:
+            lines.append(f"... and {len(self.mismatched) - 10} more mis-shaped tensors")
+        return "\n".join(lines)
+
+
+def _short(keys: list[str], n: int = 6) -> str:
+    return ", ".join(keys[:n]) + (f", ... (+{len(keys) - n})" if len(keys) > n else "")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a weight file (weights only) and unwrap ``state_dict``/``model`` containers and DDP ``module.``."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weight file {path} does not exist")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(
+            f"cannot read {path} as a weights-only torch file: {str(e).splitlines()[0][:200]}"
+        ) from e
+    for key in ("state_dict", "model", "net"):
+        if isinstance(blob, dict) and isinstance(blob.get(key), dict):
+            blob = blob[key]
+    if not isinstance(blob, dict) or not all(isinstance(v, torch.Tensor) for v in blob.values()):
+        raise WeightsError(f"{path} holds no state dict (top-level type {type(blob).__name__})")
+    return {k.removeprefix("module."): v for k, v in blob.items()}
+
+
+# --- CIRKD v1 segmentation layout -> ours ------------------------------------------------------------------------
+_CIRKD_RULES: list[tuple[str, str]] = [
+    (r"^pretrained\.net\.features\.", "backbone.features."),
+    (r"^pretrained\.", "backbone."),
+    (r"^head\.aspp\.b0\.(\d)\.", r"head.branches.0.\1."),
+    (r"^head\.aspp\.b([123])\.block\.(\d)\.", r"head.branches.\1.\2."),
+    (r"^head\.aspp\.b4\.gap\.1\.", "head.pool.conv.0."),
+    (r"^head\.aspp\.b4\.gap\.2\.", "head.pool.conv.1."),
+    (r"^head\.aspp\.project\.", "head.project."),
+    (r"^head\.psp\.conv([1-4])\.", lambda m: f"head.stages.{int(m.group(1)) - 1}.conv."),  # type: ignore[list-item]
+    (r"^head\.block\.4\.", "head.classifier."),
+    (r"^head\.block\.", "head.bottleneck."),
+    (r"^auxlayer\.block\.4\.", "aux_head.classifier."),
+    (r"^auxlayer\.block\.", "aux_head.bottleneck."),
+]
+
+
+def _apply_rules(key: str, rules: list[tuple[str, str | Callable]]) -> str:
+    for pat, repl in rules:
+        new, n = re.subn(pat, repl, key, count=1)
+        if n:
+            return new
+    return key
+
+
+def map_cirkd_segmentation(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a CIRKD v1 segmentation state dict to this toolkit's model layout."""
+    return {_apply_rules(k, _CIRKD_RULES): v for k, v in sd.items()}
+
+
+# --- ImageNet backbones -------------------------------------------------------------------------------------------
+def _tv_mbv2_key(key: str) -> str | None:
+    """torchvision MobileNetV2 (nested Conv2dNormActivation) -> flat ``conv`` indices; None = not in the backbone."""
+    m = re.match(r"^features\.(\d+)\.(.*)$", key)
+    if not m:
+        return None  # classifier.*
+    idx, rest = int(m.group(1)), m.group(2)
+    if idx == 0:
+        return f"features.0.{rest}"
+    if idx >= 18:
+        return None  # the last 1x1 conv (1280 ch) is not part of the segmentation backbone
+    sub = re.match(r"^conv\.(\d+)\.(?:(\d+)\.)?(.*)$", rest)
+    if not sub:
+        return f"features.{idx}.{rest}"
+    a, b, tail = int(sub.group(1)), sub.group(2), sub.group(3)
+    if idx == 1:  # expand ratio 1: [dw(0.0, 0.1), pw(1), bn(2)] -> [0, 1, 3, 4]
+        flat = {(0, "0"): 0, (0, "1"): 1, (1, None): 3, (2, None): 4}
+    else:  # [pw(0.0, 0.1), dw(1.0, 1.1), pw(2), bn(3)] -> [0, 1, 3, 4, 6, 7]
+        flat = {(0, "0"): 0, (0, "1"): 1, (1, "0"): 3, (1, "1"): 4, (2, None): 6, (3, None): 7}
+    return f"features.{idx}.conv.{flat[(a, b)]}.{tail}"
+
+
+def map_imagenet_backbone(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Map an ImageNet classification file to backbone keys; returns (mapped, ignored keys)."""
+    sd = {re.sub(r"^(net|backbone|pretrained)\.", "", k): v for k, v in sd.items()}
+    nested_mbv2 = any(re.match(r"^features\.\d+\.conv\.\d+\.\d+\.", k) for k in sd)
+    out, ignored = {}, []
+    for k, v in sd.items():
+        if k.startswith(("fc.", "classifier.", "last_linear.")):
+            ignored.append(k)
+            continue
+        new = _tv_mbv2_key(k) if nested_mbv2 else k
+        if new is None or re.match(r"^features\.(1[89]|[2-9]\d)\.", new):
+            ignored.append(k)
+            continue
+        out[new] = v
+    return out, ignored
+
+
+def load_mapped(model: nn.Module, sd: dict[str, torch.Tensor], *, strict: bool = True) -> LoadReport:
+    """Copy ``sd`` into ``model`` key by key; with ``strict`` any missing/unexpected/mis-shaped key raises."""
+    own = model.state_dict()
+    report = LoadReport()
+    fitting = {}
+    for k, v in sd.items():
+        if k not in own:
+            report.unexpected.append(k)
+        elif own[k].shape != v.shape:
+            report.mismatched.append((k, tuple(v.shape), tuple(own[k].shape)))
+        else:
+            fitting[k] = v
+    report.missing = [k for k in own if k not in sd]
+    report.loaded = len(fitting)
+    if strict and not report.ok:
+        raise WeightsError(f"weights do not fit {type(model).__name__}:\n{report}")
+    model.load_state_dict(fitting, strict=False)
+    return report
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path) -> LoadReport:
+    """Load an ImageNet file into a backbone; missing BN counters are tolerated, anything else raises."""
+    mapped, ignored = map_imagenet_backbone(read_state_dict(path))
+    report = load_mapped(backbone, mapped, strict=False)
+    report.ignored = ignored
+    # Older files lack num_batches_tracked: harmless. Anything else is a wrong file for this backbone.
+    report.missing = [k for k in report.missing if not k.endswith("num_batches_tracked")]
+    if not report.ok:
+        raise WeightsError(
+            f"{path} does not fit this backbone (a deep-stem model needs a deep-stem file such as CIRKD's "
+            f"resnet18-imagenet.pth; build with deep_stem=False for torchvision's):\n{report}"
+        )
+    return report
+
+
+def convert_cirkd_checkpoint(
+    src: str | Path, arch: str, dataset: str, out: str | Path, *, crop: tuple[int, int] = (512, 1024)
+) -> LoadReport:
+    """Turn a CIRKD v1 segmentation checkpoint into a self-describing checkpoint of this toolkit."""
+    from distill.checkpoint import save_checkpoint
+    from distill.models import build_model
+    from infer.datasets import dataset_info
+    from infer.meta import CIRKD_BGR, ModelMeta
+
+    class_names, palette = dataset_info(dataset)
+    model = build_model(arch, num_classes=len(class_names))
+    report = load_mapped(model, map_cirkd_segmentation(read_state_dict(src)), strict=True)
+    mean, std, order = CIRKD_BGR
+    meta = ModelMeta(
+        arch={"name": arch, "num_classes": len(class_names)},
+        class_names=list(class_names),
+        palette=[list(c) for c in palette],
+        mean=list(mean),
+        std=list(std),
+        channel_order=order,
+        input_size=list(crop),
+    )
+    save_checkpoint(out, model, meta, {"converted_from": str(src), "source_layout": "cirkd-v1"})
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description="Convert a CIRKD v1 segmentation checkpoint (e.g. its DeepLabV3-R101 "
+        "Cityscapes teacher) into a self-describing checkpoint."
+    )
+    p.add_argument("src", help="CIRKD .pth file")
+    p.add_argument("--arch", required=True, help="model name, e.g. deeplabv3_r101")
+    p.add_argument("--dataset", default="cityscapes", help="dataset whose classes the model predicts")
+    p.add_argument("--out", required=True, help="output .pth")
+    p.add_argument("--crop", default="512x1024", help="training crop HxW recorded in the metadata")
+    a = p.parse_args(argv)
+    h, w = (int(v) for v in a.crop.lower().split("x"))
+    try:
+        report = convert_cirkd_checkpoint(a.src, a.arch, a.dataset, a.out, crop=(h, w))
+    except (WeightsError, KeyError) as e:
+        print(f"error: {e}")
+        return 1
+    print(report)
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""The self-describing checkpoint: round trip, clear errors, atomic writes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from distill.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from distill.models import build_model
+from infer.meta import ModelMeta
+
+
+def _meta(k: int = 3) -> ModelMeta:
+    return ModelMeta(
+        arch={"name": "pspnet_mbv2", "num_classes": k, "width": 0.25},
+        class_names=[f"c{i}" for i in range(k)],
+        palette=[[i * 40, 0, 255 - i * 40] for i in range(k)],
+        input_size=[64, 96],
+    )
+
+
+def test_round_trip_rebuilds_the_same_model(tmp_path) -> None:
+    model = build_model("pspnet_mbv2", num_classes=3, width=0.25).eval()
+    path = save_checkpoint(tmp_path / "m.pth", model, _meta(), {"iteration": 12, "metrics": {"mIoU": 41.5}})
+    raw = torch.load(path, weights_only=True)  # nothing but plain containers and tensors
+    assert raw["format"] == "segkd-checkpoint"
+    loaded, meta = load_model(path)
+    assert meta == _meta()
+    assert load_checkpoint(path).provenance["iteration"] == 12
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_foreign_and_corrupt_files_give_clear_errors(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pth")
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "bare.pth")
+    with pytest.raises(CheckpointError, match="not a segkd-checkpoint"):
+        load_checkpoint(tmp_path / "bare.pth")
+    good = save_checkpoint(tmp_path / "good.pth", build_model("pspnet_mbv2", num_classes=3, width=0.25), _meta())
+    data = good.read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "cut.pth")
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch) -> None:
+    model = build_model("pspnet_mbv2", num_classes=3, width=0.25)
+    path = save_checkpoint(tmp_path / "last.pth", model, _meta(), {"iteration": 1})
+
+    def dying_save(obj, f, *a, **k):
+        open(f, "wb").write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, model, _meta(), {"iteration": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path).provenance["iteration"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # no temp file left behind
+
+
+def test_metadata_validation_and_props_round_trip() -> None:
+    meta = _meta()
+    meta.extra["precision"] = "fp16"
+    assert ModelMeta.from_props(meta.to_props()) == meta
+    with pytest.raises(ValueError, match="palette"):
+        ModelMeta(arch={"name": "x"}, class_names=["a", "b"], palette=[[0, 0, 0]])
+    with pytest.raises(ValueError, match="exporter"):
+        ModelMeta.from_props({"mean": "[0, 0, 0]"})
