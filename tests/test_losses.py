@@ -1,0 +1,729 @@
+"""Tests of the distillation losses: hand-computed values, properties, gradients, stored reference values.
+
+Expected values are computed here with explicit loops in numpy (float64), never by calling the library.
+Regenerate the stored reference values (after an intended change of a loss) with::
+
+    PYTHONPATH=. python tests/test_losses.py --regen
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distill.losses import LOSSES, KDCriterion, build_loss, build_losses, loss_params, resize_labels
+
+FIXTURE = Path(__file__).parent / "fixtures" / "loss_values.json"
+CS, CT = 4, 6  # student / teacher feature widths used where a projector is involved
+RTOL = 1e-5
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# numpy references (explicit loops)
+
+
+def _np(x: torch.Tensor) -> np.ndarray:
+    return x.detach().double().numpy()
+
+
+def _log_softmax(v: np.ndarray) -> np.ndarray:
+    v = v - v.max()
+    return v - math.log(np.exp(v).sum())
+
+
+def _kl(log_p: np.ndarray, log_q: np.ndarray) -> float:
+    """KL(p || q) from log-probabilities."""
+    return float((np.exp(log_p) * (log_p - log_q)).sum())
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.dot(a.ravel(), b.ravel()) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def ref_kd(s, t, tau):
+    n_, _, h_, w_ = s.shape
+    total = 0.0
+    for n in range(n_):
+        for i in range(h_):
+            for j in range(w_):
+                total += _kl(_log_softmax(t[n, :, i, j] / tau), _log_softmax(s[n, :, i, j] / tau))
+    return tau**2 * total / (n_ * h_ * w_)
+
+
+def ref_channel_kl(s, t, tau):
+    n_, c_ = t.shape[:2]
+    out = np.zeros((n_, c_))
+    for n in range(n_):
+        for c in range(c_):
+            out[n, c] = _kl(_log_softmax(t[n, c].ravel() / tau), _log_softmax(s[n, c].ravel() / tau))
+    return out
+
+
+def ref_cwd(s, t, tau, channels):
+    return tau**2 * ref_channel_kl(s, t, tau).sum() / (t.shape[0] * channels)
+
+
+def ref_hwd(s, t, tau=4.0, beta=0.1, mu=1.0):
+    n_, c_ = s.shape[:2]
+    kl = ref_channel_kl(s, t, tau)
+    total = 0.0
+    for n in range(n_):
+        d = np.array(
+            [
+                (
+                    (
+                        np.exp(_log_softmax(s[n, c].ravel() / tau))
+                        - np.exp(_log_softmax(t[n, c].ravel() / tau))
+                    )
+                    ** 2
+                ).sum()
+                for c in range(c_)
+            ]
+        )
+        u = (d - d.mean()) / d.std(ddof=1) + mu
+        g = (1 - beta**u) / (1 - beta)
+        w = c_ * np.exp(g) / np.exp(g).sum()
+        total += (w * kl[n]).sum()
+    return tau**2 * total / (n_ * c_)
+
+
+def ref_angular(s, t, granularity):
+    n_, c_, h_, w_ = s.shape
+    vals = []
+    for n in range(n_):
+        if granularity == "layer":
+            vals.append(1 - _cos(s[n], t[n]))
+        elif granularity == "channel":
+            vals += [1 - _cos(s[n, c], t[n, c]) for c in range(c_)]
+        else:
+            vals += [1 - _cos(s[n, :, i, j], t[n, :, i, j]) for i in range(h_) for j in range(w_)]
+    return float(np.mean(vals))
+
+
+def ref_md(s, t):
+    n_ = s.shape[0]
+    return float(np.mean([(np.linalg.norm(t[n]) - np.linalg.norm(s[n])) ** 2 / t[n].size for n in range(n_)]))
+
+
+def ref_project(s, w):
+    """1x1 conv without bias: out[n, o, i, j] = sum_c w[o, c] * s[n, c, i, j]."""
+    n_, _, h_, w_ = s.shape
+    out = np.zeros((n_, w.shape[0], h_, w_))
+    for n in range(n_):
+        for i in range(h_):
+            for j in range(w_):
+                out[n, :, i, j] = w @ s[n, :, i, j]
+    return out
+
+
+def ref_at(s, t):
+    def att(f):
+        a = (f**2).mean(axis=1).reshape(f.shape[0], -1)
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    return float(((att(s) - att(t)) ** 2).mean())
+
+
+def ref_skd(s, t, patch=2):
+    def sim(f):
+        n_, c_, h_, w_ = f.shape
+        hp, wp = -(-h_ // patch), -(-w_ // patch)  # ceil mode
+        pooled = np.zeros((n_, c_, hp, wp))
+        for i in range(hp):
+            for j in range(wp):
+                win = f[:, :, i * patch : min((i + 1) * patch, h_), j * patch : min((j + 1) * patch, w_)]
+                pooled[:, :, i, j] = win.max(axis=(2, 3))
+        g = pooled.reshape(n_, c_, -1)
+        g = g / np.linalg.norm(g, axis=1, keepdims=True)
+        a = np.zeros((n_, g.shape[2], g.shape[2]))
+        for n in range(n_):
+            for p in range(g.shape[2]):
+                for q in range(g.shape[2]):
+                    a[n, p, q] = np.dot(g[n, :, p], g[n, :, q])
+        return a
+
+    return float(((sim(s) - sim(t)) ** 2).mean())
+
+
+def ref_ifvd(s, t, labels, ignore=255):
+    def cosines(f):
+        n_, _, h_, w_ = f.shape
+        out = np.ones((n_, h_, w_))
+        for n in range(n_):
+            for k in set(labels[n].ravel().tolist()) - {ignore}:
+                pix = [(i, j) for i in range(h_) for j in range(w_) if labels[n, i, j] == k]
+                centre = np.mean([f[n, :, i, j] for i, j in pix], axis=0)
+                for i, j in pix:
+                    out[n, i, j] = _cos(f[n, :, i, j], centre)
+        return out
+
+    return float(((cosines(s) - cosines(t)) ** 2).mean())
+
+
+def ref_dist(s, t, tau=1.0):
+    def probs(z):
+        n_, k_, h_, w_ = z.shape
+        rows = [
+            np.exp(_log_softmax(z[n, :, i, j] / tau)) for n in range(n_) for i in range(h_) for j in range(w_)
+        ]
+        return np.array(rows)  # (P, K)
+
+    ys, yt = probs(s), probs(t)
+    inter = 1 - np.mean([np.corrcoef(ys[p], yt[p])[0, 1] for p in range(ys.shape[0])])
+    intra = 1 - np.mean([np.corrcoef(ys[:, k], yt[:, k])[0, 1] for k in range(ys.shape[1])])
+    return tau**2 * (inter + intra)
+
+
+def ref_cirkd(s, t, tau=0.1):
+    def unit(f):
+        g = f.reshape(f.shape[0], f.shape[1], -1)
+        return g / np.linalg.norm(g, axis=1, keepdims=True)
+
+    gs, gt = unit(s), unit(t)
+    n_, _, p_ = gs.shape
+    total = 0.0
+    for i in range(n_):
+        for j in range(n_):
+            for p in range(p_):
+                row_s = np.array([np.dot(gs[i, :, p], gs[j, :, q]) for q in range(p_)])
+                row_t = np.array([np.dot(gt[i, :, p], gt[j, :, q]) for q in range(p_)])
+                total += _kl(_log_softmax(row_t / tau), _log_softmax(row_s / tau))
+    return total / (n_ * n_ * p_)
+
+
+def ref_conv3x3(x, w, b):
+    """3x3 convolution, padding 1: x (C, H, W), w (O, C, 3, 3), b (O,)."""
+    c_, h_, w_ = x.shape
+    xp = np.zeros((c_, h_ + 2, w_ + 2))
+    xp[:, 1:-1, 1:-1] = x
+    out = np.zeros((w.shape[0], h_, w_))
+    for o in range(w.shape[0]):
+        for i in range(h_):
+            for j in range(w_):
+                out[o, i, j] = b[o] + (w[o] * xp[:, i : i + 3, j : j + 3]).sum()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# inputs
+
+
+def _pair(n=2, k=3, cs=3, ct=3, h=3, w=4, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    student = {
+        "logits": scale * torch.randn(n, k, h, w, generator=g),
+        "feat": torch.randn(n, cs, h, w, generator=g),
+    }
+    teacher = {
+        "logits": scale * torch.randn(n, k, h, w, generator=g),
+        "feat": torch.randn(n, ct, h, w, generator=g),
+    }
+    target = torch.randint(0, k, (n, h, w), generator=g)
+    target[0, 0, :2] = 255
+    return student, teacher, target
+
+
+def _build(name: str, cs: int = CS, ct: int = CT, **params):
+    """Build ``name`` passing the channel widths only to losses that take them."""
+    accepted = loss_params(name)
+    shared = {k: v for k, v in {"student_channels": cs, "teacher_channels": ct}.items() if k in accepted}
+    return build_loss(name, **{**shared, **params})
+
+
+def _value(loss, student, teacher, target=None) -> float:
+    with torch.no_grad():
+        return float(loss(student, teacher, target))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# hand-computed values, one test per loss
+
+
+def test_kd_value():
+    s, t, _ = _pair()
+    for tau, weight in ((1.0, 1.0), (2.0, 0.5)):
+        got = _value(build_loss("kd", tau=tau, weight=weight), s, t)
+        assert got == pytest.approx(weight * ref_kd(_np(s["logits"]), _np(t["logits"]), tau), rel=RTOL)
+
+
+def test_cwd_logits_value_defaults_tau4_weight3():
+    s, t, _ = _pair()
+    got = _value(build_loss("cwd"), s, t)
+    assert got == pytest.approx(3.0 * ref_cwd(_np(s["logits"]), _np(t["logits"]), 4.0, 3), rel=RTOL)
+    got = _value(build_loss("cwd", tau=1.0, weight=5.0), s, t)  # mmrazor's recipe
+    assert got == pytest.approx(5.0 * ref_cwd(_np(s["logits"]), _np(t["logits"]), 1.0, 3), rel=RTOL)
+
+
+@pytest.mark.parametrize("normalize, channels", [("teacher", CT), ("student", CS)])
+def test_cwd_feat_value_with_projector(normalize, channels):
+    s, t, _ = _pair(cs=CS, ct=CT)
+    loss = build_loss("cwd", source="feat", normalize=normalize, student_channels=CS, teacher_channels=CT)
+    w = torch.linspace(-1, 1, CT * CS).reshape(CT, CS)
+    loss.projector[0].weight.data.copy_(w[:, :, None, None])
+    ps = ref_project(_np(s["feat"]), w.double().numpy())
+    expected = 50.0 * ref_cwd(ps, _np(t["feat"]), 4.0, channels)
+    assert _value(loss, s, t) == pytest.approx(expected, rel=RTOL)
+
+
+def test_cwd_student_normaliser_scales_by_width_ratio():
+    s, t, _ = _pair(cs=CS, ct=CT)
+    torch.manual_seed(3)
+    by_teacher = build_loss("cwd", source="feat", student_channels=CS, teacher_channels=CT)
+    torch.manual_seed(3)
+    by_student = build_loss(
+        "cwd", source="feat", normalize="student", student_channels=CS, teacher_channels=CT
+    )
+    assert _value(by_student, s, t) == pytest.approx(_value(by_teacher, s, t) * CT / CS, rel=RTOL)
+
+
+@pytest.mark.parametrize("mu", [1.0, 0.0, 0.1])
+def test_hwd_value(mu):
+    s, t, _ = _pair(k=4)
+    got = _value(build_loss("hwd", mu=mu), s, t)
+    assert got == pytest.approx(3.0 * ref_hwd(_np(s["logits"]), _np(t["logits"]), mu=mu), rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "name, params, granularity",
+    [("lad", {}, "layer"), ("cad", {}, "channel"), ("lad", {"granularity": "pixel"}, "pixel")],
+)
+def test_angular_value(name, params, granularity):
+    s, t, _ = _pair()
+    loss = build_loss(name, **params)
+    assert loss.granularity == granularity
+    expected = 3.0 * ref_angular(_np(s["feat"]), _np(t["feat"]), granularity)
+    assert _value(loss, s, t) == pytest.approx(expected, rel=RTOL)
+
+
+def test_md_value():
+    s, t, _ = _pair()
+    assert _value(build_loss("md"), s, t) == pytest.approx(
+        10.0 * ref_md(_np(s["feat"]), _np(t["feat"])), rel=RTOL
+    )
+
+
+def test_fitnet_value_with_projector():
+    s, t, _ = _pair(cs=CS, ct=CT)
+    loss = build_loss("fitnet", student_channels=CS, teacher_channels=CT)
+    w = torch.linspace(-0.5, 1.5, CT * CS).reshape(CT, CS)
+    loss.projector[0].weight.data.copy_(w[:, :, None, None])
+    ps = ref_project(_np(s["feat"]), w.double().numpy())
+    assert _value(loss, s, t) == pytest.approx(10.0 * float(((ps - _np(t["feat"])) ** 2).mean()), rel=RTOL)
+
+
+def test_at_value_across_widths():
+    s, t, _ = _pair(cs=CS, ct=CT)
+    assert _value(build_loss("at"), s, t) == pytest.approx(
+        1e4 * ref_at(_np(s["feat"]), _np(t["feat"])), rel=1e-4
+    )
+
+
+def test_skd_value_ceil_mode_pooling():
+    s, t, _ = _pair(cs=CS, ct=CT, h=3, w=5)  # odd sizes: the last pooling windows are partial
+    assert _value(build_loss("skd"), s, t) == pytest.approx(
+        10.0 * ref_skd(_np(s["feat"]), _np(t["feat"])), rel=RTOL
+    )
+
+
+def test_ifvd_value_with_ignore_and_resize():
+    s, t, target = _pair(cs=CS, ct=CT, h=3, w=4)
+    big = target.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)  # (N, 6, 8): nearest-resizes back
+    expected = 20.0 * ref_ifvd(_np(s["feat"]), _np(t["feat"]), target.numpy())
+    assert _value(build_loss("ifvd"), s, t, big) == pytest.approx(expected, rel=RTOL)
+    assert _value(build_loss("ifvd", num_classes=3), s, t, target) == pytest.approx(expected, rel=RTOL)
+
+
+def test_dist_value():
+    s, t, _ = _pair(k=4)
+    assert _value(build_loss("dist"), s, t) == pytest.approx(
+        ref_dist(_np(s["logits"]), _np(t["logits"])), rel=1e-4
+    )
+
+
+def test_cirkd_value_across_widths_and_pooling():
+    s, t, _ = _pair(n=3, cs=CS, ct=CT, h=2, w=3)
+    expected = ref_cirkd(_np(s["feat"]), _np(t["feat"]))
+    assert _value(build_loss("cirkd"), s, t) == pytest.approx(expected, rel=1e-4)
+    pooled_s, pooled_t = (torch.nn.functional.avg_pool2d(x["feat"], 2, ceil_mode=True) for x in (s, t))
+    expected = 0.5 * ref_cirkd(_np(pooled_s), _np(pooled_t), tau=0.5)
+    assert _value(build_loss("cirkd", pool=2, tau=0.5, weight=0.5), s, t) == pytest.approx(expected, rel=1e-4)
+
+
+def test_mgd_value_and_mask():
+    s, t, _ = _pair(cs=CS, ct=CT, h=3, w=4)
+    loss = build_loss("mgd", student_channels=CS, teacher_channels=CT, seed=7)
+    mask = (torch.rand((2, 1, 3, 4), generator=torch.Generator().manual_seed(7)) >= 0.75).double().numpy()
+    ps = ref_project(_np(s["feat"]), _np(loss.projector[0].weight[:, :, 0, 0])) * mask
+    g1, g2 = loss.generator[0], loss.generator[2]
+    total = 0.0
+    for n in range(2):
+        hid = np.maximum(ref_conv3x3(ps[n], _np(g1.weight), _np(g1.bias)), 0)
+        out = ref_conv3x3(hid, _np(g2.weight), _np(g2.bias))
+        total += ((out - _np(t["feat"][n])) ** 2).sum()
+    assert _value(loss, s, t) == pytest.approx(2e-5 * total / 2, rel=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# properties
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("kd", {}),
+        ("cwd", {}),
+        ("cwd", {"source": "feat"}),
+        ("hwd", {}),
+        ("lad", {}),
+        ("cad", {}),
+        ("lad", {"granularity": "pixel"}),
+        ("md", {}),
+        ("fitnet", {}),
+        ("at", {}),
+        ("skd", {}),
+        ("ifvd", {}),
+        ("dist", {}),
+        ("cirkd", {}),
+    ],
+)
+def test_zero_when_student_equals_teacher(name, params):
+    s, _, target = _pair()
+    t = {k: v.clone() for k, v in s.items()}
+    assert _value(build_loss(name, **params), s, t, target) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("name, granularity", [("lad", None), ("cad", None), ("lad", "pixel")])
+def test_angular_invariant_to_positive_scaling(name, granularity):
+    s, t, _ = _pair()
+    loss = build_loss(name, **({"granularity": granularity} if granularity else {}))
+    base = _value(loss, s, t)
+    assert base > 0.1
+    for a_s, a_t in ((3.7, 1.0), (1.0, 0.02), (250.0, 1e-3)):
+        scaled_s = {**s, "feat": a_s * s["feat"]}
+        scaled_t = {**t, "feat": a_t * t["feat"]}
+        assert _value(loss, scaled_s, scaled_t) == pytest.approx(base, rel=1e-5)
+
+
+def test_angular_zero_when_directions_agree():
+    s, _, _ = _pair()
+    t = {**s, "feat": 5.0 * s["feat"]}
+    for name in ("lad", "cad"):
+        assert _value(build_loss(name), s, t) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_angular_zero_student_gives_one_minus_zero_and_finite_grads():
+    _, t, _ = _pair()
+    zero = torch.zeros_like(t["feat"], requires_grad=True)
+    value = build_loss("cad", weight=1.0)({"feat": zero}, t)
+    value.backward()
+    assert value.item() == pytest.approx(1.0)
+    assert torch.isfinite(zero.grad).all()
+
+
+def test_seed003_eq10_naive_mse_is_magnitude_plus_angle():
+    """Eq. 10: (1/N)||F_T - F_S||^2 = (m - n)^2 / N + 2mn(1 - cos) / N, per image, N = C*h*w."""
+    s, t, _ = _pair(n=3, cs=5, ct=5, h=4, w=6, seed=11)
+    fs, ft = _np(s["feat"]), _np(t["feat"])
+    naive = _value(build_loss("fitnet", weight=1.0), s, t)
+    magnitude = _value(build_loss("md", weight=1.0), s, t)
+    angle_terms = []
+    for n in range(3):
+        one_s, one_t = {"feat": s["feat"][n : n + 1]}, {"feat": t["feat"][n : n + 1]}
+        one_minus_cos = _value(build_loss("lad", weight=1.0), one_s, one_t)  # the angular loss of that image
+        m, nn_ = np.linalg.norm(ft[n]), np.linalg.norm(fs[n])
+        angle_terms.append(2 * m * nn_ * one_minus_cos / ft[n].size)
+    assert naive == pytest.approx(float(((fs - ft) ** 2).mean()), rel=RTOL)
+    assert naive == pytest.approx(magnitude + float(np.mean(angle_terms)), rel=1e-5)
+    assert magnitude == pytest.approx(ref_md(fs, ft), rel=RTOL)
+
+
+@pytest.mark.parametrize("granularity", ["channel", "pixel"])
+def test_md_and_angle_decompose_mse_at_every_granularity(granularity):
+    s, t, _ = _pair(n=2, cs=3, ct=3, h=3, w=4, seed=5)
+    fs, ft = _np(s["feat"]), _np(t["feat"])
+    naive = _value(build_loss("fitnet", weight=1.0), s, t)
+    magnitude = _value(build_loss("md", weight=1.0, granularity=granularity), s, t)
+    axes = (2, 3) if granularity == "channel" else (1,)
+    m, n_ = np.sqrt((ft**2).sum(axis=axes)), np.sqrt((fs**2).sum(axis=axes))
+    cos = (fs * ft).sum(axis=axes) / (m * n_)
+    angle = float((2 * m * n_ * (1 - cos)).sum() / ft.size)
+    assert naive == pytest.approx(magnitude + angle, rel=1e-5)
+
+
+def test_hwd_identical_inputs_exactly_zero_with_finite_grads():
+    s, _, _ = _pair(k=5)
+    logits = s["logits"].clone().requires_grad_(True)
+    teacher = {"logits": s["logits"].clone()}
+    value = build_loss("hwd")({"logits": logits}, teacher)
+    assert value.item() == 0.0
+    value.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_hwd_weights_sum_to_channels_and_favour_worse_channels():
+    from distill.losses.hwd import hwd_channel_weights
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(2, 5, 12, generator=g)
+    s = t.clone()
+    s[:, 3] += 3 * torch.randn(2, 12, generator=g)  # channel 3 differs most
+    log_ps, log_pt = s.log_softmax(-1), t.log_softmax(-1)
+    w = hwd_channel_weights(log_ps, log_pt, beta=0.1, mu=1.0, eps=1e-12, correction=1)
+    assert torch.allclose(w.sum(1), torch.full((2,), 5.0))
+    assert (w.argmax(1) == 3).all()
+
+
+@pytest.mark.parametrize("name", ["kd", "cwd", "hwd", "dist"])
+def test_logits_of_magnitude_1e4_stay_finite(name):
+    s, t, target = _pair(k=4, scale=1e4)
+    s = {k: v.requires_grad_(True) for k, v in s.items()}
+    value = build_loss(name)(s, t, target)
+    value.backward()
+    assert torch.isfinite(value)
+    assert torch.isfinite(s["logits"].grad).all()
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_inputs_of_magnitude_1e4_stay_finite_for_every_loss(name):
+    s, t, target = _pair(k=4, cs=CS, ct=CT)
+    s = {k: (1e4 * v).requires_grad_(True) for k, v in s.items()}
+    t = {k: 1e4 * v for k, v in t.items()}
+    value = _build(name)(s, t, target)
+    value.backward()
+    assert torch.isfinite(value)
+    assert all(torch.isfinite(v.grad).all() for v in s.values() if v.grad is not None)
+
+
+def test_resize_labels_is_nearest_and_keeps_ignore():
+    labels = torch.arange(36).reshape(1, 6, 6) % 7
+    labels[0, 0, 0] = 255
+    small = resize_labels(labels, (3, 3))
+    assert small.dtype == torch.long
+    assert torch.equal(small, labels[:, ::2, ::2])
+    assert small[0, 0, 0] == 255
+
+
+def test_mgd_mask_is_reproducible_and_masks_three_quarters():
+    s, t, _ = _pair(cs=CS, ct=CT, h=32, w=32)
+    loss = build_loss("mgd", teacher_channels=CT, student_channels=CS)
+    torch.manual_seed(123)
+    first = loss.random_mask(t["feat"])
+    torch.manual_seed(123)
+    assert torch.equal(first, loss.random_mask(t["feat"]))
+    assert 1 - first.mean().item() == pytest.approx(0.75, abs=0.05)
+    a = build_loss("mgd", teacher_channels=CT, seed=5).random_mask(t["feat"])
+    b = build_loss("mgd", teacher_channels=CT, seed=5).random_mask(t["feat"])
+    assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# gradients: student and learnable loss modules only
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_gradients_reach_student_and_loss_modules_only(name):
+    s, t, target = _pair(k=4, cs=CS, ct=CT)
+    s = {k: v.requires_grad_(True) for k, v in s.items()}
+    t = {k: v.requires_grad_(True) for k, v in t.items()}  # a teacher leaf that asks for grad still gets none
+    loss = _build(name)
+    loss(s, t, target).backward()
+    assert all(v.grad is None for v in t.values())
+    assert s[loss.source].grad is not None and s[loss.source].grad.abs().sum() > 0
+    for pname, p in loss.named_parameters():
+        assert p.grad is not None, f"{name}: parameter {pname} got no gradient"
+
+
+def test_projector_and_generator_parameters_are_exposed():
+    assert len(list(_build("cad").parameters())) == 1
+    assert len(list(_build("cad", cs=CT).parameters())) == 0  # equal widths: no projector
+    assert len(list(_build("cad", cs=CT, project=True).parameters())) == 1
+    assert len(list(_build("cad", projector_bn=True).parameters())) == 3  # conv + BN weight, bias
+    assert len(list(_build("mgd").parameters())) == 1 + 4  # projector + two convs with bias
+    assert len(list(_build("cwd").parameters())) == 0  # logits: never projected
+
+
+def test_feature_width_mismatch_without_projector_explains_the_fix():
+    s, t, _ = _pair(cs=CS, ct=CT)
+    with pytest.raises(ValueError, match="student_channels=4, teacher_channels=6"):
+        build_loss("fitnet")(s, t)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the registry and the combined criterion
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_every_registered_loss_builds_and_runs(name):
+    s, t, target = _pair(k=4, cs=CS, ct=CT)
+    loss = _build(name)
+    value = loss(s, t, target)
+    assert value.dim() == 0 and torch.isfinite(value)
+    assert loss.__doc__ and "weight" in loss.__doc__.lower()
+
+
+def test_registry_holds_the_issue_losses():
+    expected = {"kd", "cwd", "hwd", "lad", "cad", "md", "fitnet", "at", "skd", "ifvd", "dist", "mgd", "cirkd"}
+    assert expected <= set(LOSSES.names())
+
+
+def test_weight_scales_linearly():
+    s, t, target = _pair()
+    assert _value(build_loss("cwd", weight=6.0), s, t) == pytest.approx(2 * _value(build_loss("cwd"), s, t))
+
+
+def test_build_errors_name_the_fix():
+    with pytest.raises(KeyError, match="Did you mean 'cwd'"):
+        build_loss("cwdd")
+    with pytest.raises(TypeError, match="valid: .*tau"):
+        build_loss("cwd", temperature=4)
+    with pytest.raises(ValueError, match="'logits'"):
+        build_loss("kd", source="feat")
+    with pytest.raises(ValueError, match="normalize"):
+        build_loss("cwd", normalize="both")
+    with pytest.raises(ValueError, match="granularity"):
+        build_loss("lad", granularity="image")
+    with pytest.raises(ValueError, match="teacher_channels"):
+        build_loss("mgd")
+
+
+def test_criterion_returns_named_terms_and_collects_parameters():
+    s, t, target = _pair(k=4, cs=CS, ct=CT)
+    crit = build_losses(
+        [{"name": "kd", "weight": 2.0}, {"name": "cwd"}, {"name": "cwd", "source": "feat"}, {"name": "ifvd"}],
+        student_channels=CS,
+        teacher_channels=CT,
+        num_classes=4,
+    )
+    assert isinstance(crit, KDCriterion)
+    terms = crit(s, t, target)
+    assert list(terms) == ["kd/kd", "kd/cwd_logits", "kd/cwd_feat", "kd/ifvd"]
+    assert terms["kd/kd"].item() == pytest.approx(
+        2.0 * ref_kd(_np(s["logits"]), _np(t["logits"]), 1.0), rel=RTOL
+    )
+    assert crit.terms["ifvd"].num_classes == 4
+    assert len(list(crit.parameters())) == 1  # the cwd_feat projector
+
+
+def test_criterion_reports_every_problem_at_once():
+    specs = [
+        {"name": "kdd"},
+        {"name": "cwd", "tau": "x", "temp": 1},
+        {"name": "kd"},
+        {"name": "kd"},
+        {"weight": 1},
+    ]
+    with pytest.raises(ValueError) as info:
+        build_losses(specs)
+    text = str(info.value)
+    assert "#0" in text and "Did you mean 'kd'" in text
+    assert "#1" in text and "temp" in text
+    assert "#3" in text and "unique 'key'" in text
+    assert "#4" in text and "needs a 'name'" in text
+    crit = build_losses([{"name": "kd"}, {"name": "kd", "key": "kd_t4", "tau": 4.0}])
+    assert list(crit.terms) == ["kd", "kd_t4"]
+
+
+def test_every_loss_on_real_model_outputs():
+    from distill.models import build_model
+
+    torch.manual_seed(0)
+    teacher = build_model("deeplabv3_r50", num_classes=5, width=0.25).eval().requires_grad_(False)
+    student = build_model("deeplabv3_r18", num_classes=5, width=0.25).train()
+    assert teacher.feat_channels != student.feat_channels
+    crit = build_losses(
+        [{"name": name} for name in LOSSES.names()],
+        student_channels=student.feat_channels,
+        teacher_channels=teacher.feat_channels,
+        num_classes=5,
+    )
+    x = torch.randn(2, 3, 64, 64)
+    labels = torch.randint(0, 5, (2, 64, 64))
+    with torch.no_grad():
+        t_out = teacher(x, return_features=True)
+    terms = crit(student(x, return_features=True), t_out, labels)
+    assert len(terms) == len(LOSSES.names()) and all(torch.isfinite(v) for v in terms.values())
+    sum(terms.values()).backward()
+    assert student.head.classifier.weight.grad is not None
+    assert all(p.grad is not None for p in crit.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# stored reference values
+
+REFERENCE_CASES: dict[str, tuple[str, dict]] = {
+    "kd": ("kd", {}),
+    "cwd_logits": ("cwd", {}),
+    "cwd_feat": ("cwd", {"source": "feat"}),
+    "cwd_feat_student_norm": ("cwd", {"source": "feat", "normalize": "student"}),
+    "hwd": ("hwd", {}),
+    "hwd_mu0": ("hwd", {"mu": 0.0}),
+    "lad": ("lad", {}),
+    "cad": ("cad", {}),
+    "lad_pixel": ("lad", {"granularity": "pixel"}),
+    "md": ("md", {}),
+    "fitnet": ("fitnet", {}),
+    "at": ("at", {}),
+    "skd": ("skd", {}),
+    "ifvd": ("ifvd", {}),
+    "dist": ("dist", {}),
+    "mgd": ("mgd", {"seed": 0}),
+    "cirkd": ("cirkd", {}),
+}
+
+
+def _reference_inputs():
+    torch.manual_seed(2024)
+    s, t, target = _pair(n=2, k=5, cs=CS, ct=CT, h=6, w=8, seed=2024)
+    big = target.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+    checksum = float(sum(v.double().abs().sum() for v in (*s.values(), *t.values())) + big.sum())
+    return s, t, big, checksum
+
+
+def _reference_value(case: str, s, t, target) -> float:
+    name, params = REFERENCE_CASES[case]
+    torch.manual_seed(0)  # projector / generator initialisation
+    return _value(_build(name, **params), s, t, target)
+
+
+def compute_reference_values() -> dict:
+    s, t, target, checksum = _reference_inputs()
+    return {
+        "inputs": {"seed": 2024, "student_channels": CS, "teacher_channels": CT, "checksum": checksum},
+        "torch": torch.__version__,
+        "cases": {
+            case: {"loss": name, "params": params, "value": _reference_value(case, s, t, target)}
+            for case, (name, params) in REFERENCE_CASES.items()
+        },
+    }
+
+
+def test_reference_cases_cover_every_registered_loss():
+    assert {name for name, _ in REFERENCE_CASES.values()} == set(LOSSES.names())
+
+
+def test_stored_reference_values():
+    stored = json.loads(FIXTURE.read_text())
+    s, t, target, checksum = _reference_inputs()
+    assert checksum == pytest.approx(stored["inputs"]["checksum"], rel=1e-9), "reference inputs changed"
+    assert set(stored["cases"]) == set(REFERENCE_CASES), f"regenerate {FIXTURE.name} (see module docstring)"
+    for case, entry in stored["cases"].items():
+        name, params = REFERENCE_CASES[case]
+        assert (entry["loss"], entry["params"]) == (name, params)
+        assert _reference_value(case, s, t, target) == pytest.approx(entry["value"], rel=1e-5), case
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--regen"]:
+        sys.exit("usage: PYTHONPATH=. python tests/test_losses.py --regen")
+    from infer.fileio import atomic_write_text
+
+    FIXTURE.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(FIXTURE, json.dumps(compute_reference_values(), indent=2) + "\n")
+    print(f"wrote {FIXTURE}")
