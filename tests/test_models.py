@@ -161,3 +161,26 @@ def test_resnet_imagenet_files_load_and_stem_mismatch_is_explained(tmp_path) -> 
     assert torch.equal(fresh.backbone.layer4[1].conv2.weight, sd["layer4.1.conv2.weight"])
     with pytest.raises(WeightsError, match="deep-stem"):
         build_model("pspnet_r18", num_classes=19, pretrained=str(tmp_path / "tv.pth"))
+
+
+def test_cirkd_checkpoint_converts_to_a_self_describing_one(shared_fixtures, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from distill.checkpoint import load_model
+
+    layout = json.loads((shared_fixtures / "cirkd_v1_state_dicts.json").read_text())["deeplab_mobile_mbv2"]
+    sd = {f"module.{k}": (torch.randn(s) if s else torch.tensor(1)) for k, s in layout}
+    torch.save({"state_dict": sd}, tmp_path / "cirkd.pth")
+    out = tmp_path / "converted.pth"
+    cmd = [sys.executable, "-m", "distill.models.pretrained", str(tmp_path / "cirkd.pth"), "--arch",
+           "deeplabv3_mbv2", "--dataset", "cityscapes", "--out", str(out)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    model, meta = load_model(out)
+    assert meta.channel_order == "BGR" and meta.mean == [104.008, 116.669, 122.679] and meta.std == [1.0] * 3
+    assert meta.class_names[:3] == ["road", "sidewalk", "building"] and meta.num_classes == 19
+    assert torch.equal(model.head.classifier.bias, sd["module.head.block.4.bias"])
+    wrong = [a if a != "deeplabv3_mbv2" else "pspnet_mbv2" for a in cmd[:-1]] + [str(tmp_path / "y.pth")]
+    res = subprocess.run(wrong, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "unexpected" in res.stdout and not (tmp_path / "y.pth").exists()
