@@ -80,7 +80,9 @@ class ModelMeta:
         known = {f.name for f in fields(cls)} - {"extra"}
         missing = sorted(k for k in ("arch", "class_names", "palette") if k not in props)
         if missing:
-            raise ValueError(f"model metadata lacks {missing}; was the file written by this toolkit's exporter?")
+            raise ValueError(
+                f"model metadata lacks {missing}; was the file written by this toolkit's exporter?"
+            )
         kw: dict[str, Any] = {k: json.loads(v) for k, v in props.items() if k in known}
         kw["extra"] = {k[6:]: v for k, v in props.items() if k.startswith("extra.")}
         return cls(**kw)
