@@ -456,3 +456,22 @@ def test_demo_cli_then_check_cli(tmp_path: Path) -> None:
     res = _run_cli(*CHECK, "--dataset", "demo", "--root", str(tmp_path), "--split", "val")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "1 samples" in res.stdout and "no problems found" in res.stdout
+
+
+def test_demo_video_has_the_requested_frames_size_and_rate(tmp_path) -> None:
+    import cv2
+
+    from infer.datasets.demo import write_demo_video
+
+    path = write_demo_video(tmp_path / "street.mp4", scenes=2, size=(64, 128), fps=8, seconds_per_scene=1.0)
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    assert len(frames) == 16 and frames[0].shape == (64, 128, 3)
+    assert cap.get(cv2.CAP_PROP_FPS) == 8
+    assert not np.array_equal(frames[0], frames[7])  # the camera pans within a scene
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["street.mp4"]

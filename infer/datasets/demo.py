@@ -949,6 +949,42 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def write_demo_video(
+    path: str | os.PathLike[str],
+    scenes: int = 6,
+    size: tuple[int, int] = (256, 512),
+    *,
+    fps: int = 10,
+    seconds_per_scene: float = 1.5,
+    seed: int = 0,
+) -> Path:
+    """Write a short street video (mp4) for the camera demo: each scene pans sideways, then cuts to the next.
+
+    Frames come from split ``"video"`` of the generator, so they never repeat a training frame.
+    """
+    h, w = size
+    wide = int(w * 1.25)  # render wider than the frame and slide a window across it
+    steps = max(1, int(fps * seconds_per_scene))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.writing.mp4")  # OpenCV picks the container from the suffix
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write mp4 video to {path}")
+    try:
+        for s in tqdm(range(scenes), desc=f"demo video -> {path}", unit="scene"):
+            image, _ = render_scene(_frame_rng(seed, "video", s), (h, wide))
+            for t in range(steps):
+                x0 = round((wide - w) * t / max(1, steps - 1))
+                writer.write(np.ascontiguousarray(image[:, x0 : x0 + w]))
+        writer.release()
+        os.replace(tmp, path)  # a crash mid-way leaves any earlier video in place
+    finally:
+        writer.release()
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m infer.datasets.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--root", required=True, help="output folder")
@@ -957,10 +993,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=_size, default=(256, 512), help="HEIGHTxWIDTH (default 256x512)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if up to date")
+    parser.add_argument(
+        "--video", metavar="PATH", help="also write a short street video (mp4) for the camera demo"
+    )
     args = parser.parse_args(argv)
     splits = {"train": args.train, "val": args.val}
     root = generate_demo(args.root, splits, args.size, args.seed, progress=True, overwrite=args.overwrite)
     print(f"demo data in {root}: {splits} frames of {args.size[0]}x{args.size[1]}")
+    if args.video:
+        print(f"demo video: {write_demo_video(args.video, size=args.size, seed=args.seed)}")
 
 
 if __name__ == "__main__":
