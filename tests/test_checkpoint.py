@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -38,7 +40,9 @@ def test_foreign_and_corrupt_files_give_clear_errors(tmp_path) -> None:
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "bare.pth")
     with pytest.raises(CheckpointError, match="not a segkd-checkpoint"):
         load_checkpoint(tmp_path / "bare.pth")
-    good = save_checkpoint(tmp_path / "good.pth", build_model("pspnet_mbv2", num_classes=3, width=0.25), _meta())
+    good = save_checkpoint(
+        tmp_path / "good.pth", build_model("pspnet_mbv2", num_classes=3, width=0.25), _meta()
+    )
     data = good.read_bytes()
     (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
@@ -50,7 +54,7 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch) -> Non
     path = save_checkpoint(tmp_path / "last.pth", model, _meta(), {"iteration": 1})
 
     def dying_save(obj, f, *a, **k):
-        open(f, "wb").write(b"partial")
+        Path(f).write_bytes(b"partial")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", dying_save)
@@ -69,3 +73,14 @@ def test_metadata_validation_and_props_round_trip() -> None:
         ModelMeta(arch={"name": "x"}, class_names=["a", "b"], palette=[[0, 0, 0]])
     with pytest.raises(ValueError, match="exporter"):
         ModelMeta.from_props({"mean": "[0, 0, 0]"})
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path) -> None:
+    import os
+
+    from infer.fileio import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
