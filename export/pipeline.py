@@ -1,0 +1,279 @@
+"""Checkpoint -> verified ONNX file: option checks, export, quantization, verification, atomic write.
+
+    result = export_checkpoint("runs/x/best.pth", ExportOptions(precision="int8", calib_images="frames/"))
+    result.path, result.report.summary()
+
+Nothing is written at the output path unless every step succeeded (verification included, unless disabled):
+a failed or interrupted export leaves the previous file, or none, in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from export.calib import CalibrationReader, Sample, dataset_samples, folder_samples, synthetic_samples
+from export.formats import CALIB_METHODS, LABEL_DTYPES, PRECISIONS, default_onnx_path, get_precision
+from export.onnx_export import (
+    DYNAMIC_CHOICES,
+    EXPORTERS,
+    ExportError,
+    check_dynamic_sizes,
+    resolve_exporter,
+    torch_to_onnx,
+    write_metadata,
+)
+from export.quantize import quantize_int8
+from export.verify import VerificationError, VerifyReport, verify_onnx
+from infer import __version__
+from infer.fileio import atomic_path
+from infer.meta import ModelMeta
+
+__all__ = [
+    "ExportOptions",
+    "ExportResult",
+    "check_options",
+    "export_checkpoint",
+    "export_model",
+    "sha256_file",
+]
+
+_MIN_SIDE = 32  # below this the stride-8 backbones leave a feature map of 1-2 pixels
+# Relative logits tolerance of the dynamic-shape check, per float dtype of the graph.
+_DYNAMIC_RTOL = {"float32": 1e-3, "float16": 2e-2}
+
+
+@dataclass
+class ExportOptions:
+    """Everything ``to_onnx.py`` takes besides the checkpoint (see ``--help`` for each)."""
+
+    precision: str = "fp32"
+    height: int | None = None  # None: the checkpoint's input_size
+    width: int | None = None
+    batch: int = 1
+    dynamic: str = "none"
+    argmax: bool = False
+    label_dtype: str = "uint8"
+    fuse_preprocess: bool = False
+    opset: int = 18
+    exporter: str = "auto"
+    slim: bool = True
+    calib_dataset: str | None = None
+    calib_root: str | None = None
+    calib_split: str = "train"
+    calib_images: str | None = None
+    calib_count: int = 32
+    calib_method: str = "entropy"
+    verify: bool = True
+    verify_split: str = "val"
+    verify_count: int = 8
+    out: str | None = None
+
+    def size(self, meta: ModelMeta) -> tuple[int, int]:
+        """(H, W) of the export: the options', else the checkpoint's input size."""
+        return (self.height or int(meta.input_size[0]), self.width or int(meta.input_size[1]))
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    meta: ModelMeta
+    report: VerifyReport | None
+    exporter: str
+    seconds: float
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_options(opts: ExportOptions, meta: ModelMeta, model: nn.Module | None = None) -> None:
+    """Raise one ExportError listing every problem with ``opts`` for this model (nothing is exported yet)."""
+    problems = []
+
+    def choice(value: str, valid: object, what: str) -> None:
+        if value not in valid:  # type: ignore[operator]
+            problems.append(f"{what} {value!r} is not one of {', '.join(valid)}")  # type: ignore[arg-type]
+
+    choice(opts.precision, PRECISIONS, "precision")
+    choice(opts.dynamic, DYNAMIC_CHOICES, "--dynamic")
+    choice(opts.label_dtype, LABEL_DTYPES, "--label-dtype")
+    choice(opts.calib_method, CALIB_METHODS, "--calib-method")
+    choice(opts.exporter, EXPORTERS, "--exporter")
+    supported = getattr(model, "export_precisions", None)
+    if supported is not None and opts.precision not in supported:
+        problems.append(
+            f"{meta.arch.get('name')} does not support {opts.precision} export (it does {supported})"
+        )
+    if opts.argmax and opts.label_dtype in LABEL_DTYPES and meta.num_classes > LABEL_DTYPES[opts.label_dtype]:
+        problems.append(f"{meta.num_classes} classes do not fit --label-dtype {opts.label_dtype}; use int32")
+    h, w = opts.size(meta)
+    if min(h, w) < _MIN_SIDE:
+        problems.append(f"export size {h}x{w} is too small (height and width must be >= {_MIN_SIDE})")
+    if opts.batch < 1 or opts.calib_count < 1 or opts.verify_count < 1:
+        problems.append("--batch, --calib-count and --verify-count must be >= 1")
+    if opts.calib_dataset and opts.calib_images:
+        problems.append("give --calib-dataset (with --calib-root) or --calib-images, not both")
+    if bool(opts.calib_dataset) != bool(opts.calib_root):
+        problems.append("--calib-dataset and --calib-root go together (dataset name and its root folder)")
+    if opts.precision == "int8" and not (opts.calib_dataset or opts.calib_images):
+        problems.append(
+            "int8 needs calibration images: --calib-dataset NAME --calib-root DIR, or --calib-images DIR "
+            "(a few dozen frames like those the model will see)"
+        )
+    if opts.exporter in EXPORTERS:
+        exporter = resolve_exporter(opts.exporter)
+        low, high = (18, 23) if exporter == "dynamo" else (13, 20)
+        if not low <= opts.opset <= high:
+            problems.append(
+                f"--opset {opts.opset} is outside {low}..{high}, what the {exporter} exporter writes"
+            )
+    if problems:
+        raise ExportError("cannot export:\n  - " + "\n  - ".join(problems))
+
+
+def _calibration_samples(opts: ExportOptions, meta: ModelMeta, size: tuple[int, int]) -> list[Sample]:
+    if opts.calib_dataset:
+        return dataset_samples(
+            opts.calib_dataset, opts.calib_root, opts.calib_split, opts.calib_count, size, meta.num_classes
+        )
+    return folder_samples(opts.calib_images, opts.calib_count, size)
+
+
+def _verification_samples(
+    opts: ExportOptions, meta: ModelMeta, size: tuple[int, int], log: Callable[[str], None]
+) -> tuple[list[Sample], str]:
+    """Labelled images from the dataset's verification split, else the image folder, else synthetic images."""
+    if opts.calib_dataset:
+        from infer.datasets import DatasetError
+
+        split = opts.verify_split
+        try:
+            got = dataset_samples(
+                opts.calib_dataset, opts.calib_root, split, opts.verify_count, size, meta.num_classes
+            )
+        except DatasetError as e:
+            log(
+                f"verification split {split!r} unusable ({str(e).splitlines()[0]}); verifying on {opts.calib_split!r}"
+            )
+            split = opts.calib_split
+            got = dataset_samples(
+                opts.calib_dataset, opts.calib_root, split, opts.verify_count, size, meta.num_classes
+            )
+        return got, f"{opts.calib_dataset}:{split}"
+    if opts.calib_images:
+        return folder_samples(opts.calib_images, opts.verify_count, size), f"folder {opts.calib_images}"
+    return synthetic_samples(opts.verify_count, size), "synthetic images"
+
+
+def _export_meta(
+    meta: ModelMeta,
+    opts: ExportOptions,
+    model: nn.Module,
+    exporter: str,
+    source: Path | None,
+    report: VerifyReport | None,
+) -> ModelMeta:
+    """The checkpoint's metadata plus what this export is (see `export.formats.EXTRA_KEYS`)."""
+    prec = get_precision(opts.precision)
+    extra = dict(meta.extra)
+    extra.update(
+        precision=prec.name,
+        output="labels" if opts.argmax else "logits",
+        fused_preprocess=str(opts.fuse_preprocess).lower(),
+        input_layout="NHWC" if opts.fuse_preprocess else "NCHW",
+        input_dtype="uint8" if opts.fuse_preprocess else prec.dtype,
+        dynamic=",".join(DYNAMIC_CHOICES[opts.dynamic]),
+        toolkit_version=__version__,
+        exporter=exporter,
+        opset=str(opts.opset),
+        params=str(sum(p.numel() for p in model.parameters())),
+        train_input_size="x".join(str(v) for v in meta.input_size),
+    )
+    if opts.argmax:
+        extra["label_dtype"] = opts.label_dtype
+    if source is not None:
+        extra.update(source=source.name, source_sha256=sha256_file(source))
+    if report is not None:
+        extra["verification"] = report.to_json()
+    return dataclasses.replace(meta, input_size=list(opts.size(meta)), extra=extra)
+
+
+def export_model(
+    model: nn.Module,
+    meta: ModelMeta,
+    out: str | os.PathLike[str],
+    opts: ExportOptions,
+    *,
+    source: str | os.PathLike[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> ExportResult:
+    """Export an in-memory float32 model to a verified ONNX file at ``out``.
+
+    Raises:
+        ExportError: bad options, or the exporter failed.
+        export.calib.CalibrationError / infer.datasets.DatasetError: unusable calibration images.
+        VerificationError: the file disagrees with PyTorch beyond the precision's threshold.
+    """
+    t0 = time.perf_counter()
+    model = model.float().eval()
+    check_options(opts, meta, model)
+    prec, size, out = get_precision(opts.precision), opts.size(meta), Path(out)
+    # Read the images first: a bad calibration folder fails before minutes of export.
+    calib = _calibration_samples(opts, meta, size) if prec.calibrated else []
+    checks, check_source = _verification_samples(opts, meta, size, log) if opts.verify else ([], "")
+    static_batch = 1 if "batch" in DYNAMIC_CHOICES[opts.dynamic] else opts.batch
+    with tempfile.TemporaryDirectory(prefix="segkd-export-") as tmp:
+        graph = Path(tmp) / "graph.onnx"
+        common = {"fuse_preprocess": opts.fuse_preprocess, "dynamic": opts.dynamic}
+        exporter = torch_to_onnx(
+            model, meta, graph, size=size, batch=opts.batch, dtype=prec.dtype, argmax=opts.argmax,
+            label_dtype=opts.label_dtype, opset=opts.opset, exporter=opts.exporter, slim=opts.slim, log=log, **common,
+        )  # fmt: skip
+        if opts.dynamic != "none":
+            check_dynamic_sizes(graph, model, meta, size=size, rtol=_DYNAMIC_RTOL[prec.dtype], **common)
+        if prec.calibrated:
+            log(f"calibrating INT8 ({opts.calib_method}) on {len(calib)} images {size[0]}x{size[1]}")
+            reader = CalibrationReader(calib, meta, "input", batch=static_batch, fused=opts.fuse_preprocess)
+            quantized = Path(tmp) / "int8.onnx"
+            quantize_int8(graph, quantized, reader, method=opts.calib_method, log=log)
+            graph = quantized
+        report = None
+        if opts.verify:
+            report = verify_onnx(graph, model, meta, checks, precision=prec.name, source=check_source)
+            if not report.passed:
+                raise VerificationError(report)
+        export_meta = _export_meta(meta, opts, model, exporter, Path(source) if source else None, report)
+        with atomic_path(out) as dst:
+            write_metadata(graph, dst, export_meta)
+    return ExportResult(out, export_meta, report, exporter, time.perf_counter() - t0)
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike[str], opts: ExportOptions, log: Callable[[str], None] = print
+) -> ExportResult:
+    """Load a self-describing checkpoint and export it (see `export_model`); the output path defaults to
+    ``<checkpoint stem><precision suffix>.onnx`` beside it.
+
+    Raises:
+        distill.checkpoint.CheckpointError: missing file or not a checkpoint of this toolkit.
+    """
+    from distill.checkpoint import load_model
+
+    model, meta = load_model(checkpoint)
+    out = opts.out or default_onnx_path(
+        checkpoint, opts.precision if opts.precision in PRECISIONS else "fp32"
+    )
+    return export_model(model, meta, out, opts, source=checkpoint, log=log)
