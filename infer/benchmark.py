@@ -1,0 +1,98 @@
+"""Benchmark deployable model files in one table: size, params, GMACs, latency, FPS, memory, mIoU.
+
+    python infer/benchmark.py student.pth student.onnx student_int8.onnx \
+        --dataset cityscapes --data-root data/cityscapes --split val --size 512x1024 --runs 100 --out runs/bench
+
+Each MODEL is a ``.pth`` checkpoint, an ``.onnx`` file or a TensorRT ``.engine``. Writes benchmark.md/.csv/.json
+and latency_vs_miou.png to --out; a model that fails gets a failed row with the reason. Conventions (warm-up,
+timing, MACs, memory) are in ``infer/bench.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from infer.bench import BenchConfig, parse_hw, run_benchmark
+from infer.evaluate import MODES
+from infer.runtime import CUDA_LIBS
+
+
+def _hw(text: str) -> tuple[int, int]:
+    try:
+        return parse_hw(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def _scales(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated scales such as 0.75,1,1.25, got {text!r}"
+        ) from e
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("models", nargs="+", metavar="MODEL", help=".pth, .onnx or .engine files")
+    p.add_argument(
+        "--dataset", help="dataset name for mIoU (cityscapes, voc, ade20k, cocostuff, folder, demo)"
+    )
+    p.add_argument("--data-root", help="dataset root folder")
+    p.add_argument("--split", default="val")
+    p.add_argument(
+        "--size", type=_hw, help="HxW input for latency and GMACs (default: the model's input size)"
+    )
+    p.add_argument(
+        "--batch", type=int, default=1, help="batch for the throughput measurement (default 1: none)"
+    )
+    p.add_argument("--warmup", type=int, default=10, help="discarded runs before timing (default 10)")
+    p.add_argument("--runs", type=int, default=100, help="timed runs at batch 1 (default 100)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--out", default="runs/benchmark", help="output folder (default runs/benchmark)")
+    p.add_argument("--provider", help="ONNX Runtime provider to force, e.g. CUDAExecutionProvider")
+    p.add_argument("--cuda-lib", choices=sorted(CUDA_LIBS), default="cuda-python", help="TensorRT buffers")
+    p.add_argument("--threads", type=int, help="CPU threads (default: OMP_NUM_THREADS, else library default)")
+    ev = p.add_argument_group("evaluation")
+    ev.add_argument("--mode", choices=MODES, default="whole", help="whole image or sliding window")
+    ev.add_argument("--crop", type=_hw, help="HxW window for --mode slide")
+    ev.add_argument("--stride", type=_hw, help="HxW step for --mode slide (default 2/3 of the crop)")
+    ev.add_argument("--eval-size", type=_hw, help="HxW to resize every image to in whole mode")
+    ev.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
+    ev.add_argument("--scales", type=_scales, default=[1.0], help="e.g. 0.75,1,1.25 (multi-scale)")
+    ev.add_argument("--limit", type=int, help="evaluate the first N images only")
+    p.add_argument(
+        "--in-process",
+        dest="isolate",
+        action="store_false",
+        help="run every model in this process (faster start; memory figures and crashes then mix)",
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = BenchConfig(**vars(args))
+    except ValueError as e:
+        parser.error(str(e))
+    command = "python infer/benchmark.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
+    try:
+        rows, _ = run_benchmark(cfg, command)
+    except (ValueError, OSError) as e:  # dataset missing or unreadable, output folder not writable, ...
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Run an ONNX file with ONNX Runtime (imported only when such a file is loaded).
+
+Provider choice: the one named, else on ``device="cuda"`` TensorRT, then CUDA, then CPU, else CPU. ONNX Runtime
+falls back to CPU without raising when a GPU provider cannot start (``onnxruntime-gpu`` on a machine without
+CUDA), so the provider reported is the one the session actually uses, read back from ``get_providers()``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infer.meta import ModelMeta
+from infer.runtime.base import Runner, RunnerError
+
+__all__ = ["OrtRunner", "select_providers"]
+
+_GPU_ORDER = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+_FLOAT_OUTPUTS = {"tensor(float)", "tensor(float16)", "tensor(double)"}
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise RunnerError(
+            "running an .onnx file needs ONNX Runtime: pip install onnxruntime-gpu (or onnxruntime on "
+            "platforms without CUDA builds)"
+        ) from e
+    return onnxruntime
+
+
+def select_providers(device: str, provider: str | None, available: list[str]) -> list[str]:
+    """Provider list to ask ONNX Runtime for, best first, always ending with the CPU fallback.
+
+    Args:
+        device: ``"cpu"`` or ``"cuda"``.
+        provider: one provider to use (e.g. ``"CUDAExecutionProvider"``), or None to choose by ``device``.
+        available: ``onnxruntime.get_available_providers()``.
+    """
+    if provider is not None:
+        if provider not in available:
+            raise RunnerError(
+                f"ONNX Runtime provider {provider!r} is not in this build; available: {', '.join(available)}"
+            )
+        return list(dict.fromkeys([provider, "CPUExecutionProvider"]))
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device != "cuda":
+        raise RunnerError(f"device must be 'cpu' or 'cuda', not {device!r}")
+    return [p for p in _GPU_ORDER if p in available]
+
+
+class OrtRunner(Runner):
+    """An ``.onnx`` file whose ``metadata_props`` hold a :class:`~infer.meta.ModelMeta`."""
+
+    format = "onnx"
+
+    @staticmethod
+    def import_library() -> None:
+        _import_ort()
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        device: str = "cpu",
+        provider: str | None = None,
+        cuda_lib: str | None = None,
+        threads: int | None = None,
+    ) -> None:
+        ort = _import_ort()
+        path = Path(path)
+        if not path.is_file():
+            raise RunnerError(f"ONNX file {path} does not exist")
+        providers = select_providers(device, provider, ort.get_available_providers())
+        self._gpu_used0 = _gpu_used_bytes() if device == "cuda" else None
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # a GPU provider that cannot start is reported below, once
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        try:
+            sess = ort.InferenceSession(str(path), opts, providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types for corrupted/unsupported graphs
+            raise RunnerError(
+                f"ONNX Runtime cannot load {path} ({type(e).__name__}: {str(e).splitlines()[0][:300]}); "
+                "re-export it with `python export/to_onnx.py`"
+            ) from e
+        actual = sess.get_providers()[0]
+        if actual != providers[0]:
+            warnings.warn(
+                f"{path.name}: asked ONNX Runtime for {providers[0]}, it runs on {actual} (is CUDA/TensorRT "
+                "installed and a GPU visible?)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        try:
+            meta = ModelMeta.from_props(dict(sess.get_modelmeta().custom_metadata_map))
+        except ValueError as e:
+            raise RunnerError(f"{path}: {e}") from e
+        self.session = sess
+        self._ort = ort
+        inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
+        if inp.type not in _ORT_DTYPES:
+            raise RunnerError(f"{path.name}: input type {inp.type} is not float32, float16 or uint8")
+        self._in_name, self._out_name = inp.name, out.name
+        layout = meta.extra.get("input_layout") or (
+            "NHWC" if inp.shape[-1] == 3 and inp.shape[1] != 3 else "NCHW"
+        )
+        hw = inp.shape[1:3] if layout == "NHWC" else inp.shape[2:4]
+        super().__init__(
+            path,
+            meta,
+            precision=meta.extra.get("precision") or _guess_precision(path, inp.type),
+            provider=actual,
+            device="cpu" if actual == "CPUExecutionProvider" else "cuda",
+            input_size=tuple(hw) if all(isinstance(d, int) for d in hw) else None,
+            fixed_batch=inp.shape[0] if isinstance(inp.shape[0], int) else None,
+            input_dtype=_ORT_DTYPES[inp.type],
+            input_layout=layout,
+            outputs_labels=out.type not in _FLOAT_OUTPUTS,
+        )
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([self._out_name], {self._in_name: x})[0]
+
+    def time_forward(self, x: np.ndarray, *, warmup: int, runs: int) -> np.ndarray:
+        """CPU: see :meth:`Runner.time_forward`. GPU: input and output bound to device memory (IO binding).
+
+        ``run_with_iobinding`` returns after the provider has synchronised its stream, so ``perf_counter``
+        around it times the GPU work without host<->device copies.
+        """
+        if self.device == "cpu":
+            return super().time_forward(x, warmup=warmup, runs=runs)
+        x = self._check_batch(x)
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(self._in_name, self._ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+        binding.bind_output(self._out_name, "cuda", 0)
+        for _ in range(warmup):
+            self.session.run_with_iobinding(binding)
+        times = np.empty(runs, np.float64)
+        for i in range(runs):
+            t0 = time.perf_counter()
+            self.session.run_with_iobinding(binding)
+            times[i] = (time.perf_counter() - t0) * 1e3
+        return times
+
+    def device_memory(self) -> tuple[int, str] | None:
+        """GPU memory in use now minus before loading; ONNX Runtime's arena keeps its peak, so this is the peak."""
+        if self.device == "cpu" or self._gpu_used0 is None:
+            return None
+        used = _gpu_used_bytes()
+        return (None if used is None else used - self._gpu_used0), "cudaMemGetInfo: used minus before loading"
+
+    def count_params(self) -> int | None:
+        from infer.macs import count_params
+
+        return count_params(self.path)
+
+    def count_macs(self, size: tuple[int, int]) -> int | None:
+        from infer.macs import count_macs
+
+        return count_macs(self.path, size)
+
+    def close(self) -> None:
+        self.session = None
+
+
+def _guess_precision(path: Path, input_type: str) -> str:
+    """Precision of a file without ``extra.precision``: Q/DQ nodes mean int8, a float16 input fp16."""
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger"}:
+        return "int8"
+    return "fp16" if input_type == "tensor(float16)" else "fp32"
+
+
+def _gpu_used_bytes() -> int | None:
+    """Device memory in use on the current GPU (all processes), via cuda-python; None without it or a GPU."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart
+        except ImportError:
+            return None
+    err, free, total = cudart.cudaMemGetInfo()
+    return int(total - free) if err == cudart.cudaError_t.cudaSuccess else None

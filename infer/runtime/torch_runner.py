@@ -1,0 +1,146 @@
+"""Run a training checkpoint (``.pth``) with PyTorch; torch is imported only when such a file is loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infer.runtime.base import Runner, RunnerError
+
+__all__ = ["TorchRunner", "torch_macs_and_params"]
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError as e:
+        raise RunnerError(
+            "running a .pth checkpoint needs PyTorch: pip install torch (or export to ONNX)"
+        ) from e
+    return torch
+
+
+def torch_macs_and_params(model: Any, size: tuple[int, int], device: str = "cpu") -> tuple[int, int]:
+    """(multiply-accumulates, parameters used) of one forward pass of ``model`` at batch 1 and ``size``.
+
+    MACs are ``torch.utils.flop_counter.FlopCounterMode``'s FLOPs / 2 restricted to convolutions and matrix
+    products (the ops the ONNX count in :mod:`infer.macs` covers). Parameters are those the forward pass reads
+    (an auxiliary head that only training uses is left out), seen through a ``TorchFunctionMode``, no hooks.
+    """
+    torch = _import_torch()
+    from torch.overrides import TorchFunctionMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class _SeenTensors(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ids: set[int] = set()
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            for a in (*args, *(kwargs or {}).values()):
+                if isinstance(a, torch.Tensor):
+                    self.ids.add(id(a))
+            return func(*args, **(kwargs or {}))
+
+    x = torch.zeros(1, 3, *size, device=device)
+    seen = _SeenTensors()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter, seen:
+        model(x)
+    flops = sum(
+        v for op, v in counter.get_flop_counts()["Global"].items() if "conv" in str(op) or "mm" in str(op)
+    )
+    params = sum(p.numel() for p in model.parameters() if id(p) in seen.ids)
+    return int(flops) // 2, int(params)
+
+
+class TorchRunner(Runner):
+    """A ``.pth`` written by ``distill.checkpoint.save_checkpoint``, run in FP32 on CPU or CUDA."""
+
+    format = "pytorch"
+
+    @staticmethod
+    def import_library() -> None:
+        _import_torch()
+        import distill.checkpoint  # noqa: F401
+        import distill.models  # noqa: F401
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        device: str = "cpu",
+        provider: str | None = None,
+        cuda_lib: str | None = None,
+        threads: int | None = None,
+    ) -> None:
+        torch = _import_torch()
+        from distill.checkpoint import CheckpointError, load_model
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RunnerError("--device cuda asked for, but this PyTorch sees no CUDA GPU")
+        if threads:
+            torch.set_num_threads(threads)
+        if device == "cuda":  # peak memory counts the weights too, as the CPU RSS delta does
+            torch.cuda.reset_peak_memory_stats()
+            self._mem_base = torch.cuda.memory_allocated()
+        try:
+            model, meta = load_model(path, device)
+        except (CheckpointError, KeyError, RuntimeError) as e:
+            raise RunnerError(f"cannot load {path}: {e}") from e
+        self._torch = torch
+        self._device = torch.device(device)
+        self.model = model
+        self._counts: dict[tuple[int, int], tuple[int, int]] = {}
+        super().__init__(
+            path, meta, precision="fp32", provider=f"torch-{device}", device=device, input_size=None
+        )
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            out = self.model(torch.from_numpy(x).to(self._device))
+            if isinstance(out, dict):
+                out = out["out"]
+            return out.float().cpu().numpy()
+
+    def time_forward(self, x: np.ndarray, *, warmup: int, runs: int) -> np.ndarray:
+        """CPU: see :meth:`Runner.time_forward`. CUDA: input already on the GPU, CUDA events around the call."""
+        if self.device != "cuda":
+            return super().time_forward(x, warmup=warmup, runs=runs)
+        torch = self._torch
+        xt = torch.from_numpy(self._check_batch(x)).to(self._device)
+        events = [
+            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(runs)
+        ]
+        with torch.inference_mode():
+            for _ in range(warmup):
+                self.model(xt)
+            torch.cuda.synchronize()
+            for start, end in events:
+                start.record()
+                self.model(xt)
+                end.record()
+            torch.cuda.synchronize()
+        return np.array([s.elapsed_time(e) for s, e in events], np.float64)
+
+    def device_memory(self) -> tuple[int, str] | None:
+        if self.device != "cuda":
+            return None
+        return self._torch.cuda.max_memory_allocated() - self._mem_base, "torch.cuda.max_memory_allocated"
+
+    def _count(self, size: tuple[int, int]) -> tuple[int, int]:
+        if size not in self._counts:
+            self._counts[size] = torch_macs_and_params(self.model, size, str(self._device))
+        return self._counts[size]
+
+    def count_macs(self, size: tuple[int, int]) -> int | None:
+        return self._count(tuple(size))[0]
+
+    def count_params(self) -> int | None:
+        # the parameters a forward pass reads do not depend on its size: reuse any count, else a small one
+        return self._count(next(iter(self._counts), (64, 64)))[1]
+
+    def close(self) -> None:
+        self.model = None

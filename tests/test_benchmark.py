@@ -1,0 +1,256 @@
+"""infer/benchmark.py end to end: a tiny checkpoint and its ONNX files on real fixtures and on demo data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from infer.bench import COLUMNS, BenchConfig, format_table, parse_hw, plot_latency_vs_miou, run_benchmark
+from infer.benchmark import main
+from infer.meta import ModelMeta
+
+REPO = Path(__file__).resolve().parents[1]
+K = 19
+SIZE = (64, 128)
+
+
+def _tiny_model(images: list[np.ndarray]):
+    """A tiny student whose BatchNorm statistics come from real images, so its predictions vary."""
+    import torch
+
+    from distill.models import build_model
+    from infer.meta import preprocess
+
+    torch.manual_seed(0)
+    model = build_model("deeplabv3_mbv2", num_classes=K, width=0.25)
+    meta = ModelMeta(
+        arch={"name": "deeplabv3_mbv2", "num_classes": K, "width": 0.25},
+        class_names=[f"class{i}" for i in range(K)],
+        palette=[[i * 10, 255 - i * 10, i] for i in range(K)],
+        input_size=list(SIZE),
+    )
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for im in images:
+            im = cv2.resize(im, SIZE[::-1])
+            model(torch.from_numpy(preprocess([im, np.ascontiguousarray(im[:, ::-1])], meta)))
+    return model.eval(), meta
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory) -> Path:
+    from infer.datasets.demo import generate_demo
+
+    return generate_demo(tmp_path_factory.mktemp("demo"), splits={"train": 2, "val": 3}, size=SIZE, seed=0)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, demo_root, shared_fixtures) -> dict[str, Path]:
+    """tiny.pth, its exported ONNX files (static FP32, dynamic FP32, INT8 Q/DQ) and a corrupted copy."""
+    pytest.importorskip("torch")
+    from distill.checkpoint import save_checkpoint
+    from export.pipeline import ExportOptions, export_model
+    from infer.datasets import build_dataset
+
+    d = tmp_path_factory.mktemp("models")
+    images = [build_dataset("demo", demo_root, "train")[i][0] for i in range(2)]
+    images.append(build_dataset("cityscapes", shared_fixtures / "cityscapes", "val")[0][0])
+    model, meta = _tiny_model(images)
+    files = {"pth": save_checkpoint(d / "tiny.pth", model, meta)}
+    quiet = {"log": lambda msg: None}
+    files["onnx"] = export_model(model, meta, d / "tiny.onnx", ExportOptions(), **quiet).path
+    files["dyn"] = export_model(model, meta, d / "tiny.dyn.onnx", ExportOptions(dynamic="all"), **quiet).path
+    int8 = ExportOptions(  # a random network quantizes badly: its accuracy is not the point here
+        verify=False,
+        precision="int8",
+        calib_dataset="demo",
+        calib_root=str(demo_root),
+        calib_count=2,
+        calib_method="minmax",
+    )
+    files["int8"] = export_model(model, meta, d / "tiny.int8.onnx", int8, **quiet).path
+    files["broken"] = d / "broken.onnx"
+    files["broken"].write_bytes(files["onnx"].read_bytes()[:1000])
+    return files
+
+
+def _check_outputs(out: Path, n_rows: int) -> dict:
+    doc = json.loads((out / "benchmark.json").read_text())
+    assert len(doc["results"]) == n_rows
+    assert doc["environment"]["versions"]["onnxruntime"] and doc["environment"]["cpu"]
+    with open(out / "benchmark.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == n_rows and list(rows[0])[: len(COLUMNS)] == list(COLUMNS)
+    md = (out / "benchmark.md").read_text()
+    assert md.count("\n| ") == n_rows + 1 and "GMACs" in md and "Command: `python infer/benchmark.py" in md
+    return doc
+
+
+def _complete(row: dict, *, batch: bool, accuracy: bool) -> None:
+    skip = {"throughput_ips"} - ({"throughput_ips"} if batch else set())
+    skip |= set() if accuracy else {"miou", "macc", "aacc"}
+    missing = [k for k in COLUMNS if k not in skip and row.get(k) is None]
+    assert row["status"] == "ok" and not missing, (row.get("error"), missing)
+
+
+@pytest.mark.slow
+def test_cli_on_real_cityscapes_fixture(models, shared_fixtures, tmp_path):
+    out = tmp_path / "bench"
+    cmd = [
+        sys.executable, "infer/benchmark.py",
+        str(models["pth"]), str(models["dyn"]), str(models["broken"]),
+        "--dataset", "cityscapes", "--data-root", str(shared_fixtures / "cityscapes"), "--split", "val",
+        "--warmup", "1", "--runs", "2", "--batch", "2", "--out", str(out), "--no-progress",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]  # one model failed: non-zero exit, the others measured
+    assert "| tiny.pth |" in proc.stdout and "failed: " in proc.stdout
+    doc = _check_outputs(out, 3)
+    pth, onnx, broken = doc["results"]
+    for row in (pth, onnx):
+        _complete(row, batch=True, accuracy=True)
+        assert row["input"] == "64x128" and row["eval_images"] == 1
+    assert (pth["format"], onnx["format"], onnx["precision"]) == ("pytorch", "onnx", "fp32")
+    assert onnx["provider"] == "CPUExecutionProvider"
+    assert abs(pth["miou"] - onnx["miou"]) < 0.1 and abs(pth["aacc"] - onnx["aacc"]) < 0.1
+    assert pth["miou"] > 0  # the model predicts some classes right: a real comparison, not 0 == 0
+    assert abs(pth["gmacs"] / onnx["gmacs"] - 1) < 0.01
+    assert broken["status"] == "failed" and "broken.onnx" in broken["error"]
+    png = cv2.imread(str(out / "latency_vs_miou.png"))
+    assert png is not None and png.shape == (640, 960, 3)
+
+
+def test_demo_data_checkpoint_fp32_and_int8(models, demo_root, tmp_path):
+    cfg = BenchConfig(
+        models=[str(models[k]) for k in ("pth", "onnx", "int8")],
+        dataset="demo",
+        data_root=str(demo_root),
+        warmup=1,
+        runs=2,
+        out=str(tmp_path / "out"),
+        isolate=False,
+        progress=False,
+    )
+    rows, written = run_benchmark(cfg)
+    assert set(written) == {"json", "csv", "md", "png"}
+    _check_outputs(tmp_path / "out", 3)
+    pth, fp32, int8 = rows
+    for row in rows:
+        _complete(row, batch=False, accuracy=True)
+        assert row["eval_images"] == 3
+    assert [r["precision"] for r in rows] == ["fp32", "fp32", "int8"]
+    assert [r["eval_resolution"] for r in rows] == ["image size", "64x128", "64x128"]
+    assert abs(pth["miou"] - fp32["miou"]) < 0.1
+    assert pth["gmacs"] == pytest.approx(fp32["gmacs"], rel=0.01) and int8["gmacs"] == fp32["gmacs"]
+    assert fp32["size_mb"] > int8["size_mb"] * 1.5  # INT8 weights take a quarter of the bytes
+
+
+def test_sliding_window_and_flip_agree_across_formats(models, demo_root, tmp_path):
+    cfg = BenchConfig(
+        models=[str(models["pth"]), str(models["dyn"])],
+        dataset="demo",
+        data_root=str(demo_root),
+        warmup=0,
+        runs=1,
+        mode="slide",
+        crop=(48, 64),
+        stride=(32, 48),
+        flip=True,
+        out=str(tmp_path),
+        isolate=False,
+        progress=False,
+    )
+    pth, onnx = run_benchmark(cfg)[0]
+    assert pth["status"] == onnx["status"] == "ok", (pth.get("error"), onnx.get("error"))
+    assert abs(pth["miou"] - onnx["miou"]) < 0.1
+    assert pth["eval_resolution"] == onnx["eval_resolution"] == "48x64 windows"
+
+
+def test_wrong_dataset_and_static_size_give_failed_rows(models, shared_fixtures, tmp_path):
+    cfg = BenchConfig(
+        models=[str(models["onnx"]), str(tmp_path / "missing.pth"), str(models["onnx"].with_suffix(".txt"))],
+        dataset="voc",
+        data_root=str(shared_fixtures / "voc/VOCdevkit/VOC2012"),
+        size=(32, 32),
+        runs=1,
+        out=str(tmp_path),
+        isolate=False,
+        progress=False,
+    )
+    rows = run_benchmark(cfg)[0]
+    assert [r["status"] for r in rows] == ["failed"] * 3
+    assert "accepts only 64x128" in rows[0]["error"]
+    assert "does not exist" in rows[1]["error"]
+    cfg.size, cfg.models = None, [str(models["onnx"])]
+    (row,) = run_benchmark(cfg)[0]
+    assert "21" in row["error"] and "19 classes" in row["error"]  # VOC has 21 classes, the model 19
+    assert "failed: ValueError" in format_table([row])
+
+
+def test_fixed_batch_model_has_no_throughput_but_a_note(models, tmp_path):
+    cfg = BenchConfig(
+        models=[str(models["onnx"])], batch=4, runs=1, out=str(tmp_path), isolate=False, progress=False
+    )
+    (row,) = run_benchmark(cfg)[0]
+    assert row["status"] == "ok" and row.get("throughput_ips") is None
+    assert row["note"] == "built for batch 1: no batch-4 throughput"
+    assert "ok (built for batch 1" in (tmp_path / "benchmark.md").read_text()
+
+
+@pytest.mark.slow
+def test_benchmark_without_torch(models, demo_root, tmp_path):
+    code = (
+        "import sys\n"
+        "class _NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch is blocked in this test')\n"
+        "sys.meta_path.insert(0, _NoTorch())\n"
+        "from infer.benchmark import main\n"
+        f"rc = main([{str(models['dyn'])!r}, {str(models['pth'])!r}, '--dataset', 'demo',"
+        f" '--data-root', {str(demo_root)!r}, '--runs', '1', '--warmup', '0', '--out', {str(tmp_path)!r},"
+        " '--no-progress', '--in-process'])\n"
+        "assert 'torch' not in sys.modules\n"
+        "sys.exit(rc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    onnx, pth = json.loads((tmp_path / "benchmark.json").read_text())["results"]
+    assert onnx["status"] == "ok" and onnx["miou"] is not None
+    assert pth["status"] == "failed" and "pip install torch" in pth["error"]
+
+
+def test_settings_are_checked():
+    assert parse_hw("512x1024") == (512, 1024) and parse_hw("64, 96") == (64, 96)
+    with pytest.raises(ValueError, match="HEIGHTxWIDTH"):
+        parse_hw("512")
+    with pytest.raises(ValueError, match="--data-root"):
+        BenchConfig(models=["a.onnx"], dataset="demo")
+    with pytest.raises(ValueError, match="--crop"):
+        BenchConfig(models=["a.onnx"], mode="slide")
+    with pytest.raises(SystemExit):
+        main(["a.onnx", "--runs", "0", "--no-progress"])
+    with pytest.raises(SystemExit):
+        main(["a.onnx", "--size", "12"])
+
+
+def test_plot_without_points_and_with_long_labels(tmp_path):
+    rows = [
+        {"model": "a_model_with_a_rather_long_name.onnx", "format": "onnx", "precision": "int8",
+         "latency_median_ms": 10.0, "miou": 70.0},
+        {"model": "b.pth", "format": "pytorch", "precision": "fp32", "latency_median_ms": 30.0, "miou": 72.5},
+    ]  # fmt: skip
+    for data in (rows, []):
+        img = cv2.imread(str(plot_latency_vs_miou(data, tmp_path / "p.png")))
+        assert img.shape == (640, 960, 3)
