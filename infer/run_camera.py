@@ -1,0 +1,120 @@
+"""Live video segmentation: a model's classes over a camera, a stream or a video file.
+
+    python infer/run_camera.py MODEL [--source 0|video.mp4|rtsp://...] [--view overlay|mask|side] [--alpha 0.5]
+        [--save out.mp4] [--headless] [--max-frames N] [--device cpu|cuda] [--provider NAME] [--threads N]
+        [--size HxW] [--fast-postprocess] [--snapshot-dir DIR] [--json-summary PATH]
+
+MODEL is any file `infer/` loads (.pth, .onnx, .engine). In the window: q / Esc quit, space pauses, s saves a
+snapshot. Exit status: 0 done, 2 the source, display or model cannot be used or a live stream stopped, 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python infer/run_camera.py` from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from infer.video import (
+    VIEWS,
+    DemoOptions,
+    DisplayError,
+    SourceError,
+    StreamStopped,
+    check_display,
+    open_source,
+    run_demo,
+    write_summary,
+)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1])
+    p.add_argument("model", help="model file: .pth checkpoint, .onnx or .engine")
+    p.add_argument("--source", default="0", help="camera index (0), video file, or stream URL (rtsp://...)")
+    p.add_argument("--view", default="overlay", choices=list(VIEWS), help="side: input and mask side by side")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours, 0..1")
+    p.add_argument("--save", type=Path, help="write the rendered video (mp4, the source's frame rate)")
+    p.add_argument("--headless", action="store_true", help="open no window (servers, SSH, tests)")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs")
+    p.add_argument(
+        "--provider", help="ONNX Runtime provider, e.g. CUDAExecutionProvider (default: by --device)"
+    )
+    p.add_argument("--threads", type=int, help="CPU threads for the model (default: the runtime's)")
+    p.add_argument(
+        "--size", type=_hw, help="network input HxW for dynamic-size models (default: the frame's)"
+    )
+    p.add_argument(
+        "--fast-postprocess",
+        action="store_true",
+        help="argmax at network resolution, then upsample the labels (far cheaper for many classes; blockier)",
+    )
+    p.add_argument("--snapshot-dir", type=Path, default=Path("."), help="where the s key saves PNG snapshots")
+    p.add_argument("--json-summary", type=Path, help="also write the exit summary as JSON")
+    return p.parse_args(argv)
+
+
+def _hw(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 256x512, got {text!r}") from None
+    return h, w
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    try:
+        opts = DemoOptions(
+            view=args.view,
+            alpha=args.alpha,
+            save=args.save,
+            headless=args.headless,
+            max_frames=args.max_frames,
+            size=args.size,
+            fast_postprocess=args.fast_postprocess,
+            snapshot_dir=args.snapshot_dir,
+        )
+        if not args.headless:
+            check_display()
+        reader = open_source(args.source)
+    except (ValueError, SourceError, DisplayError) as e:
+        return _fail(str(e))
+    try:
+        from infer.runtime import load_runner
+
+        runner = load_runner(args.model, device=args.device, provider=args.provider, threads=args.threads)
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as e:
+        reader.close()
+        return _fail(f"cannot load model {args.model}: {e.args[0] if isinstance(e, KeyError) else e}")
+    code, stopped = 0, None
+    try:
+        summary = run_demo(runner, reader, opts)
+        code = 130 if summary.stop.startswith("interrupted") else 0
+    except StreamStopped as e:
+        summary, stopped, code = e.summary, e, 2
+    except (ValueError, OSError) as e:  # --size a fixed-size model refuses, --save to a read-only folder, ...
+        return _fail(str(e))
+    finally:
+        runner.close()
+    print(summary.format(), flush=True)
+    if args.json_summary:
+        write_summary(summary, args.json_summary)
+    if stopped is not None:
+        _fail(str(stopped))
+    return code
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # while the model loads; the frame loop handles its own
+        sys.exit(130)
