@@ -1,0 +1,475 @@
+"""Typed training configuration: dataclasses filled from YAML, with ``key=value`` overrides.
+
+A config file is plain YAML (read with ``yaml.safe_load``) whose sections mirror :class:`Config`. A file may
+start from others with a ``base:`` key (one path or a list, relative to the file); sections are merged
+recursively, later files win, and lists are replaced, not concatenated::
+
+    # configs/cityscapes/deeplabv3_r18_cwd.yaml
+    base: [_base.yaml, ../_students/deeplabv3_r18.yaml, ../_methods/cwd.yaml]
+
+Command-line overrides use dotted keys and YAML values: ``train.max_iters=200``, ``data.crop_size=[64,128]``,
+``losses.0.weight=5``, ``teacher.checkpoint=null``. An unknown key anywhere is an error that lists the valid
+keys and the closest match. :func:`save_config` writes the resolved config (what actually ran) as YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from infer.fileio import atomic_write_text
+from infer.meta import IMAGENET_RGB
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TeacherConfig",
+    "TrainConfig",
+    "config_to_dict",
+    "load_config",
+    "load_yaml",
+    "parse_overrides",
+    "save_config",
+]
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not describe a valid run."""
+
+
+@dataclass
+class DataConfig:
+    """Dataset and augmentation.
+
+    Attributes:
+        dataset: reader name in ``infer.datasets.DATASETS`` (cityscapes, voc, ade20k, cocostuff, folder, demo).
+        root: dataset root folder.
+        train_split, val_split: split names passed to the reader.
+        crop_size: training crop (H, W); images smaller than the crop are padded (labels with ignore).
+        scale_range: random rescale factor range applied before the crop.
+        flip: random horizontal flip.
+        batch_size: images per optimizer step in total, the papers' "batch size": each process loads
+            ``batch_size / (processes * train.grad_accum)`` per micro-step, so a recipe trains the same on 1 GPU
+            (with accumulation if memory is short) as on 8; it must divide exactly.
+        num_workers: data-loading worker processes per training process.
+    """
+
+    dataset: str = "demo"
+    root: str = "data/demo"
+    train_split: str = "train"
+    val_split: str = "val"
+    crop_size: list[int] = field(default_factory=lambda: [256, 512])
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    flip: bool = True
+    batch_size: int = 8
+    num_workers: int = 2
+
+
+@dataclass
+class ModelConfig:
+    """The trained network (the student, or the teacher while it is trained in plain mode).
+
+    Attributes:
+        name: registry name in ``distill.models.MODELS`` (e.g. ``deeplabv3_r18``).
+        num_classes: output classes; ``null`` takes the dataset's count (a different value is an error).
+        pretrained: ImageNet backbone weights file (torchvision or CIRKD layout), or null for random init.
+        width, output_stride, deep_stem, aux: model options; ``null`` keeps the builder's default.
+        mean, std, channel_order: input normalisation on the 0..255 scale, stored in the checkpoint.
+    """
+
+    name: str = "deeplabv3_r18"
+    num_classes: int | None = None
+    pretrained: str | None = None
+    width: float | None = None
+    output_stride: int | None = None
+    deep_stem: bool | None = None
+    aux: bool | None = None
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_RGB[0]))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_RGB[1]))
+    channel_order: str = "RGB"
+
+
+@dataclass
+class TeacherConfig:
+    """The frozen teacher of a distillation run (null checkpoint: plain training).
+
+    Attributes:
+        checkpoint: teacher ``.pth`` written by this trainer (or converted with ``distill.models.pretrained``).
+        half: run the teacher in float16 on a GPU (ignored on CPU).
+    """
+
+    checkpoint: str | None = None
+    half: bool = False
+
+
+@dataclass
+class OptimConfig:
+    """SGD with poly decay per iteration and an optional linear warm-up.
+
+    ``lr(it) = lr * (1 - it / max_iters) ** power``, multiplied during the first ``warmup_iters`` iterations by a
+    factor rising linearly from ``warmup_factor`` to 1.
+    """
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    power: float = 0.9
+    warmup_iters: int = 0
+    warmup_factor: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """Run control.
+
+    Attributes:
+        max_iters: optimizer steps of the whole run.
+        eval_every: evaluate (and update ``best.pth``) every this many iterations, and at the end.
+        save_every: write ``last.pth`` and the resumable state every this many iterations (null: ``eval_every``).
+        log_every: iterations between ``metrics.jsonl`` loss records.
+        seed: one seed makes the run reproducible (model init, data order, augmentation, dropout).
+        mixed_precision: ``no``, ``fp16`` or ``bf16``; null keeps the launcher's setting (``accelerate config``).
+        grad_accum: micro-batches accumulated per optimizer step.
+        aux_weight: weight of the auxiliary head's cross-entropy (0 builds the model without that head).
+        resume: ``auto`` continues the run found in ``output_dir``, ``none`` starts over, or a state folder.
+        stop_after: end this invocation after that iteration with the state saved (e.g. to fit a job's time
+            limit); a later ``resume=auto`` continues exactly where it stopped.
+        output_dir: run folder; null derives ``runs/<config path below configs/>``.
+    """
+
+    max_iters: int = 40000
+    eval_every: int = 4000
+    save_every: int | None = None
+    log_every: int = 20
+    seed: int = 0
+    mixed_precision: str | None = None
+    grad_accum: int = 1
+    aux_weight: float = 0.4
+    resume: str = "auto"
+    stop_after: int | None = None
+    output_dir: str | None = None
+
+
+@dataclass
+class EvalConfig:
+    """Validation.
+
+    Attributes:
+        mode: ``whole`` (the full image in one forward) or ``slide`` (overlapping crop windows).
+        crop_size: window (H, W) for ``slide``; null uses ``data.crop_size``.
+        stride: window step (H, W) for ``slide``; null uses two thirds of the window.
+        batch_size: images per process per forward (images of different sizes need 1).
+        limit: evaluate on the first ``limit`` validation images only (quick checks); null for all.
+    """
+
+    mode: str = "whole"
+    crop_size: list[int] | None = None
+    stride: list[int] | None = None
+    batch_size: int = 1
+    limit: int | None = None
+
+
+@dataclass
+class Config:
+    """A whole run: see each section's class. Without ``losses`` the run is plain training (no teacher is loaded).
+
+    Each entry of ``losses`` is a mapping with the loss ``name`` (in ``distill.losses.LOSSES``) and that loss's
+    parameters, e.g. ``{name: cwd, weight: 3.0, temperature: 4.0}``; parameters are checked when the loss is
+    built.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    student: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    losses: list[dict[str, Any]] = field(default_factory=list)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def distill(self) -> bool:
+        """True when a teacher is distilled into the student (a teacher without losses is not loaded)."""
+        return self.teacher.checkpoint is not None and bool(self.losses)
+
+
+# Choices checked after loading: key -> allowed values.
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "train.mixed_precision": (None, "no", "fp16", "bf16"),
+    "eval.mode": ("whole", "slide"),
+    "student.channel_order": ("RGB", "BGR"),
+}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read one YAML file and the files its ``base:`` key names, merged (later wins, lists replaced)."""
+    return _load_composed(Path(path), chain=())
+
+
+def _load_composed(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, path))
+        raise ConfigError(f"config files include each other in a cycle: {cycle}")
+    if not path.is_file():
+        where = f" (named in {chain[-1]})" if chain else ""
+        raise ConfigError(f"config file {path} not found{where}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, not {type(raw).__name__}")
+    bases = raw.pop("base", None) or []
+    merged: dict[str, Any] = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        merged = _merge(merged, _load_composed(path.parent / base, (*chain, path)))
+    return _merge(merged, raw)
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge, ``b`` wins; lists and scalars are replaced."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
+    return out
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """``["train.max_iters=10", "data.crop_size=[64,128]"]`` -> ``[("train.max_iters", 10), ...]``.
+
+    Values are parsed as YAML, so numbers, booleans, ``null`` and ``[lists]`` keep their types.
+    """
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not key=value (e.g. train.max_iters=100)")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({e})") from e
+        out.append((key.strip(), parsed))
+    return out
+
+
+def _apply_override(d: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``key`` (dotted; list entries by index) in the nested dict ``d``; the key must exist in the schema."""
+    parts = key.split(".")
+    node: Any = d
+    schema: Any = Config
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        here = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(
+                    f"override {key}: {'.'.join(parts[:i])} has {len(node)} entries, no {part!r}"
+                )
+            idx: Any = int(part)
+        else:
+            if dataclasses.is_dataclass(schema):
+                names = [f.name for f in dataclasses.fields(schema)]
+                if part not in names:
+                    raise ConfigError(_unknown_key_message(here, part, names, f"override {key}"))
+                schema = _field_type(schema, part)
+            else:
+                schema = None  # free-form mapping (a loss entry): its builder checks the names
+            idx = part
+        if last:
+            node[idx] = value
+            return
+        if isinstance(node, dict) and not isinstance(node.get(idx), dict | list):
+            node[idx] = {}
+        node = node[idx]
+        if isinstance(node, list):
+            schema = None
+
+
+def _field_type(cls: Any, name: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    return hints[name]
+
+
+def _unknown_key_message(where: str, key: str, valid: list[str], origin: str) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"{origin}: unknown key {where!r}.{hint} Valid keys here: {', '.join(valid)}"
+
+
+def _build(cls: Any, data: Any, where: str, origin: str, problems: list[str]) -> Any:
+    """Fill dataclass ``cls`` from ``data``, appending every problem (all of them, not just the first)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append(f"{origin}: {where or 'the config'} must be a mapping, got {data!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            problems.append(_unknown_key_message(path, str(key), names, origin))
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, path, origin, problems)
+        else:
+            ok, converted = _coerce(value, tp)
+            if ok:
+                kwargs[key] = converted
+            else:
+                problems.append(f"{origin}: {path} must be {_type_name(tp)}, got {value!r}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Check ``value`` against annotation ``tp``; ints are accepted (and converted) where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            ok, v = _coerce(value, arm)
+            if ok:
+                return True, v
+        return False, value
+    if tp is type(None):
+        return value is None, value
+    if tp is Any:
+        return True, value
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            return False, value
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        out = []
+        for v in value:
+            ok, cv = _coerce(v, item_tp)
+            if not ok:
+                return False, value
+            out.append(cv)
+        return True, out
+    if origin is dict:
+        return isinstance(value, dict), value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    return isinstance(value, tp), value
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _validate(cfg: Config, origin: str) -> list[str]:
+    """Cross-field and range checks; returns the problems found."""
+    problems = []
+    for key, choices in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            problems.append(f"{origin}: {key} must be one of {list(choices)}, got {value!r}")
+    d, t, e, o = cfg.data, cfg.train, cfg.eval, cfg.optim
+    pairs = {"data.crop_size": d.crop_size, "eval.crop_size": e.crop_size, "eval.stride": e.stride}
+    for key, value in pairs.items():
+        if value is not None and (len(value) != 2 or min(value) < 1):
+            problems.append(f"{origin}: {key} must be two positive integers [H, W], got {value}")
+    if len(d.scale_range) != 2 or not 0 < d.scale_range[0] <= d.scale_range[1]:
+        problems.append(
+            f"{origin}: data.scale_range must be [low, high] with 0 < low <= high, got {d.scale_range}"
+        )
+    positive = {
+        "data.batch_size": d.batch_size,
+        "train.max_iters": t.max_iters,
+        "train.eval_every": t.eval_every,
+        "train.log_every": t.log_every,
+        "train.grad_accum": t.grad_accum,
+        "eval.batch_size": e.batch_size,
+        "optim.lr": o.lr,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            problems.append(f"{origin}: {key} must be positive, got {value}")
+    if t.save_every is not None and t.save_every <= 0:
+        problems.append(f"{origin}: train.save_every must be positive or null, got {t.save_every}")
+    if t.stop_after is not None and not 0 < t.stop_after <= t.max_iters:
+        problems.append(f"{origin}: train.stop_after must be in 1..train.max_iters, got {t.stop_after}")
+    if d.num_workers < 0:
+        problems.append(f"{origin}: data.num_workers must be >= 0, got {d.num_workers}")
+    for i, spec in enumerate(cfg.losses):
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            problems.append(
+                f"{origin}: losses.{i} must be a mapping with a 'name' (e.g. {{name: cwd}}), got {spec!r}"
+            )
+    if cfg.losses and cfg.teacher.checkpoint is None:
+        problems.append(
+            f"{origin}: losses are given but teacher.checkpoint is null; set teacher.checkpoint=PATH to distil, "
+            "or losses=[] for plain training"
+        )
+    return problems
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Build a :class:`Config` from a YAML file (or the defaults when ``path`` is None) and overrides.
+
+    Raises:
+        ConfigError: listing every unknown key, wrong type and invalid value found.
+    """
+    origin = str(path) if path is not None else "defaults"
+    data = load_yaml(path) if path is not None else {}
+    for key, value in parse_overrides(overrides or []):
+        _apply_override(data, key, value)
+    problems: list[str] = []
+    cfg = _build(Config, data, "", origin, problems)
+    if not problems:
+        problems = _validate(cfg, origin)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    if cfg.train.output_dir is None:
+        cfg.train.output_dir = default_output_dir(path)
+    return cfg
+
+
+def default_output_dir(path: str | Path | None) -> str:
+    """``configs/cityscapes/deeplabv3_r18_cwd.yaml`` -> ``runs/cityscapes/deeplabv3_r18_cwd``."""
+    if path is None:
+        return "runs/default"
+    p = Path(path).with_suffix("")
+    parts = p.parts
+    if "configs" in parts:
+        rel = parts[len(parts) - 1 - parts[::-1].index("configs") + 1 :]
+        return str(Path("runs", *rel))
+    return str(Path("runs") / p.name)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict of ``cfg`` (YAML/JSON/checkpoint safe)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically); :func:`load_config` reads it back to the same config."""
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+    atomic_write_text(path, text)

@@ -1,0 +1,77 @@
+"""Train a segmentation model, or distil a teacher into a student, with Accelerate.
+
+    accelerate launch distill/train.py --config configs/demo/cwd.yaml [key=value ...]
+    accelerate launch --multi_gpu --num_processes 8 distill/train.py --config configs/cityscapes/deeplabv3_r18_cwd.yaml
+    python distill/train.py --config configs/demo/teacher.yaml train.max_iters=100     # one process
+    torchrun --nproc_per_node 2 distill/train.py --config ...                          # several CPU processes
+    python distill/train.py --config configs/demo/cwd.yaml --eval runs/demo/cwd/best.pth   # evaluate only
+
+Without --config it runs the demo distillation recipe (configs/demo/cwd.yaml). Overrides are dotted YAML
+``key=value`` pairs (``train.max_iters=200 data.crop_size=[128,256] losses.0.weight=5``); the resolved config,
+metrics.jsonl, last.pth, best.pth and the resumable state go to ``train.output_dir`` (default
+``runs/<config path below configs/>``). Re-running the same command resumes an interrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+# Run as `python distill/train.py` from a checkout: import from the repository root, not from distill/.
+if __package__ in (None, ""):
+    _here = str(Path(__file__).resolve().parent)
+    sys.path[:] = [p for p in sys.path if p != _here]
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from distill.config import ConfigError, load_config  # noqa: E402
+
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo" / "cwd.yaml"
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--config", type=Path, help=f"YAML recipe (default: the demo distillation, {DEMO_CONFIG.name})"
+    )
+    p.add_argument(
+        "--eval", metavar="CKPT", help="only evaluate this checkpoint on the config's validation split"
+    )
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_iters=100"
+    )
+    return p.parse_args(argv)
+
+
+def _strict(value: object) -> object:
+    """NaN (the IoU of a class absent from the data) -> null, so that the output is strict JSON."""
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strict(v) for v in value]
+    return None if isinstance(value, float) and value != value else value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    from distill.checkpoint import CheckpointError
+    from distill.engine import NonFiniteLossError, evaluate_checkpoint, train
+
+    config = args.config if args.config is not None else DEMO_CONFIG
+    try:
+        cfg = load_config(config, args.overrides)
+        if args.eval:
+            metrics = evaluate_checkpoint(args.eval, cfg)
+            if metrics["process_index"] == 0:
+                print(json.dumps(_strict(metrics)))
+        else:
+            train(cfg)
+    except (ConfigError, CheckpointError, NonFiniteLossError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Training configs: YAML + base composition, dotted overrides, unknown keys, every shipped recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distill.config import Config, ConfigError, default_output_dir, load_config, parse_overrides, save_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if not p.name.startswith("_") and p.parent.name[0] != "_")
+RECIPES = [p for p in RECIPES if p.parent.name != "accelerate"]
+
+
+def _write(path: Path, data: dict | str) -> Path:
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def test_defaults_without_a_file() -> None:
+    cfg = load_config(None)
+    assert cfg == Config(train=cfg.train)  # everything else at its default
+    assert cfg.train.output_dir == "runs/default" and not cfg.distill
+
+
+def test_yaml_values_and_overrides_keep_their_types(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "run.yaml",
+        "data: {batch_size: 4}\noptim: {weight_decay: 1e-4}\nteacher: {checkpoint: t.pth}\n"
+        "losses:\n  - {name: cwd, weight: 3.0}\n",
+    )
+    cfg = load_config(
+        path,
+        [
+            "train.max_iters=10",
+            "data.crop_size=[64,128]",
+            "losses.0.weight=5",
+            "optim.lr=2e-3",
+            "student.aux=false",
+        ],
+    )
+    assert cfg.train.max_iters == 10 and cfg.data.batch_size == 4
+    assert cfg.data.crop_size == [64, 128]
+    assert cfg.optim.weight_decay == pytest.approx(1e-4)  # YAML reads "1e-4" as a string: converted
+    assert cfg.optim.lr == pytest.approx(2e-3)
+    assert cfg.losses == [{"name": "cwd", "weight": 5}]
+    assert cfg.student.aux is False and cfg.distill
+    assert cfg.train.output_dir == "runs/run"
+    # An int where a float is expected becomes a float.
+    assert isinstance(load_config(None, ["optim.lr=1"]).optim.lr, float)
+
+
+def test_unknown_key_in_a_file_names_the_valid_ones_and_the_closest(tmp_path: Path) -> None:
+    path = _write(tmp_path / "bad.yaml", {"train": {"max_iter": 5}})
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert "train.max_iter" in msg and "Did you mean 'max_iters'?" in msg and "eval_every" in msg
+    assert str(path) in msg
+
+
+def test_unknown_override_is_rejected_before_anything_runs() -> None:
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'optim\.learning_rate'.*Valid keys here: lr, momentum"
+    ):
+        load_config(None, ["optim.learning_rate=0.1"])
+    with pytest.raises(ConfigError, match="unknown key 'trian'.*Did you mean 'train'"):
+        load_config(None, ["trian.max_iters=1"])
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = _write(tmp_path / "bad.yaml", {"data": {"crop": [1, 2], "batch_size": "eight"}, "evaluation": {}})
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert "data.crop" in msg and "data.batch_size must be int" in msg and "'evaluation'" in msg
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("eval.mode=tiles", "eval.mode must be one of"),
+        ("train.mixed_precision=fp8", "train.mixed_precision must be one of"),
+        ("data.crop_size=[64]", "two positive integers"),
+        ("train.max_iters=0", "train.max_iters must be positive"),
+        ("train.stop_after=50", "train.stop_after must be in 1..train.max_iters"),
+        ("train.max_iters=abc", "train.max_iters must be int"),
+        ("losses=[{weight: 1}]", "must be a mapping with a 'name'"),
+        ("losses=[{name: kd}]", "teacher.checkpoint is null"),
+    ],
+)
+def test_invalid_values(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(None, [override, "train.max_iters=40"] if "max_iters" not in override else [override])
+
+
+def test_override_syntax() -> None:
+    assert parse_overrides(["a.b=1", "c=[1, 2]", "d=null", "e=x=y"]) == [
+        ("a.b", 1),
+        ("c", [1, 2]),
+        ("d", None),
+        ("e", "x=y"),
+    ]
+    with pytest.raises(ConfigError, match="not key=value"):
+        parse_overrides(["train.max_iters"])
+    with pytest.raises(ConfigError, match="losses has 0 entries"):
+        load_config(None, ["losses=[]", "losses.0.weight=1"])
+
+
+def test_base_files_merge_in_order_and_lists_are_replaced(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    _write(
+        tmp_path / "sub" / "a.yaml", {"data": {"batch_size": 4, "crop_size": [8, 8]}, "train": {"seed": 1}}
+    )
+    _write(tmp_path / "b.yaml", {"data": {"batch_size": 6}, "losses": [{"name": "kd"}, {"name": "cwd"}]})
+    path = _write(
+        tmp_path / "run.yaml",
+        {"base": ["sub/a.yaml", "b.yaml"], "losses": [{"name": "hwd"}], "teacher": {"checkpoint": "t.pth"}},
+    )
+    cfg = load_config(path)
+    assert cfg.data.batch_size == 6 and cfg.data.crop_size == [8, 8] and cfg.train.seed == 1
+    assert cfg.losses == [{"name": "hwd"}]
+
+
+def test_base_cycles_and_missing_bases_are_errors(tmp_path: Path) -> None:
+    _write(tmp_path / "a.yaml", {"base": "b.yaml"})
+    _write(tmp_path / "b.yaml", {"base": "a.yaml"})
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    _write(tmp_path / "c.yaml", {"base": "nope.yaml"})
+    with pytest.raises(ConfigError, match=r"nope\.yaml not found \(named in"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_saved_config_loads_back_identical(tmp_path: Path) -> None:
+    cfg = load_config(CONFIGS / "cityscapes" / "deeplabv3_r18_hwd.yaml", ["train.seed=3", "optim.lr=1e-3"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_default_output_dir_mirrors_the_config_path() -> None:
+    assert (
+        default_output_dir("configs/cityscapes/deeplabv3_r18_cwd.yaml") == "runs/cityscapes/deeplabv3_r18_cwd"
+    )
+    assert default_output_dir("/abs/configs/demo/kd.yaml") == "runs/demo/kd"
+    assert default_output_dir("elsewhere/my_run.yaml") == "runs/my_run"
+
+
+def test_recipes_cover_every_student_and_method_per_dataset() -> None:
+    students = ["deeplabv3_r18", "pspnet_r18", "deeplabv3_mbv2", "pspnet_mbv2"]
+    methods = ["baseline", "kd", "cwd", "hwd", "lad", "cad"]
+    for dataset in ("cityscapes", "voc", "ade20k"):
+        names = {p.stem for p in (CONFIGS / dataset).glob("*.yaml")}
+        expected = {f"{s}_{m}" for s in students for m in methods} | {"_base", "teacher_deeplabv3_r101"}
+        assert expected <= names, sorted(expected - names)
+    assert {p.stem for p in (CONFIGS / "demo").glob("*.yaml")} >= {"teacher", "baseline", *methods[1:]}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_recipe_loads_and_names_registered_parts(path: Path) -> None:
+    from distill.losses import LOSSES, loss_params
+    from distill.models import MODELS
+
+    cfg = load_config(path)
+    assert cfg.student.name in MODELS
+    for spec in cfg.losses:
+        assert spec["name"] in LOSSES
+        assert set(spec) - {"name", "key"} <= set(loss_params(spec["name"])), spec
+    assert cfg.distill == bool(cfg.losses)
+    if path.parent.name != "demo":
+        assert cfg.optim.momentum == 0.9 and cfg.optim.weight_decay == pytest.approx(1e-4)
+        assert cfg.data.scale_range == [0.5, 2.0] and cfg.optim.power == 0.9
+
+
+def test_method_files_build_their_losses() -> None:
+    from distill.losses import KDCriterion
+
+    for path in sorted((CONFIGS / "_methods").glob("*.yaml")):
+        specs = yaml.safe_load(path.read_text()).get("losses", [])
+        crit = KDCriterion(specs, student_channels=128, teacher_channels=256, num_classes=19)
+        assert len(crit.terms) == len(specs), path.name
+
+
+@pytest.mark.parametrize("name", ["1gpu", "8gpu", "2machines"])
+def test_accelerate_configs_parse(name: str) -> None:
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    cfg = ClusterConfig.from_yaml_file(str(CONFIGS / "accelerate" / f"{name}.yaml"))
+    assert (cfg.num_processes, cfg.num_machines) == {"1gpu": (1, 1), "8gpu": (8, 1), "2machines": (16, 2)}[
+        name
+    ]
