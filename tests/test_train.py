@@ -206,7 +206,8 @@ def test_two_processes_agree_and_evaluate_like_one(
     # Two processes ran, each with half of the batch, and ended with identical weights.
     assert sorted(p.name for p in run.glob("rank*.pt")) == ["rank0_of_2.pt", "rank1_of_2.pt"]
     assert _records(run)[0]["num_processes"] == 2
-    rank0, rank1 = torch.load(run / "rank0_of_2.pt"), torch.load(run / "rank1_of_2.pt")
+    rank0 = torch.load(run / "rank0_of_2.pt", weights_only=True)
+    rank1 = torch.load(run / "rank1_of_2.pt", weights_only=True)
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
     # The final evaluation ran over 2 processes (3 + 2 images); one process on the same weights agrees exactly.
