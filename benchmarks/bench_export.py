@@ -28,6 +28,7 @@ import torch  # noqa: E402
 
 from export.pipeline import ExportOptions, export_model  # noqa: E402
 from export.verify import VerificationError  # noqa: E402
+from infer.cliargs import parse_hw  # noqa: E402
 from infer.meta import ModelMeta  # noqa: E402
 
 
@@ -159,7 +160,7 @@ def _table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = _args(argv)
     torch.set_num_threads(args.threads)
-    h, w = (int(v) for v in args.size.lower().split("x"))
+    h, w = parse_hw(args.size)
     from infer.datasets import build_dataset
     from infer.datasets.demo import generate_demo
 

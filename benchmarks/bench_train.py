@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from distill.engine import DistillStep, train_step  # noqa: E402
 from distill.losses import KDCriterion  # noqa: E402
 from distill.models import build_model  # noqa: E402
+from infer.cliargs import hw_arg  # noqa: E402
 from infer.meta import ModelMeta  # noqa: E402
 
 # The demo recipes' distillation losses (configs/_methods/*.yaml).
@@ -45,11 +46,6 @@ METHODS: dict[str, list[dict]] = {
 _DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _size(text: str) -> tuple[int, int]:
-    h, _, w = text.lower().partition("x")
-    return int(h), int(w)
-
-
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--student", default="deeplabv3_r18")
@@ -57,7 +53,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--teacher", default="deeplabv3_r18")
     p.add_argument("--teacher-width", type=float, default=0.5)
     p.add_argument("--classes", type=int, default=19)
-    p.add_argument("--crop", type=_size, default=(128, 256), help="HxW (default: the demo crop 128x256)")
+    p.add_argument("--crop", type=hw_arg, default=(128, 256), help="HxW (default: the demo crop 128x256)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
     p.add_argument("--device", default="cpu")

@@ -45,6 +45,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from infer.cliargs import parse_hw
 from infer.fileio import atomic_path, atomic_write_text
 
 __all__ = [
@@ -145,14 +146,6 @@ class BenchConfig:
             problems.append("--mode slide needs --crop HxW")
         if problems:
             raise ValueError("invalid benchmark settings: " + "; ".join(problems))
-
-
-def parse_hw(text: str) -> tuple[int, int]:
-    """``"512x1024"`` -> (512, 1024)."""
-    m = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", text)
-    if not m or min(int(m[1]), int(m[2])) < 1:
-        raise ValueError(f"expected HEIGHTxWIDTH such as 512x1024, got {text!r}")
-    return int(m[1]), int(m[2])
 
 
 # --------------------------------------------------------------------------------------------- memory

@@ -14,16 +14,10 @@ import argparse
 import shlex
 import sys
 
-from infer.bench import BenchConfig, parse_hw, run_benchmark
+from infer.bench import BenchConfig, run_benchmark
+from infer.cliargs import hw_arg
 from infer.evaluate import MODES
 from infer.runtime import CUDA_LIBS
-
-
-def _hw(text: str) -> tuple[int, int]:
-    try:
-        return parse_hw(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def _scales(text: str) -> list[float]:
@@ -46,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="dataset root folder")
     p.add_argument("--split", default="val")
     p.add_argument(
-        "--size", type=_hw, help="HxW input for latency and GMACs (default: the model's input size)"
+        "--size", type=hw_arg, help="HxW input for latency and GMACs (default: the model's input size)"
     )
     p.add_argument(
         "--batch", type=int, default=1, help="batch for the throughput measurement (default 1: none)"
@@ -60,9 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads (default: OMP_NUM_THREADS, else library default)")
     ev = p.add_argument_group("evaluation")
     ev.add_argument("--mode", choices=MODES, default="whole", help="whole image or sliding window")
-    ev.add_argument("--crop", type=_hw, help="HxW window for --mode slide")
-    ev.add_argument("--stride", type=_hw, help="HxW step for --mode slide (default 2/3 of the crop)")
-    ev.add_argument("--eval-size", type=_hw, help="HxW to resize every image to in whole mode")
+    ev.add_argument("--crop", type=hw_arg, help="HxW window for --mode slide")
+    ev.add_argument("--stride", type=hw_arg, help="HxW step for --mode slide (default 2/3 of the crop)")
+    ev.add_argument("--eval-size", type=hw_arg, help="HxW to resize every image to in whole mode")
     ev.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     ev.add_argument("--scales", type=_scales, default=[1.0], help="e.g. 0.75,1,1.25 (multi-scale)")
     ev.add_argument("--limit", type=int, help="evaluate the first N images only")

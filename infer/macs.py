@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from infer.cliargs import hw_arg
+
 __all__ = ["MAC_OPS", "count_macs", "count_params", "describe", "macs_by_op"]
 
 Shape = tuple[int, ...]
@@ -245,8 +247,8 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="GMACs and parameters of an ONNX file, per op type.")
     parser.add_argument("onnx", nargs="+")
-    parser.add_argument("--size", default=None, help="HxW for dynamic inputs, e.g. 512x1024")
+    parser.add_argument("--size", type=hw_arg, default=None, help="HxW for dynamic inputs, e.g. 512x1024")
     args = parser.parse_args()
-    hw = tuple(int(v) for v in args.size.lower().split("x")) if args.size else None
+    hw = args.size
     for f in args.onnx:
         print(describe(f, hw))

@@ -17,6 +17,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python infer/run_camera.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from infer.cliargs import hw_arg
 from infer.video import (
     VIEWS,
     DemoOptions,
@@ -45,7 +46,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: the runtime's)")
     p.add_argument(
-        "--size", type=_hw, help="network input HxW for dynamic-size models (default: the frame's)"
+        "--size", type=hw_arg, help="network input HxW for dynamic-size models (default: the frame's)"
     )
     p.add_argument(
         "--fast-postprocess",
@@ -55,14 +56,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--snapshot-dir", type=Path, default=Path("."), help="where the s key saves PNG snapshots")
     p.add_argument("--json-summary", type=Path, help="also write the exit summary as JSON")
     return p.parse_args(argv)
-
-
-def _hw(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 256x512, got {text!r}") from None
-    return h, w
 
 
 def _fail(message: str) -> int:

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from infer.cliargs import parse_hw
+
 __all__ = [
     "LoadReport",
     "WeightsError",
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output .pth")
     p.add_argument("--crop", default="512x1024", help="training crop HxW recorded in the metadata")
     a = p.parse_args(argv)
-    h, w = (int(v) for v in a.crop.lower().split("x"))
+    h, w = parse_hw(a.crop)
     try:
         report = convert_cirkd_checkpoint(a.src, a.arch, a.dataset, a.out, crop=(h, w))
     except (WeightsError, KeyError) as e:

@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from infer.cliargs import hw_arg
 from infer.datasets.cityscapes import LABEL_ID
 from infer.datasets.reading import write_png
 from infer.fileio import atomic_write_text
@@ -941,14 +942,6 @@ def generate_demo(
     return root
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH like 256x512, got {text!r}") from e
-    return h, w
-
-
 def write_demo_video(
     path: str | os.PathLike[str],
     scenes: int = 6,
@@ -990,7 +983,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", required=True, help="output folder")
     parser.add_argument("--train", type=int, default=200, help="frames in split train")
     parser.add_argument("--val", type=int, default=50, help="frames in split val")
-    parser.add_argument("--size", type=_size, default=(256, 512), help="HEIGHTxWIDTH (default 256x512)")
+    parser.add_argument("--size", type=hw_arg, default=(256, 512), help="HEIGHTxWIDTH (default 256x512)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if up to date")
     parser.add_argument(
