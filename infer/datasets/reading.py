@@ -19,7 +19,7 @@ import numpy as np
 
 from infer.fileio import atomic_path
 
-__all__ = ["UnreadableFileError", "read_image", "read_label", "write_png"]
+__all__ = ["UnreadableFileError", "read_image", "read_label", "write_palette_png", "write_png"]
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_PALETTE = 3
@@ -106,3 +106,32 @@ def write_png(path: str | os.PathLike[str], array: np.ndarray) -> None:
     assert ok, f"PNG encoding failed for an array of shape {array.shape} and dtype {array.dtype}"
     with atomic_path(Path(path)) as tmp:
         tmp.write_bytes(buf.tobytes())
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def write_palette_png(path: str | os.PathLike[str], labels: np.ndarray, palette: list[list[int]]) -> None:
+    """Write class ids (H, W) as a palette PNG: pixel value = class id, palette entry = the class colour (RGB).
+
+    :func:`read_label` (and every dataset reader) reads the ids back; viewers show the colours. Ids without a
+    palette entry (255 = ignore) show black. More than 256 classes cannot be a palette PNG: a 16-bit grayscale
+    PNG of the ids is written instead.
+    """
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be (H, W), got shape {labels.shape}")
+    if labels.size and int(labels.max()) > 255:
+        write_png(path, labels.astype(np.uint16))
+        return
+    ok, buf = cv2.imencode(".png", labels.astype(np.uint8))
+    assert ok, f"PNG encoding failed for labels of shape {labels.shape}"
+    png = buf.tobytes()
+    # A grey 8-bit PNG and a palette 8-bit PNG store the same scanlines: change IHDR's colour type, add PLTE.
+    ihdr = bytearray(png[16:29])  # 13 bytes of IHDR data after signature (8), length (4) and type (4)
+    ihdr[9] = _PNG_PALETTE
+    colors = np.zeros((256, 3), np.uint8)
+    colors[: min(len(palette), 256)] = np.asarray(palette, np.uint8)[:256]
+    body = _PNG_SIGNATURE + _chunk(b"IHDR", bytes(ihdr)) + _chunk(b"PLTE", colors.tobytes()) + png[33:]
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_bytes(body)

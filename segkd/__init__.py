@@ -1,0 +1,1 @@
+"""The `segkd` command: one front for the three stages (see :mod:`segkd.cli`)."""

@@ -1,0 +1,92 @@
+"""`segkd SUBCOMMAND ...`: every stage of the toolkit behind one command.
+
+    segkd train --config configs/demo/cwd.yaml train.max_iters=100
+    segkd export runs/demo/cwd/best.pth --precision int8
+    segkd benchmark runs/demo/cwd/best.pth runs/demo/cwd/best.onnx --dataset demo --root data/demo
+    segkd predict runs/demo/cwd/best.onnx data/demo/images/val --save-labels
+    segkd SUBCOMMAND --help
+
+Each subcommand is the same code as its script (``distill/train.py``, ``export/to_onnx.py`` ...): the table below
+names the function, imported only when its subcommand runs, so that ``segkd predict`` on a deployment machine
+never imports torch. The exit status is the subcommand's: 0 done, 1 finished with problems (failed checks or
+files), 2 a user error (one line on stderr), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["COMMANDS", "Command", "main"]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: ``module:function`` taking ``argv`` and returning the exit status."""
+
+    target: str
+    help: str
+    script: str
+    prefix: tuple[str, ...] = ()  # arguments put before the user's (a subparser name of the script)
+
+    def run(self, argv: Sequence[str]) -> int:
+        module, func = self.target.split(":")
+        return int(getattr(importlib.import_module(module), func)([*self.prefix, *argv]) or 0)
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command("distill.train:main", "train or distil a model (one process)", "distill/train.py"),
+    "compare": Command(
+        "distill.compare:main", "compare distillation methods over seeds", "python -m distill.compare"
+    ),
+    "export": Command(
+        "export.cli:onnx_main", "checkpoint -> verified ONNX (fp32/fp16/int8)", "export/to_onnx.py"
+    ),
+    "trt": Command("export.cli:trt_main", "checkpoint or ONNX -> TensorRT engine", "export/to_trt.py"),
+    "benchmark": Command(
+        "infer.benchmark:main", "params, GMACs, latency and mIoU in one table", "infer/benchmark.py"
+    ),
+    "camera": Command(
+        "infer.run_camera:main", "live segmentation of a camera, file or stream", "infer/run_camera.py"
+    ),
+    "predict": Command("infer.predict:main", "segment images, folders, globs and videos", "infer/predict.py"),
+    "check": Command(
+        "infer.datasets.__main__:main",
+        "check a dataset before training",
+        "python -m infer.datasets",
+        ("check",),
+    ),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {cmd.help}  ({cmd.script})" for name, cmd in COMMANDS.items())
+    return f"usage: segkd SUBCOMMAND [options]   (segkd SUBCOMMAND --help for its options)\n\nsubcommands:\n{rows}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``segkd SUBCOMMAND ...``; returns the subcommand's exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        print(f"error: unknown subcommand {name!r}{hint}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    sys.argv[0] = f"segkd {name}"  # argparse's prog: `segkd predict --help` shows `usage: segkd predict ...`
+    try:
+        return COMMANDS[name].run(rest)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
