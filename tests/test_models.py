@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.models import MODELS, STUDENTS, build_model
+from distill.models import BACKBONES, HEADS, MODELS, STUDENTS, build_model
 from distill.models.heads import adaptive_avg_pool2d_exact
 from distill.models.pretrained import (
     WeightsError,
@@ -54,6 +54,38 @@ def test_every_model_builds_and_follows_the_contract(name: str) -> None:
         assert d["aux"] is None
     else:
         assert d["aux"].shape == (2, 5, 8, 12)
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_builder_is_keyword_only_with_visible_defaults(name: str) -> None:
+    import inspect
+
+    params = inspect.signature(MODELS.get(name)).parameters
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values()), name
+    assert all(p.default is not inspect.Parameter.empty for p in params.values()), name
+    assert params["num_classes"].default == 19 and params["pretrained"].default is None
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_every_backbone_returns_four_stages_of_its_declared_widths(name: str) -> None:
+    backbone = BACKBONES.build(name, width=0.125).eval()
+    with torch.no_grad():
+        stages = backbone(torch.randn(1, 3, 64, 64))
+    assert [s.shape[1] for s in stages] == backbone.channels
+    assert [s.shape[-1] for s in stages] == [16, 8, 8, 8]  # output stride 8: the last two stages dilate
+
+
+@pytest.mark.parametrize("name", sorted(set(HEADS.names()) - {"fcn"}))
+def test_every_decode_head_gives_its_feature_and_logits_at_the_input_size(name: str) -> None:
+    head = HEADS.build(name, cin=32, channels=16, num_classes=3).eval()
+    with torch.no_grad():
+        feat = head.features(torch.randn(2, 32, 9, 13))
+    assert feat.shape == (2, head.channels, 9, 13) and head.classifier(feat).shape == (2, 3, 9, 13)
+
+
+def test_an_option_the_model_lacks_is_named_with_the_valid_ones() -> None:
+    with pytest.raises(TypeError, match=r"'deeplabv3_mbv2' has no option 'deep_stem'.*width, output_stride"):
+        build_model("deeplabv3_mbv2", num_classes=19, deep_stem=False)
 
 
 @pytest.mark.parametrize("name,paper", PAPER_PARAMS.items())

@@ -2,16 +2,29 @@
 
 Each backbone returns a tuple of four stage outputs (strides 4, 8, 8|16, 8|16|32 depending on ``output_stride``)
 and exposes ``channels`` (the width of each stage). Layer names follow torchvision's so ImageNet files map 1:1.
+The builders at the end register them by name (``resnet18``, ``resnet50``, ``resnet101``, ``mobilenetv2``).
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["ResNet", "MobileNetV2", "BasicBlock", "Bottleneck"]
+from .registry import register_backbone
+
+__all__ = [
+    "ResNet",
+    "MobileNetV2",
+    "BasicBlock",
+    "Bottleneck",
+    "scale_channels",
+    "resnet18",
+    "resnet50",
+    "resnet101",
+    "mobilenetv2",
+]
 
 
-def _c(ch: int, width: float) -> int:
+def scale_channels(ch: int, width: float) -> int:
     """Scale a channel count by the width multiplier (at least 8)."""
     return max(8, int(round(ch * width)))
 
@@ -88,27 +101,28 @@ class ResNet(nn.Module):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         block, layers = _RESNET_CFG[depth]
         self.deep_stem = deep_stem
+        c64, c128 = scale_channels(64, width), scale_channels(128, width)
         if deep_stem:
-            self.conv1 = nn.Conv2d(3, _c(64, width), 3, 2, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(_c(64, width))
-            self.conv2 = nn.Conv2d(_c(64, width), _c(64, width), 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(_c(64, width))
-            self.conv3 = nn.Conv2d(_c(64, width), _c(128, width), 3, 1, 1, bias=False)
-            self.bn3 = nn.BatchNorm2d(_c(128, width))
-            self.inplanes = _c(128, width)
+            self.conv1 = nn.Conv2d(3, c64, 3, 2, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(c64)
+            self.conv2 = nn.Conv2d(c64, c64, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(c64)
+            self.conv3 = nn.Conv2d(c64, c128, 3, 1, 1, bias=False)
+            self.bn3 = nn.BatchNorm2d(c128)
+            self.inplanes = c128
         else:
-            self.conv1 = nn.Conv2d(3, _c(64, width), 7, 2, 3, bias=False)
-            self.bn1 = nn.BatchNorm2d(_c(64, width))
-            self.inplanes = _c(64, width)
+            self.conv1 = nn.Conv2d(3, c64, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(c64)
+            self.inplanes = c64
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         # (stride, dilation) per stage: dilation replaces stride once the output stride is reached.
         d3, d4 = {8: (2, 4), 16: (1, 2), 32: (1, 1)}[output_stride]
-        self.layer1 = self._make_layer(block, _c(64, width), layers[0], 1, 1)
-        self.layer2 = self._make_layer(block, _c(128, width), layers[1], 2, 1)
-        self.layer3 = self._make_layer(block, _c(256, width), layers[2], 1 if d3 > 1 else 2, d3)
-        self.layer4 = self._make_layer(block, _c(512, width), layers[3], 1 if d4 > 1 else 2, d4)
-        self.channels = [_c(c, width) * block.expansion for c in (64, 128, 256, 512)]
+        self.layer1 = self._make_layer(block, scale_channels(64, width), layers[0], 1, 1)
+        self.layer2 = self._make_layer(block, scale_channels(128, width), layers[1], 2, 1)
+        self.layer3 = self._make_layer(block, scale_channels(256, width), layers[2], 1 if d3 > 1 else 2, d3)
+        self.layer4 = self._make_layer(block, scale_channels(512, width), layers[3], 1 if d4 > 1 else 2, d4)
+        self.channels = [scale_channels(c, width) * block.expansion for c in (64, 128, 256, 512)]
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -216,3 +230,28 @@ class MobileNetV2(nn.Module):
             if i in self._taps:
                 outs.append(x)
         return tuple(outs)  # type: ignore[return-value]
+
+
+# --- Registered builders ------------------------------------------------------------------------------------------
+@register_backbone
+def resnet18(*, deep_stem: bool = True, output_stride: int = 8, width: float = 1.0) -> ResNet:
+    """ResNet-18 (BasicBlock 2-2-2-2, stage widths 64/128/256/512)."""
+    return ResNet(18, deep_stem=deep_stem, output_stride=output_stride, width=width)
+
+
+@register_backbone
+def resnet50(*, deep_stem: bool = True, output_stride: int = 8, width: float = 1.0) -> ResNet:
+    """ResNet-50 (Bottleneck 3-4-6-3, stage widths 256/512/1024/2048)."""
+    return ResNet(50, deep_stem=deep_stem, output_stride=output_stride, width=width)
+
+
+@register_backbone
+def resnet101(*, deep_stem: bool = True, output_stride: int = 8, width: float = 1.0) -> ResNet:
+    """ResNet-101 (Bottleneck 3-4-23-3, stage widths 256/512/1024/2048)."""
+    return ResNet(101, deep_stem=deep_stem, output_stride=output_stride, width=width)
+
+
+@register_backbone
+def mobilenetv2(*, output_stride: int = 8, width: float = 1.0) -> MobileNetV2:
+    """MobileNetV2 without its last 1x1 conv (stage widths 24/32/96/320)."""
+    return MobileNetV2(output_stride=output_stride, width=width)
