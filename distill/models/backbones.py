@@ -30,13 +30,23 @@ def scale_channels(ch: int, width: float) -> int:
 
 
 class BasicBlock(nn.Module):
+    """Two 3x3 convs; in the first block of a dilated stage conv1 enters at ``entry_dilation``, conv2 at ``dilation``."""
+
     expansion = 1
 
     def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1, downsample=None
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        dilation: int = 1,
+        downsample: nn.Module | None = None,
+        *,
+        entry_dilation: int | None = None,
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, dilation, dilation, bias=False)
+        entry = dilation if entry_dilation is None else entry_dilation
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, entry, entry, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, dilation, dilation, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -51,15 +61,25 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
+    """1x1-3x3-1x1; in the first block of a dilated stage the 3x3 conv runs at ``entry_dilation``."""
+
     expansion = 4
 
     def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1, downsample=None
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        dilation: int = 1,
+        downsample: nn.Module | None = None,
+        *,
+        entry_dilation: int | None = None,
     ) -> None:
         super().__init__()
+        entry = dilation if entry_dilation is None else entry_dilation
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, dilation, dilation, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, entry, entry, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * 4)
@@ -134,10 +154,11 @@ class ResNet(nn.Module):
                 nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
                 nn.BatchNorm2d(planes * block.expansion),
             )
-        # The first block of a dilated stage uses half the dilation (as in DeepLab/PSPNet backbones) to avoid
-        # gridding at the stage boundary; parameters are unaffected.
-        first = max(1, dilation // 2)
-        mods = [block(self.inplanes, planes, stride, first, downsample)]
+        # The first block of a dilated stage enters at half the stage dilation, as the DeepLab/PSPNet backbones
+        # of CIRKD (and HWD, DIST_KD) build it: a Bottleneck's 3x3 conv and a BasicBlock's conv1 take the half,
+        # a BasicBlock's conv2 already the full dilation. Parameters are unaffected.
+        entry = max(1, dilation // 2)
+        mods = [block(self.inplanes, planes, stride, dilation, downsample, entry_dilation=entry)]
         self.inplanes = planes * block.expansion
         mods += [block(self.inplanes, planes, 1, dilation) for _ in range(1, blocks)]
         return nn.Sequential(*mods)
@@ -212,12 +233,17 @@ class MobileNetV2(nn.Module):
         stride, dilation = 2, 1
         for t, c, n, s in _MBV2_CFG:
             oup = _make_divisible(c * width)
+            entry = dilation  # the stage's first block: the dilation reached so far
             if s > 1 and stride >= output_stride:
-                dilation, s = dilation * s, 1  # keep resolution, grow the receptive field instead
+                # Keep the resolution and grow the receptive field instead; the formerly strided depthwise conv
+                # keeps the previous (half) dilation and the later blocks take the doubled one, as in CIRKD.
+                dilation, s = dilation * s, 1
             else:
                 stride *= s
             for i in range(n):
-                feats.append(_InvertedResidual(inp, oup, s if i == 0 else 1, dilation, t))
+                feats.append(
+                    _InvertedResidual(inp, oup, s if i == 0 else 1, entry if i == 0 else dilation, t)
+                )
                 inp = oup
         self.features = nn.Sequential(*feats)
         self.channels = [_make_divisible(c * width) for c in (24, 32, 96, 320)]

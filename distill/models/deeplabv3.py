@@ -2,6 +2,8 @@
 
 Decoder feature widths follow CIRKD: 256 channels on ResNet-50/101, 128 on ResNet-18 and MobileNetV2, times
 ``width``. ResNet models carry the auxiliary FCN head on stage 3, MobileNetV2 ones do not (as in CIRKD).
+``align_corners=True`` is CIRKD's final upsampling of the logits (the papers' recipes set it); the default False
+keeps checkpoints that predate the option as they were.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ def deeplabv3_r18(
     output_stride: int = 8,
     deep_stem: bool = True,
     aux: bool = True,
+    align_corners: bool = False,
     pretrained: str | None = None,
 ) -> SegModel:
     """DeepLabV3-ResNet18, the papers' main student (13.6M parameters at 19 classes)."""
@@ -31,6 +34,7 @@ def deeplabv3_r18(
         num_classes=num_classes,
         head_channels=scale_channels(128, width),
         aux=aux,
+        align_corners=align_corners,
         pretrained=pretrained,
     )
 
@@ -43,6 +47,7 @@ def deeplabv3_r50(
     output_stride: int = 8,
     deep_stem: bool = True,
     aux: bool = True,
+    align_corners: bool = False,
     pretrained: str | None = None,
 ) -> SegModel:
     """DeepLabV3-ResNet50."""
@@ -53,6 +58,7 @@ def deeplabv3_r50(
         num_classes=num_classes,
         head_channels=scale_channels(256, width),
         aux=aux,
+        align_corners=align_corners,
         pretrained=pretrained,
     )
 
@@ -65,6 +71,7 @@ def deeplabv3_r101(
     output_stride: int = 8,
     deep_stem: bool = True,
     aux: bool = True,
+    align_corners: bool = False,
     pretrained: str | None = None,
 ) -> SegModel:
     """DeepLabV3-ResNet101, the papers' teacher (61.1M parameters at 19 classes)."""
@@ -75,6 +82,7 @@ def deeplabv3_r101(
         num_classes=num_classes,
         head_channels=scale_channels(256, width),
         aux=aux,
+        align_corners=align_corners,
         pretrained=pretrained,
     )
 
@@ -86,6 +94,7 @@ def deeplabv3_mbv2(
     width: float = 1.0,
     output_stride: int = 8,
     aux: bool = False,
+    align_corners: bool = False,
     pretrained: str | None = None,
 ) -> SegModel:
     """DeepLabV3-MobileNetV2, the papers' light student (3.2M parameters at 19 classes)."""
@@ -96,5 +105,6 @@ def deeplabv3_mbv2(
         num_classes=num_classes,
         head_channels=scale_channels(128, width),
         aux=aux,
+        align_corners=align_corners,
         pretrained=pretrained,
     )
