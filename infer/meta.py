@@ -60,6 +60,11 @@ class ModelMeta:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def align_corners(self) -> bool:
+        """The model's bilinear upsampling of logits (``arch.align_corners``); False for models that predate it."""
+        return bool(self.arch.get("align_corners", False))
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python dict (safe for ``torch.load(weights_only=True)`` and JSON)."""
         return asdict(self)

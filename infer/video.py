@@ -571,7 +571,10 @@ class _Stages:
         elif self.fast:
             labels = scores_to_labels(out.astype(np.float32, copy=False), k)  # (h, w)
         else:
-            return scores_to_labels(resize_scores(out.astype(np.float32, copy=False), hw), k)  # (H, W)
+            scores = resize_scores(
+                out.astype(np.float32, copy=False), hw, align_corners=self.runner.meta.align_corners
+            )  # (K, H, W)
+            return scores_to_labels(scores, k)  # (H, W)
         return cv2.resize(labels, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)  # (H, W)
 
 

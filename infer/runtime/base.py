@@ -28,10 +28,15 @@ class RunnerError(RuntimeError):
     """A model file that cannot be loaded or run: missing library, corrupted file, engine from another GPU, ..."""
 
 
-def resize_scores(scores: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Bilinear (half-pixel, as ``align_corners=False``) resize of a (K, h, w) score map to (K, H, W)."""
+def resize_scores(scores: np.ndarray, hw: tuple[int, int], *, align_corners: bool = False) -> np.ndarray:
+    """Bilinear resize of a (K, h, w) score map to (K, H, W), as ``F.interpolate`` with ``align_corners``.
+
+    The model's metadata says which (``meta.align_corners``): CIRKD-trained models map corner to corner.
+    """
     if scores.shape[1:] == tuple(hw):
         return scores
+    if align_corners:
+        return _resize_align_corners(scores, hw)
     h, w = hw
     chunks = []
     for k0 in range(0, scores.shape[0], _CV_MAX_CHANNELS):
@@ -39,6 +44,24 @@ def resize_scores(scores: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
         out = cv2.resize(chunk, (w, h), interpolation=cv2.INTER_LINEAR)
         chunks.append(out.reshape(h, w, -1).transpose(2, 0, 1))  # (k, H, W); cv2 drops a single channel axis
     return np.concatenate(chunks, axis=0)
+
+
+def _corner_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices (i0, i1) and weight of i1 for each output row when the corners of both grids coincide."""
+    scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    pos = np.arange(n_out, dtype=np.float64) * scale
+    i0 = np.minimum(np.floor(pos).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (pos - i0).astype(np.float32)
+
+
+def _resize_align_corners(scores: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    # OpenCV has no align-corners mode: separable linear interpolation, rows then columns, in float32.
+    y0, y1, fy = _corner_taps(scores.shape[1], hw[0])
+    x0, x1, fx = _corner_taps(scores.shape[2], hw[1])
+    s = scores.astype(np.float32, copy=False)
+    rows = s[:, y0] * (1 - fy)[:, None] + s[:, y1] * fy[:, None]  # (K, H, w)
+    return rows[:, :, x0] * (1 - fx) + rows[:, :, x1] * fx  # (K, H, W)
 
 
 def scores_to_labels(scores: np.ndarray, num_classes: int) -> np.ndarray:
@@ -219,7 +242,8 @@ class Runner(abc.ABC):
             if labels.shape != tuple(hw):
                 labels = cv2.resize(labels, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
             return labels
-        return scores_to_labels(resize_scores(out.astype(np.float32, copy=False), hw), self.meta.num_classes)
+        scores = resize_scores(out.astype(np.float32, copy=False), hw, align_corners=self.meta.align_corners)
+        return scores_to_labels(scores, self.meta.num_classes)
 
     def _check_batch(self, x: np.ndarray) -> np.ndarray:
         if self.fixed_batch is not None and len(x) != self.fixed_batch:
