@@ -85,6 +85,9 @@ class ModelConfig:
         num_classes: output classes; ``null`` takes the dataset's count (a different value is an error).
         pretrained: ImageNet backbone weights file (torchvision or CIRKD layout), or null for random init.
         width, output_stride, deep_stem, aux: model options; ``null`` keeps the builder's default.
+        align_corners: the model's bilinear upsampling of its logits, stored in the checkpoint and followed by
+            the losses, the runners and the export; CIRKD's recipes use ``true``; ``null`` keeps the builder's
+            default (``false``).
         mean, std, channel_order: input normalisation on the 0..255 scale, stored in the checkpoint.
     """
 
@@ -95,6 +98,7 @@ class ModelConfig:
     output_stride: int | None = None
     deep_stem: bool | None = None
     aux: bool | None = None
+    align_corners: bool | None = None
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_RGB[0]))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_RGB[1]))
     channel_order: str = "RGB"

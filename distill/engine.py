@@ -93,8 +93,11 @@ class DistillStep(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             terms = {"ce": F.cross_entropy(out["out"].float(), labels, ignore_index=self.ignore_index)}
             if out["aux"] is not None:
-                aux = F.interpolate(
-                    out["aux"].float(), size=labels.shape[-2:], mode="bilinear", align_corners=False
+                aux = F.interpolate(  # as the model upsamples its main logits (CIRKD: align_corners=True)
+                    out["aux"].float(),
+                    size=labels.shape[-2:],
+                    mode="bilinear",
+                    align_corners=getattr(self.student, "align_corners", False),
                 )
                 terms["aux"] = self.aux_weight * F.cross_entropy(aux, labels, ignore_index=self.ignore_index)
             if self.criterion is not None:
@@ -344,7 +347,7 @@ def _check_strides(meta: ModelMeta, teacher_meta: ModelMeta | None, default: int
 def _student_meta(cfg: Config, dataset: Any, num_classes: int) -> ModelMeta:
     s = cfg.student
     arch: dict[str, Any] = {"name": s.name, "num_classes": num_classes}
-    for key in ("width", "output_stride", "deep_stem", "aux"):
+    for key in ("width", "output_stride", "deep_stem", "aux", "align_corners"):
         if getattr(s, key) is not None:
             arch[key] = getattr(s, key)
     if cfg.train.aux_weight == 0:

@@ -75,7 +75,9 @@ def _slide_logits(
         chunk = windows[i : i + batch]
         logits = runner.predict_logits([image[y0:y1, x0:x1] for y0, y1, x0, x1 in chunk], size=crop)
         for (y0, y1, x0, x1), lg in zip(chunk, logits):
-            total[:, y0:y1, x0:x1] += resize_scores(lg, (y1 - y0, x1 - x0))
+            total[:, y0:y1, x0:x1] += resize_scores(
+                lg, (y1 - y0, x1 - x0), align_corners=runner.meta.align_corners
+            )
             count[y0:y1, x0:x1] += 1
     assert count.min() > 0, "windows must cover the image"
     return (total / count)[:, :h, :w]
@@ -133,7 +135,10 @@ def predict_image(
                 logits = runner.predict_logits([img], size=net)[0]
             if flipped:
                 logits = logits[:, :, ::-1]
-            probs += _softmax(resize_scores(np.ascontiguousarray(logits), (h, w)))
+            logits = resize_scores(
+                np.ascontiguousarray(logits), (h, w), align_corners=runner.meta.align_corners
+            )
+            probs += _softmax(logits)
     return scores_to_labels(probs, runner.meta.num_classes)
 
 
