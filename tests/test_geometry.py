@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from distill.models import build_model
@@ -96,3 +97,96 @@ def test_every_bilinear_upsampling_is_cirkds(
     assert calls and set(calls) == want, (
         f"{ours} upsamples with {sorted(set(calls))}, CIRKD with {sorted(want)}"
     )
+
+
+# ------------------------------------------------------------------ the exported graph and the runners follow it
+K, NET = 19, (64, 96)
+
+
+def _checkpoint(folder: Path, align_corners: bool) -> Path:
+    from distill.checkpoint import save_checkpoint
+    from infer.meta import ModelMeta
+
+    torch.manual_seed(0)
+    arch = {"name": "pspnet_mbv2", "num_classes": K, "width": 0.25, "align_corners": align_corners}
+    model = build_model(**arch)
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():  # statistics of a trained model: a fresh one's logits are nearly flat
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5, generator=gen)
+            m.bias.data.normal_(0.0, 0.5, generator=gen)
+            m.running_var.uniform_(0.1, 0.5, generator=gen)
+    meta = ModelMeta(
+        arch=arch,
+        class_names=[f"c{i}" for i in range(K)],
+        palette=[[10 * i, 0, 0] for i in range(K)],
+        input_size=list(NET),
+    )
+    return save_checkpoint(folder / f"ac{int(align_corners)}.pth", model, meta)
+
+
+def _resize_modes(path: Path) -> set[str]:
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    resizes = [n for n in graph.node if n.op_type == "Resize"]
+    assert resizes, "the graph has no Resize"
+    return {a.s.decode() for n in resizes for a in n.attribute if a.name == "coordinate_transformation_mode"}
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_the_onnx_graph_upsamples_corner_to_corner_and_equals_pytorch(tmp_path: Path, exporter: str) -> None:
+    import numpy as np
+    import onnxruntime as ort
+
+    from distill.checkpoint import load_model
+    from export.onnx_export import read_metadata
+    from export.pipeline import ExportOptions, export_checkpoint
+
+    if exporter == "dynamo":
+        pytest.importorskip(
+            "onnxscript", reason="the dynamo exporter needs onnxscript (pip install onnxscript)"
+        )
+    ckpt = _checkpoint(tmp_path, align_corners=True)
+    opts = ExportOptions(exporter=exporter, verify_count=2, out=str(tmp_path / "m.onnx"))
+    path = export_checkpoint(ckpt, opts, log=lambda _: None).path
+    assert read_metadata(path).align_corners is True
+    assert _resize_modes(path) == {"align_corners"}
+    x = torch.randn(1, 3, *NET, generator=torch.Generator().manual_seed(2))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    model, _ = load_model(ckpt)
+    with torch.no_grad():
+        ref = model(x)
+        logits = model(x, return_features=True)["logits"]
+    np.testing.assert_allclose(onnx_out, ref.numpy(), atol=1e-4)
+    half_pixel = F.interpolate(logits, size=NET, mode="bilinear", align_corners=False).numpy()
+    assert np.abs(onnx_out - half_pixel).max() > 1e-2  # the comparison above tells the two modes apart
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".onnx"])
+def test_the_runners_resize_logits_to_the_image_with_the_models_mode(tmp_path: Path, suffix: str) -> None:
+    import numpy as np
+
+    from distill.checkpoint import load_model
+    from export.pipeline import ExportOptions, export_checkpoint
+    from infer.runtime import load_runner
+
+    ckpt = _checkpoint(tmp_path, align_corners=True)
+    path = ckpt
+    if suffix == ".onnx":  # fixed 64x96 input: every other image size is resized after the network
+        opts = ExportOptions(exporter="torchscript", verify_count=2, out=str(tmp_path / "m.onnx"))
+        path = export_checkpoint(ckpt, opts, log=lambda _: None).path
+    image = np.random.default_rng(3).integers(0, 256, (192, 288, 3), dtype=np.uint8)
+    runner = load_runner(path)
+    labels = runner.predict([image], size=NET)[0]
+    model, _ = load_model(ckpt)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(runner.make_input([image], NET)).float())  # (1, K, 64, 96)
+    want = {
+        mode: F.interpolate(logits, size=(192, 288), mode="bilinear", align_corners=mode)[0].argmax(0).numpy()
+        for mode in (True, False)
+    }
+    assert labels.shape == (192, 288)
+    wrong, apart = (labels != want[True]).sum(), (want[True] != want[False]).sum()
+    assert apart > 50 and wrong <= apart // 20, (wrong, apart)  # right up to ties, and the modes do differ
