@@ -572,6 +572,40 @@ def test_registry_holds_the_issue_losses():
     assert expected <= set(LOSSES.names())
 
 
+def test_every_loss_class_of_every_module_is_registered():
+    """A loss defined in any module of distill/losses is registered, or is the base of a registered one."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import distill.losses as package
+    from distill.losses import KDLoss
+
+    registered = [LOSSES.get(name) for name in LOSSES.names()]
+    modules = [
+        importlib.import_module(f"distill.losses.{m.name}") for m in pkgutil.iter_modules(package.__path__)
+    ]
+    assert len(modules) >= 10
+    for module in modules:
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ != module.__name__ or not issubclass(cls, KDLoss):
+                continue
+            is_base = any(r is not cls and issubclass(r, cls) for r in registered)
+            assert cls in registered or is_base, f"{module.__name__}.{cls.__name__} is not registered"
+
+
+def test_parameter_spec_is_inherited_and_validated():
+    spec = LOSSES.get("cad").param_spec()
+    assert {"granularity", "eps", "student_channels", "projector_bias", "weight", "source"} <= set(spec)
+    assert set(loss_params("kd")) == {"tau", "weight", "source"}
+    with pytest.raises(TypeError, match="did you mean 'projector_bn'"):
+        build_loss("fitnet", projector_nb=True)
+    with pytest.raises(ValueError, match="project"):
+        build_loss("fitnet", project="yes")
+    with pytest.raises(ValueError, match=r"beta must lie in \(0, 1\)"):
+        build_loss("hwd", beta=1.5)
+
+
 def test_weight_scales_linearly():
     s, t, target = _pair()
     assert _value(build_loss("cwd", weight=6.0), s, t) == pytest.approx(2 * _value(build_loss("cwd"), s, t))
