@@ -870,6 +870,32 @@ def test_every_loss_on_real_model_outputs():
     assert all(p.grad is None for p in teacher.parameters())
 
 
+def _method_terms(name: str, **shared) -> KDCriterion:
+    import yaml
+
+    path = Path(__file__).parents[1] / "configs" / "_methods" / f"{name}.yaml"
+    return build_losses(yaml.safe_load(path.read_text())["losses"], **shared)
+
+
+def test_cirkd_cwd_recipe_carries_cirkds_effective_weight():
+    """CIRKD divides by the student's 128 channels: its weight 50 is 100 x the mean over the teacher's 256."""
+    s, t, _ = _pair(cs=128, ct=256, h=3, w=4)
+    torch.manual_seed(0)
+    recipe = _method_terms("cwd_cirkd", student_channels=128, teacher_channels=256)
+    torch.manual_seed(0)
+    by_teacher = build_loss("cwd", source="feat", weight=100.0, student_channels=128, teacher_channels=256)
+    feat_term = recipe(s, t)["kd/cwd_feat"]
+    assert feat_term.item() == pytest.approx(_value(by_teacher, s, t), rel=1e-5)
+    assert set(recipe.terms) == {"kd", "cwd_feat", "cwd_logits"}
+
+
+def test_dist_and_mgd_recipes_follow_the_official_code():
+    dist = _method_terms("dist_aux")
+    assert [(x.source, x.weight) for x in dist.terms.values()] == [("logits", 1.0), ("aux", 0.4)]
+    mgd = _method_terms("mgd", student_channels=CS, teacher_channels=CT)
+    assert mgd.terms["mgd"].projector[0].bias is not None
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # stored reference values
 
