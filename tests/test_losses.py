@@ -892,8 +892,23 @@ def test_cirkd_cwd_recipe_carries_cirkds_effective_weight():
 def test_dist_and_mgd_recipes_follow_the_official_code():
     dist = _method_terms("dist_aux")
     assert [(x.source, x.weight) for x in dist.terms.values()] == [("logits", 1.0), ("aux", 0.4)]
+    assert list(dist.terms) == ["dist", "dist_aux"]
     mgd = _method_terms("mgd", student_channels=CS, teacher_channels=CT)
     assert mgd.terms["mgd"].projector[0].bias is not None
+
+
+def test_mgd_on_the_last_backbone_stage_as_the_official_code():
+    s, t, _ = _pair(cs=CS, ct=CT, h=3, w=4)
+    torch.manual_seed(0)
+    on_feat = build_loss("mgd", student_channels=CS, teacher_channels=CT, seed=1)
+    torch.manual_seed(0)
+    on_stage = build_loss("mgd", source="stage4", student_channels=CS, teacher_channels=CT, seed=1)
+    assert on_stage.projector is not None
+    staged_s = {"stages": [None, None, None, s["feat"]]}  # only the last stage is read
+    staged_t = {"stages": [None, None, None, t["feat"]]}
+    assert _value(on_stage, staged_s, staged_t) == pytest.approx(_value(on_feat, s, t), rel=1e-6)
+    crit = build_losses([{"name": "mgd", "source": "stage4"}], student_channels=CS, teacher_channels=CT)
+    assert list(crit.terms) == ["mgd_stage4"]
 
 
 # ----------------------------------------------------------------------------------------------------------------

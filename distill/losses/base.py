@@ -103,6 +103,9 @@ class KDLoss(nn.Module):
 
     sources: ClassVar[tuple[str, ...]] = ("logits",)
     default_weight: ClassVar[float | Mapping[str, float]] = 1.0
+    term_suffix: ClassVar[bool] = (
+        False  # name the criterion's term "<name>_<source>" even for the first source
+    )
     params: ClassVar[dict[str, Param]] = {
         "weight": Param(None, "loss weight; None takes the authors' value for the chosen source", float),
         "source": Param(None, "entry of the output dicts compared; None takes the first of `sources`", str),
@@ -181,7 +184,13 @@ def _unknown_message(owner: str, unknown: list[str], valid: list[str]) -> str:
     return f"loss {owner!r} got unknown parameter(s) {', '.join(hints)}; valid: {sorted(valid)}"
 
 
+# Sources that name one backbone stage: ``stage4`` is ``outputs["stages"][3]`` (the last stage, before the head).
+_STAGES = {f"stage{i + 1}": i for i in range(4)}
+
+
 def _pick(outputs: Mapping[str, Tensor], key: str, who: str) -> Tensor:
+    if key in _STAGES and outputs.get("stages") is not None:
+        return outputs["stages"][_STAGES[key]]
     if outputs.get(key) is None:
         have = sorted(k for k, v in outputs.items() if v is not None)
         fix = (

@@ -29,13 +29,15 @@ def loss_params(name: str) -> list[str]:
 
 
 def _term_key(spec: Mapping[str, Any]) -> str:
-    """``spec["key"]`` or the loss name, suffixed with the source for losses that compare either."""
+    """``spec["key"]``, or the loss name suffixed with the source when it is not the loss's first one (always for
+    losses with ``term_suffix``: ``cwd_logits`` / ``cwd_feat``)."""
     if "key" in spec:
         return str(spec["key"])
     name = spec["name"]
     cls = LOSSES.get(name)
-    if len(cls.sources) > 1:
-        return f"{name}_{spec.get('source') or cls.sources[0]}"
+    source = spec.get("source") or cls.sources[0]
+    if cls.term_suffix or source != cls.sources[0]:
+        return f"{name}_{source}"
     return name
 
 

@@ -49,6 +49,7 @@ class ChannelWiseKD(ProjectedLoss):
 
     sources = ("logits", "feat")
     default_weight = {"logits": 3.0, "feat": 50.0}
+    term_suffix = True  # either source is a method of its own: "cwd_logits", "cwd_feat"
     params = {
         "tau": Param(4.0, "softmax temperature tau", float),
         "normalize": Param("teacher", "channel count used as C'", str, choices=_NORMALIZERS),

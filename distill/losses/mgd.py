@@ -40,10 +40,15 @@ class MaskedGenerativeKD(ProjectedLoss):
     The mask comes from the global torch RNG (so ``torch.manual_seed`` reproduces it) or, with ``seed`` set,
     from the loss's own ``torch.Generator``, whose state is part of ``state_dict()`` (a uint8 tensor, loadable
     with ``weights_only=True``), so a resumed run draws the masks the uninterrupted one would have.
+    Where: the official segmentation code (yzd-v/MGD ``seg/``) distils the backbone's last stage (``source:
+    stage4``, 512 -> 2048 channels for ResNet-18 -> ResNet-101: pass both widths) and adds CWD on the logits
+    (tau 4, weight 3); the default here is the decoder feature (``feat``), the feature the other losses of this
+    toolkit and CIRKD-based comparisons such as HWD's use (``_methods/mgd.yaml`` and ``mgd_official.yaml``).
     Reduction: sum over values, mean over images. Ignore handling: none (labels unused). Features;
     ``teacher_channels`` is required (it sizes the generator); ``student_channels`` defaults to it.
     """
 
+    sources = ("feat", "stage4")
     default_weight = 2e-5
     params = {
         "teacher_channels": Param(

@@ -64,7 +64,7 @@ class ProjectedLoss(KDLoss):
     """
 
     sources = ("feat",)
-    projected_sources: ClassVar[tuple[str, ...]] = ("feat",)
+    projected_sources: ClassVar[tuple[str, ...]] = ("feat", "stage4")
     params = {
         "student_channels": Param(
             None, "student feature width; with teacher_channels decides the projector", optional_int
