@@ -14,16 +14,12 @@ import torch
 import yaml
 
 from distill.checkpoint import load_checkpoint, load_model, save_checkpoint
+from distill.checks import check_classes
 from distill.config import load_config
 from distill.data import RunSampler, ShardSampler, TrainSet, augment, normalize
-from distill.engine import (
-    MAX_NONFINITE,
-    NonFiniteGuard,
-    NonFiniteLossError,
-    check_classes,
-    poly_lr_factor,
-    sliding_window_logits,
-)
+from distill.evaluation import sliding_window_logits
+from distill.guard import MAX_NONFINITE, NonFiniteGuard, NonFiniteLossError
+from distill.schedule import poly_lr_factor
 from infer.meta import ModelMeta, preprocess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,7 +175,7 @@ def test_stopped_and_resumed_run_matches_the_uninterrupted_one(
 _DRIVER = """
 import sys, torch
 from distill.config import load_config
-from distill.engine import train
+from distill.loop import train
 cfg = load_config(sys.argv[1], sys.argv[2:])
 result = train(cfg)
 state = {k: v.detach().cpu() for k, v in result.student.state_dict().items()}
