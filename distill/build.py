@@ -37,6 +37,14 @@ class Run:
     teacher_meta: ModelMeta | None
     meta: ModelMeta
     progress: Progress
+    lock: Any = None  # the run folder's lock file (main process), see distill.run_dir
+
+    def components(self) -> dict[str, Any]:
+        """What the run state saves besides progress and random states, by file name."""
+        parts = {"model": self.accelerator.unwrap_model(self.step), "optimizer": self.optimizer}
+        if self.accelerator.scaler is not None:  # fp16 loss scaling
+            parts["scaler"] = self.accelerator.scaler
+        return parts
 
     @property
     def student(self) -> nn.Module:
@@ -89,7 +97,6 @@ def build_run(cfg: Config) -> Run:
         world=accelerator.num_processes,
     )
     progress = Progress(guard=NonFiniteGuard(MAX_NONFINITE, run_dir))
-    accelerator.register_for_checkpointing(progress)
     return Run(cfg, accelerator, run_dir, step, optimizer, train_loader, eval_loader, teacher, teacher_meta, meta,
                progress)  # fmt: skip
 

@@ -146,6 +146,8 @@ class TrainConfig:
         stop_after: end this invocation after that iteration with the state saved (e.g. to fit a job's time
             limit); a later ``resume=auto`` continues exactly where it stopped.
         output_dir: run folder; null derives ``runs/<config path below configs/>``.
+        overwrite: let a fresh start (``resume=none``, or a folder without a state) replace the outputs of an
+            earlier run in ``output_dir``; without it such a start is refused.
     """
 
     max_iters: int = 40000
@@ -159,6 +161,7 @@ class TrainConfig:
     resume: str = "auto"
     stop_after: int | None = None
     output_dir: str | None = None
+    overwrite: bool = False
 
 
 @dataclass

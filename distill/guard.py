@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from distill.runlog import warn
@@ -19,11 +20,16 @@ class NonFiniteLossError(RuntimeError):
 class NonFiniteGuard:
     """Counts consecutive non-finite losses; warns for each skipped step and raises after ``limit`` in a row.
 
-    ``recovery`` is the sentence that names the last finite state and the command that resumes from it; the
-    run folder fills it in (see :func:`distill.run_dir.recovery_hint`).
+    ``recovery`` returns the sentence that names the last finite state and the command that resumes from it
+    (the trainer sets :func:`distill.run_dir.recovery_hint`).
     """
 
-    def __init__(self, limit: int = MAX_NONFINITE, run_dir: Path | None = None, recovery: str = "") -> None:
+    def __init__(
+        self,
+        limit: int = MAX_NONFINITE,
+        run_dir: Path | None = None,
+        recovery: Callable[[], str] | None = None,
+    ) -> None:
         self.limit, self.run_dir, self.streak, self.recovery = limit, run_dir, 0, recovery
 
     def update(self, finite: bool, iteration: int, losses: dict[str, float]) -> None:
@@ -40,10 +46,11 @@ class NonFiniteGuard:
             f"({self.streak}/{self.limit} in a row)"
         )
         if self.streak >= self.limit:
+            hint = self.recovery() if self.recovery is not None else ""
             raise NonFiniteLossError(
                 f"the loss was non-finite for {self.limit} iterations in a row (last at iteration {iteration}: {bad}); "
                 "training diverged. Lower optim.lr (or add optim.warmup_iters), use train.mixed_precision=bf16 "
-                f"instead of fp16, and check the labels with `python -m infer.datasets check`.{self.recovery}"
+                f"instead of fp16, and check the labels with `python -m infer.datasets check`.{hint}"
             )
 
     def state_dict(self) -> dict[str, int]:

@@ -14,6 +14,8 @@ step), :mod:`distill.schedule` (lr per iteration), :mod:`distill.evaluation` (mI
 from __future__ import annotations
 
 import math
+import os
+import signal
 import sys
 import time
 from collections import defaultdict
@@ -27,12 +29,28 @@ from torch import nn
 from distill.build import Run, build_run
 from distill.config import Config
 from distill.evaluation import evaluate
-from distill.run_dir import load_run_state, prepare_run_dir, save_checkpoints, save_run_state
+from distill.run_dir import (
+    check_finite,
+    prepare_run_dir,
+    recovery_hint,
+    release_lock,
+    resume,
+    save_checkpoints,
+    save_state,
+)
 from distill.runlog import MetricsLog, say
 from distill.schedule import lr_at, set_lr
 from distill.step import optimizer_step
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["RunStopped", "TrainResult", "train"]
+
+
+class RunStopped(RuntimeError):
+    """The run stopped early with its state saved: Ctrl-C (exit code 130) or the launcher died (exit code 1)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -59,22 +77,25 @@ def train(cfg: Config) -> TrainResult:
     """
     run = build_run(cfg)
     acc, p = run.accelerator, run.progress
-    state = prepare_run_dir(run)
-    if state is not None:
-        load_run_state(acc, state)
-        say(acc, f"resumed {run.run_dir} at iteration {p.iteration} from {state}")
-    if acc.log_with:
-        acc.init_trackers("tb")
-    log = MetricsLog(run.run_dir / "metrics.jsonl", acc, p.iteration)
-    log.write({"iter": p.iteration, "event": "resume" if state is not None else "start",
-               "num_processes": acc.num_processes, "device": str(acc.device),
-               "mixed_precision": acc.mixed_precision})  # fmt: skip
-    started, start_iter = time.perf_counter(), p.iteration
-    _loop(run, log)
-    finished = p.iteration >= cfg.train.max_iters
-    _summary(run, finished, time.perf_counter() - started, p.iteration - start_iter)
-    if acc.trackers:
-        acc.end_training()
+    try:
+        state = prepare_run_dir(run)
+        if state is not None:
+            resume(run, state)
+        p.guard.recovery = lambda: recovery_hint(run)
+        if acc.log_with:
+            acc.init_trackers("tb")
+        log = MetricsLog(run.run_dir / "metrics.jsonl", acc, p.iteration)
+        log.write({"iter": p.iteration, "event": "resume" if state is not None else "start",
+                   "num_processes": acc.num_processes, "device": str(acc.device),
+                   "mixed_precision": acc.mixed_precision})  # fmt: skip
+        started, start_iter = time.perf_counter(), p.iteration
+        _loop(run, log)
+        finished = p.iteration >= cfg.train.max_iters
+        _summary(run, finished, time.perf_counter() - started, p.iteration - start_iter)
+        if acc.trackers:
+            acc.end_training()
+    finally:
+        release_lock(run)
     return TrainResult(run.run_dir, run.student, p.iteration, finished, p.best_miou, p.best_iter,
                        p.last_metrics, acc.process_index, acc.num_processes)  # fmt: skip
 
@@ -92,8 +113,18 @@ def _loop(run: Run, log: MetricsLog) -> None:
     # A terminal gets a live bar; a log file gets a line every 30 s, not one per step.
     bar = tqdm(total=t.max_iters, initial=p.iteration, disable=not acc.is_main_process, unit="it",
                dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0)  # fmt: skip
+    stop_request = _StopRequest()
     try:
         while p.iteration < stop:
+            reason = stop_request.poll(acc)
+            if reason is not None:
+                _save(run)
+                why, code = reason
+                raise RunStopped(
+                    f"{why} at iteration {p.iteration}; the state is saved in {run.run_dir / 'state'}; resume with: "
+                    f"accelerate launch distill/train.py --config {run.run_dir / 'config.yaml'}",
+                    code,
+                )
             tic = time.perf_counter()
             lr = lr_at(run.cfg, p.iteration)
             set_lr(run.optimizer, lr)
@@ -112,10 +143,61 @@ def _loop(run: Run, log: MetricsLog) -> None:
             if p.iteration % t.eval_every == 0 or p.iteration == t.max_iters:
                 _eval_and_keep_best(run, log)
             if p.iteration % save_every == 0 or p.iteration == stop:
-                save_checkpoints(run, "last.pth")
-                save_run_state(acc, run.run_dir)
+                _save(run)
     finally:
+        stop_request.restore()
         bar.close()
+
+
+def _save(run: Run) -> None:
+    """``last.pth`` and the run state, after checking that nothing in them is NaN/inf."""
+    check_finite(run)
+    save_checkpoints(run, "last.pth")
+    save_state(run)
+
+
+class _StopRequest:
+    """Ctrl-C (SIGINT) or the death of the launcher, noticed between iterations so that the state is consistent.
+
+    A second Ctrl-C interrupts at once. Under ``accelerate launch`` or ``torchrun`` the trainer's parent is the
+    launcher: when it dies (``kill -9``), the trainer is re-parented and stops after saving.
+    """
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        launched = any(k in os.environ for k in ("ACCELERATE_MIXED_PRECISION", "TORCHELASTIC_RUN_ID"))
+        self.parent = os.getppid() if launched else None
+        self.previous = None
+        if _in_main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.interrupted = True
+
+    def poll(self, acc: Any) -> tuple[str, int] | None:
+        """(message, exit code) when the run must stop now, on every process alike."""
+        orphaned = self.parent is not None and os.getppid() != self.parent
+        flags = torch.tensor([int(self.interrupted), int(orphaned)], device=acc.device)
+        if acc.num_processes > 1:
+            flags = acc.reduce(flags, reduction="sum")
+        interrupted, orphaned = (bool(v) for v in flags.tolist())
+        if interrupted:
+            return "interrupted", 130
+        if orphaned:
+            return f"the launcher (process {self.parent}) died", 1
+        return None
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def _postfix(losses: dict[str, float], lr: float) -> dict[str, str]:
@@ -146,6 +228,7 @@ def _eval_and_keep_best(run: Run, log: MetricsLog) -> None:
     log.write({"iter": p.iteration, **{f"eval/{k}": v for k, v in metrics.items() if k != "Acc"}})
     improved = miou > p.best_miou or p.best_iter < 0
     if improved:
+        check_finite(run)
         p.best_miou, p.best_iter = (miou if math.isfinite(miou) else -math.inf), p.iteration
         save_checkpoints(run, "best.pth")
     tag = " (best)" if improved else f" (best {p.best_miou:.2f} at {p.best_iter})"

@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     from distill.checkpoint import CheckpointError
     from distill.evaluation import evaluate_checkpoint
     from distill.guard import NonFiniteLossError
-    from distill.loop import train
+    from distill.loop import RunStopped, train
+    from distill.run_dir import DiskFullError
     from distill.runlog import json_safe
 
     config = args.config if args.config is not None else DEMO_CONFIG
@@ -64,6 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DiskFullError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except RunStopped as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted before the first iteration completed; nothing new was saved", file=sys.stderr)
+        return 130
     return 0
 
 
