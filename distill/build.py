@@ -57,15 +57,24 @@ def make_accelerator(cfg: Config, run_dir: Path) -> Any:
     from accelerate import Accelerator
     from accelerate.utils import is_tensorboard_available
 
+    precision = cfg.train.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError(
+            "fp16 mixed precision needs a CUDA GPU and this machine has none; use train.mixed_precision=bf16 "
+            "(or no) on a CPU"
+        )
     # Under torchrun on a machine without CUDA, Accelerate stays single-process unless told to use the CPU.
     cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(
-        cpu=cpu,
-        mixed_precision=cfg.train.mixed_precision,
-        gradient_accumulation_steps=cfg.train.grad_accum,
-        log_with="tensorboard" if is_tensorboard_available() else None,
-        project_dir=str(run_dir),
-    )
+    try:
+        return Accelerator(
+            cpu=cpu,
+            mixed_precision=cfg.train.mixed_precision,
+            gradient_accumulation_steps=cfg.train.grad_accum,
+            log_with="tensorboard" if is_tensorboard_available() else None,
+            project_dir=str(run_dir),
+        )
+    except ValueError as e:  # e.g. bf16 on hardware without it
+        raise ConfigError(f"cannot set up the run's devices: {e}") from e
 
 
 def build_run(cfg: Config) -> Run:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -413,8 +414,20 @@ def _validate(cfg: Config, origin: str) -> list[str]:
         "optim.lr": o.lr,
     }
     for key, value in positive.items():
-        if value <= 0:
+        if not value > 0:  # also catches nan
             problems.append(f"{origin}: {key} must be positive, got {value}")
+    finite = {f"optim.{f.name}": getattr(o, f.name) for f in dataclasses.fields(o)}
+    for key, value in finite.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{origin}: {key} must be a finite number, got {value}")
+    stride = cfg.student.output_stride or 8  # the builders' default
+    for key in ("data.crop_size", "eval.crop_size"):
+        value = pairs[key]
+        if value is not None and len(value) == 2 and min(value) < stride:
+            problems.append(
+                f"{origin}: {key}={value} is smaller than the model's output stride {stride}: its 1/{stride} "
+                f"feature map would be empty; use a crop of at least {stride}x{stride} (the papers use 512x1024)"
+            )
     if t.save_every is not None and t.save_every <= 0:
         problems.append(f"{origin}: train.save_every must be positive or null, got {t.save_every}")
     if t.stop_after is not None and not 0 < t.stop_after <= t.max_iters:

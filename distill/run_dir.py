@@ -301,7 +301,11 @@ def recovery_hint(run: Run) -> str:
     if state is None:
         return f" No state was saved yet; start over at a lower learning rate: {cmd} train.resume=none train.overwrite=true"
     iteration = json.loads((state / PROGRESS).read_text()).get("iteration")
-    return f" The last finite state is {state} (iteration {iteration}); resume from it at a lower learning rate: {cmd}"
+    return (
+        f" The last finite state is {state} (iteration {iteration}); resume from it at a lower learning rate: {cmd}"
+        f" (if that diverges at once, the state already holds exploded weights: start over with {cmd} "
+        "train.resume=none train.overwrite=true)"
+    )
 
 
 def save_checkpoints(run: Run, name: str) -> None:
