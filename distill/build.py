@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from distill.adversarial import Adversarial
 from distill.checks import check_classes, check_inputs, check_strides
 from distill.config import Config, ConfigError
 from distill.data import EvalSet, TrainSet, build_eval_loader, build_train_loader
@@ -37,6 +38,7 @@ class Run:
     teacher_meta: ModelMeta | None
     meta: ModelMeta
     progress: Progress
+    adversarial: Adversarial | None = None
     lock: Any = None  # the run folder's lock file (main process), see distill.run_dir
 
     def components(self) -> dict[str, Any]:
@@ -44,6 +46,8 @@ class Run:
         parts = {"model": self.accelerator.unwrap_model(self.step), "optimizer": self.optimizer}
         if self.accelerator.scaler is not None:  # fp16 loss scaling
             parts["scaler"] = self.accelerator.scaler
+        if self.adversarial is not None:
+            parts.update(self.adversarial.components())
         return parts
 
     @property
@@ -106,8 +110,22 @@ def build_run(cfg: Config) -> Run:
         world=accelerator.num_processes,
     )
     progress = Progress(guard=NonFiniteGuard(MAX_NONFINITE, run_dir))
+    adversarial = _build_adversarial(cfg, num_classes, accelerator)
     return Run(cfg, accelerator, run_dir, step, optimizer, train_loader, eval_loader, teacher, teacher_meta, meta,
-               progress)  # fmt: skip
+               progress, adversarial)  # fmt: skip
+
+
+def _build_adversarial(cfg: Config, num_classes: int, accelerator: Any) -> Adversarial | None:
+    """The discriminator of the adversarial term (built after the student, so that its init is unchanged)."""
+    a = cfg.adversarial
+    if not (a.enabled and cfg.distill):
+        return None
+    adv = Adversarial(num_classes, accelerator.device, lambda_adv=a.lambda_adv, lambda_d=a.lambda_d, lr=a.lr,
+                      betas=tuple(a.betas), width=a.width)  # fmt: skip
+    if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
+        adv.discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(adv.discriminator)  # as CIRKD does
+        adv.optimizer = torch.optim.Adam(adv.discriminator.parameters(), lr=a.lr, betas=tuple(a.betas))
+    return adv
 
 
 def _student_meta(cfg: Config, dataset: Any, num_classes: int) -> ModelMeta:

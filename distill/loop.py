@@ -66,6 +66,7 @@ class TrainResult:
     metrics: dict[str, Any]
     process_index: int
     num_processes: int
+    discriminator: nn.Module | None = None  # the adversarial term's, when enabled
 
 
 def train(cfg: Config) -> TrainResult:
@@ -97,7 +98,8 @@ def train(cfg: Config) -> TrainResult:
     finally:
         release_lock(run)
     return TrainResult(run.run_dir, run.student, p.iteration, finished, p.best_miou, p.best_iter,
-                       p.last_metrics, acc.process_index, acc.num_processes)  # fmt: skip
+                       p.last_metrics, acc.process_index, acc.num_processes,
+                       run.adversarial.discriminator if run.adversarial else None)  # fmt: skip
 
 
 def _loop(run: Run, log: MetricsLog) -> None:

@@ -274,14 +274,7 @@ def check_finite(run: Run) -> None:
     Raises:
         NonFiniteLossError: naming the last finite state and the command that resumes from it.
     """
-    bad = [k for k, v in run.accelerator.unwrap_model(run.step).state_dict().items()
-           if v.is_floating_point() and not bool(torch.isfinite(v).all())]  # fmt: skip
-    for group in run.optimizer.state_dict()["state"].values():
-        bad += [
-            f"optimizer {k}"
-            for k, v in group.items()
-            if torch.is_tensor(v) and not bool(torch.isfinite(v).all())
-        ]
+    bad = [n for name, obj in run.components().items() for n in _nonfinite(obj.state_dict(), name)]
     acc = run.accelerator
     count = torch.tensor([len(bad)], device=acc.device)
     if acc.num_processes > 1:
@@ -292,6 +285,17 @@ def check_finite(run: Run) -> None:
             f"the model became non-finite by iteration {run.progress.iteration} ({int(count.item())} tensors: "
             f"{names}), so nothing was saved; training diverged.{recovery_hint(run)}"
         )
+
+
+def _nonfinite(state: Any, where: str) -> list[str]:
+    """Names of the NaN/inf floating tensors anywhere in a (nested) state dict."""
+    if torch.is_tensor(state):
+        return [where] if state.is_floating_point() and not bool(torch.isfinite(state).all()) else []
+    if isinstance(state, dict):
+        return [n for k, v in state.items() for n in _nonfinite(v, f"{where}.{k}")]
+    if isinstance(state, list | tuple):
+        return [n for i, v in enumerate(state) for n in _nonfinite(v, f"{where}.{i}")]
+    return []
 
 
 def recovery_hint(run: Run) -> str:

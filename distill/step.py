@@ -19,6 +19,7 @@ from distill.data import normalize
 from infer.meta import ModelMeta
 
 if TYPE_CHECKING:
+    from distill.adversarial import Adversarial
     from distill.build import Run
 
 __all__ = ["DistillStep", "any_nonfinite", "frozen_teacher", "optimizer_step", "train_step"]
@@ -47,7 +48,11 @@ class DistillStep(nn.Module):
         self.ignore_index = ignore_index
 
     def forward(
-        self, x: Tensor, labels: Tensor, teacher_out: dict[str, Any] | None = None
+        self,
+        x: Tensor,
+        labels: Tensor,
+        teacher_out: dict[str, Any] | None = None,
+        adversary: Adversarial | None = None,
     ) -> dict[str, Tensor]:
         out = self.student(x, return_features=True)
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -60,6 +65,8 @@ class DistillStep(nn.Module):
             if self.criterion is not None:
                 assert teacher_out is not None, "distillation needs the teacher's outputs"
                 terms.update(self.criterion(out, teacher_out, labels))
+            if adversary is not None:  # the student's side of the adversarial term, on the 1/8 logits
+                terms["adv"] = adversary.generator_loss(out["logits"], teacher_out["logits"])
         return {"total": sum(terms.values()), **terms}
 
 
@@ -82,6 +89,7 @@ def train_step(
     teacher: nn.Module | None = None,
     teacher_meta: ModelMeta | None = None,
     autocast: Any = None,
+    adversary: Adversarial | None = None,
 ) -> dict[str, Tensor]:
     """One forward of an iteration: the teacher's targets (no gradient), then the student's named losses.
 
@@ -92,6 +100,7 @@ def train_step(
         student_meta, teacher_meta: normalisation of each model's input.
         teacher: frozen teacher, or None for plain training.
         autocast: context manager factory for the teacher's forward (``accelerator.autocast``).
+        adversary: the adversarial term (:class:`distill.adversarial.Adversarial`), or None.
     """
     labels = labels.long()
     teacher_out = None
@@ -107,7 +116,7 @@ def train_step(
         with torch.no_grad(), ctx:
             teacher_out = teacher(t_in.half() if half else t_in, return_features=True)
     x = normalize(images, student_meta.mean, student_meta.std, student_meta.channel_order)
-    return step(x, labels, teacher_out)
+    return step(x, labels, teacher_out, adversary)
 
 
 def any_nonfinite(accelerator: Any, total: Tensor) -> bool:
@@ -122,11 +131,16 @@ def optimizer_step(run: Run, batches: Any) -> tuple[dict[str, float], bool]:
     """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss terms and whether it stepped.
 
     A step whose loss is non-finite on any process is skipped by all of them, and leaves the model exactly as it
-    was: the forward already updated the BatchNorm running statistics, so every buffer is put back.
+    was: the forward already updated the BatchNorm running statistics, so every buffer is put back. With the
+    adversarial term, the discriminator steps after the student, on the same logits (its objective is logged as
+    ``adv_d``, outside ``total``), and is skipped and restored alike.
     """
-    acc, cfg = run.accelerator, run.cfg
+    acc, cfg, adv = run.accelerator, run.cfg, run.adversarial
     sums: dict[str, float] = defaultdict(float)
-    buffers = list(run.step.buffers())  # BatchNorm running statistics and batch counters
+    modules = [run.step] + ([adv.discriminator] if adv is not None else [])
+    buffers = [
+        b for m in modules for b in m.buffers()
+    ]  # BatchNorm statistics, batch counters, power iterations
     saved = [b.detach().clone() for b in buffers]
     skipped = False
     for _ in range(cfg.train.grad_accum):
@@ -140,17 +154,29 @@ def optimizer_step(run: Run, batches: Any) -> tuple[dict[str, float], bool]:
                 teacher=run.teacher,
                 teacher_meta=run.teacher_meta,
                 autocast=acc.autocast,
+                adversary=adv,
             )
-            if any_nonfinite(acc, losses["total"]):
+            d_loss = adv.discriminator_loss() if adv is not None else None
+            checked = losses["total"] if d_loss is None else losses["total"] + d_loss.detach()
+            if any_nonfinite(acc, checked):
                 skipped = True
             else:
                 acc.backward(losses["total"])
+                if d_loss is not None:
+                    (d_loss / cfg.train.grad_accum).backward()
             if acc.sync_gradients and not skipped:
                 run.optimizer.step()
             run.optimizer.zero_grad()
+        if d_loss is not None:
+            losses["adv_d"] = d_loss
         values = torch.stack([v.detach().float() for v in losses.values()]).tolist()
         for key, v in zip(losses, values):
             sums[key] += v / cfg.train.grad_accum
+    if adv is not None:
+        if skipped:
+            adv.optimizer.zero_grad(set_to_none=True)
+        else:
+            adv.step(acc)
     if skipped:
         with torch.no_grad():
             for b, s in zip(buffers, saved):
