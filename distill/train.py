@@ -44,19 +44,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _strict(value: object) -> object:
-    """NaN (the IoU of a class absent from the data) -> null, so that the output is strict JSON."""
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_strict(v) for v in value]
-    return None if isinstance(value, float) and value != value else value
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     from distill.checkpoint import CheckpointError
-    from distill.engine import NonFiniteLossError, evaluate_checkpoint, train
+    from distill.evaluation import evaluate_checkpoint
+    from distill.guard import NonFiniteLossError
+    from distill.loop import RunStopped, train
+    from distill.run_dir import DiskFullError
+    from distill.runlog import json_safe
 
     config = args.config if args.config is not None else DEMO_CONFIG
     try:
@@ -64,12 +59,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.eval:
             metrics = evaluate_checkpoint(args.eval, cfg)
             if metrics["process_index"] == 0:
-                print(json.dumps(_strict(metrics)))
+                print(json.dumps(json_safe(metrics)))
         else:
             train(cfg)
     except (ConfigError, CheckpointError, NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DiskFullError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except RunStopped as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted before the first iteration completed; nothing new was saved", file=sys.stderr)
+        return 130
     return 0
 
 
