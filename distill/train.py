@@ -47,6 +47,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     from distill.checkpoint import CheckpointError
+    from distill.data import BadDataError
     from distill.evaluation import evaluate_checkpoint
     from distill.guard import NonFiniteLossError
     from distill.loop import RunStopped, train
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(json_safe(metrics)))
         else:
             train(cfg)
-    except (ConfigError, CheckpointError, NonFiniteLossError) as e:
+    except (ConfigError, CheckpointError, NonFiniteLossError, BadDataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except DiskFullError as e:
