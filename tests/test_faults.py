@@ -531,3 +531,20 @@ def test_a_file_failing_during_the_run_is_skipped_then_counted(tiny_config: Path
                   "data.max_bad_files=0", expect=2)  # fmt: skip
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: 1 training samples failed to decode") and images[2].name in last
+
+
+# ------------------------------------------------------------------------------------------- under a launcher
+
+
+@pytest.mark.slow
+def test_a_user_error_under_the_launcher_keeps_its_code_and_ends_the_output(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    launch = [sys.executable, "-m", "distill.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--"]  # fmt: skip
+    missing = tmp_path / "nowhere"
+    proc = subprocess.run([*launch, "--config", str(tiny_config), f"train.resume={missing}"], cwd=REPO,
+                          env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: train.resume={missing} is not a state folder")
