@@ -200,7 +200,7 @@ def _step_run(weight: float) -> SimpleNamespace:
     cfg = SimpleNamespace(train=SimpleNamespace(grad_accum=1))
     optimizer = torch.optim.SGD(step.parameters(), lr=0.1, momentum=0.9)
     return SimpleNamespace(accelerator=_FakeAccelerator(), cfg=cfg, step=step.train(), optimizer=optimizer,
-                           meta=meta, teacher=None, teacher_meta=None)  # fmt: skip
+                           meta=meta, teacher=None, teacher_meta=None, adversarial=None)  # fmt: skip
 
 
 @pytest.mark.parametrize("weight, stepped", [(float("nan"), False), (0.4, True)])
