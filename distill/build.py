@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from distill.adversarial import Adversarial
-from distill.checks import check_classes, check_inputs, check_strides
+from distill.checks import check_classes, check_data, check_inputs, check_strides
 from distill.config import Config, ConfigError
 from distill.data import EvalSet, TrainSet, build_eval_loader, build_train_loader
 from distill.guard import MAX_NONFINITE, NonFiniteGuard
@@ -86,6 +86,8 @@ def build_run(cfg: Config) -> Run:
     run_dir = Path(cfg.train.output_dir)
     accelerator = make_accelerator(cfg, run_dir)
     inputs = check_inputs(cfg, accelerator.num_processes)
+    if cfg.data.check:
+        _on_main(accelerator, lambda: check_data(cfg))
     num_classes = check_classes(inputs.train_set, inputs.teacher_meta, cfg.student.num_classes)
     meta = _student_meta(cfg, inputs.train_set, num_classes)
     check_strides(meta, inputs.teacher_meta)
@@ -95,7 +97,9 @@ def build_run(cfg: Config) -> Run:
     optimizer = build_optimizer(cfg, step.parameters())
     d, t = cfg.data, cfg.train
     train_loader = build_train_loader(
-        TrainSet(inputs.train_set, d.crop_size, d.scale_range, d.flip, seed=t.seed),
+        TrainSet(
+            inputs.train_set, d.crop_size, d.scale_range, d.flip, seed=t.seed, max_bad_files=d.max_bad_files
+        ),
         batch_size=inputs.micro_batch,
         total_batches=t.max_iters * t.grad_accum * accelerator.num_processes,
         num_workers=d.num_workers,
@@ -126,6 +130,19 @@ def _build_adversarial(cfg: Config, num_classes: int, accelerator: Any) -> Adver
         adv.discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(adv.discriminator)  # as CIRKD does
         adv.optimizer = torch.optim.Adam(adv.discriminator.parameters(), lr=a.lr, betas=tuple(a.betas))
     return adv
+
+
+def _on_main(accelerator: Any, check: Any) -> None:
+    """Run ``check()`` on the main process only; its ConfigError is raised on every process."""
+    from distill.run_dir import raise_on_all
+
+    error = None
+    if accelerator.is_main_process:
+        try:
+            check()
+        except ConfigError as e:
+            error = e
+    raise_on_all(accelerator, error)
 
 
 def _student_meta(cfg: Config, dataset: Any, num_classes: int) -> ModelMeta:

@@ -13,7 +13,16 @@ from distill.config import Config, ConfigError
 from distill.runlog import warn
 from infer.meta import ModelMeta
 
-__all__ = ["Inputs", "check_classes", "check_inputs", "check_strides", "load_datasets", "micro_batch"]
+__all__ = [
+    "Inputs",
+    "check_classes",
+    "check_data",
+    "check_inputs",
+    "check_strides",
+    "load_datasets",
+    "micro_batch",
+    "reader_options",
+]
 
 _REPO = Path(__file__).resolve().parents[1]  # where configs/ lives in a checkout
 
@@ -74,9 +83,12 @@ def load_datasets(cfg: Config) -> tuple[Any, Any]:
     """The training and validation readers of ``cfg.data`` (a ConfigError naming the fix otherwise)."""
     from infer.datasets import DatasetError, build_dataset
 
+    options = reader_options(cfg)
     try:
-        train_set = build_dataset(cfg.data.dataset, cfg.data.root, cfg.data.train_split)
-        val_set = build_dataset(cfg.data.dataset, cfg.data.root, cfg.data.val_split)
+        train_set = build_dataset(cfg.data.dataset, cfg.data.root, cfg.data.train_split, **options)
+        val_set = build_dataset(cfg.data.dataset, cfg.data.root, cfg.data.val_split, **options)
+    except TypeError as e:  # an option the reader does not take
+        raise ConfigError(f"data.reader / data.label_type: the {cfg.data.dataset} reader says: {e}") from e
     except (DatasetError, KeyError) as e:
         hint = ""
         if not Path(cfg.data.root).expanduser().is_dir() and cfg.data.dataset != "demo":
@@ -85,6 +97,37 @@ def load_datasets(cfg: Config) -> tuple[Any, Any]:
             f"cannot read the {cfg.data.dataset} data at {cfg.data.root}: {e.args[0]}{hint}"
         ) from e
     return train_set, val_set
+
+
+def reader_options(cfg: Config) -> dict[str, Any]:
+    """Keyword options of the dataset reader from ``cfg.data`` (``label_type`` and ``reader``)."""
+    options = dict(cfg.data.reader)
+    if cfg.data.label_type is not None:
+        options["label_type"] = cfg.data.label_type
+    return options
+
+
+def check_data(cfg: Config, *, limit: int = 20) -> None:
+    """Read every sample of the splits the run reads (``infer.datasets check``) before any work is done.
+
+    Raises:
+        ConfigError: listing the first ``limit`` problems of each split and how to skip the check.
+    """
+    from infer.datasets.check import check_dataset
+
+    problems = []
+    for split in dict.fromkeys((cfg.data.train_split, cfg.data.val_split)):
+        report = check_dataset(cfg.data.dataset, cfg.data.root, split, **reader_options(cfg))
+        problems += [f"{split}: {p}" for p in report.problems[:limit]]
+        if len(report.problems) > limit:
+            problems.append(f"{split}: ... and {len(report.problems) - limit} more")
+    if problems:
+        raise ConfigError(
+            f"the {cfg.data.dataset} data at {cfg.data.root} has problems:\n  "
+            + "\n  ".join(problems)
+            + f"\nfix them (python -m infer.datasets check --dataset {cfg.data.dataset} --root {cfg.data.root} "
+            "--split SPLIT lists them all), or start without this check with data.check=false"
+        )
 
 
 def check_classes(dataset: Any, teacher_meta: ModelMeta | None, student_classes: int | None) -> int:

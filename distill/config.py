@@ -65,6 +65,13 @@ class DataConfig:
             ``batch_size / (processes * train.grad_accum)`` per micro-step, so a recipe trains the same on 1 GPU
             (with accumulation if memory is short) as on 8; it must divide exactly.
         num_workers: data-loading worker processes per training process.
+        label_type: which label files the reader takes (cityscapes: ``labelIds`` or ``trainIds``; cocostuff:
+            ``stuffthingmaps`` or ``trainIds``); null keeps the reader's default.
+        reader: further reader options, e.g. ``{classes: my/classes.txt, masks: annotations}`` for ``folder``.
+        check: read every sample of both splits before training (``infer.datasets check``) and refuse to start
+            on a problem; false skips it (a file that fails to decode during the run is still skipped).
+        max_bad_files: training samples that may fail to decode during the run (each is skipped with a
+            warning) before the run stops with their list.
     """
 
     dataset: str = "demo"
@@ -76,6 +83,10 @@ class DataConfig:
     flip: bool = True
     batch_size: int = 8
     num_workers: int = 2
+    label_type: str | None = None
+    reader: dict[str, Any] = field(default_factory=dict)
+    check: bool = True
+    max_bad_files: int = 10
 
 
 @dataclass

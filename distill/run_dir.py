@@ -39,6 +39,7 @@ __all__ = [
     "check_finite",
     "find_state",
     "prepare_run_dir",
+    "raise_on_all",
     "recovery_hint",
     "release_lock",
     "resume",
@@ -50,7 +51,7 @@ STATE, STATE_TMP, STATE_OLD = "state", "state.tmp", "state.old"
 _OUTPUTS = ("metrics.jsonl", "best.pth", "last.pth", STATE, STATE_OLD)
 # Keys that may change between invocations without changing what the run computes.
 _RUN_CONTROL = {"train.resume", "train.stop_after", "train.output_dir", "train.log_every", "train.overwrite",
-                "data.num_workers", "data.check"}  # fmt: skip
+                "data.num_workers", "data.check", "data.max_bad_files"}  # fmt: skip
 # Keys whose new value a resumed run applies from the resumed iteration on.
 _APPLIED = ("optim.", "train.max_iters", "train.eval_every", "train.save_every", "eval.")
 
@@ -159,11 +160,11 @@ def prepare_run_dir(run: Run) -> Path | None:
             save_config(cfg, run_dir / "config.yaml")
         except ConfigError as e:
             error = e
-    _raise_on_all(acc, error)
+    raise_on_all(acc, error)
     return state
 
 
-def _raise_on_all(acc: Any, error: Exception | None) -> None:
+def raise_on_all(acc: Any, error: Exception | None) -> None:
     """Raise ``error`` (found by the main process) on every process, so that none waits for the others."""
     flag = torch.tensor([0 if error is None else 1], device=acc.device)
     if acc.num_processes > 1:

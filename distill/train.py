@@ -4,6 +4,7 @@
     accelerate launch --multi_gpu --num_processes 8 distill/train.py --config configs/cityscapes/deeplabv3_r18_cwd.yaml
     python distill/train.py --config configs/demo/teacher.yaml train.max_iters=100     # one process
     torchrun --nproc_per_node 2 distill/train.py --config ...                          # several CPU processes
+    python -m distill.launch --multi_gpu --num_processes 8 -- --config ...   # accelerate launch, errors last
     python distill/train.py --config configs/demo/cwd.yaml --eval runs/demo/cwd/best.pth   # evaluate only
 
 Without --config it runs the demo distillation recipe (configs/demo/cwd.yaml). Overrides are dotted YAML
@@ -47,6 +48,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     from distill.checkpoint import CheckpointError
+    from distill.data import BadDataError
     from distill.evaluation import evaluate_checkpoint
     from distill.guard import NonFiniteLossError
     from distill.loop import RunStopped, train
@@ -62,19 +64,28 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(json_safe(metrics)))
         else:
             train(cfg)
-    except (ConfigError, CheckpointError, NonFiniteLossError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (ConfigError, CheckpointError, NonFiniteLossError, BadDataError) as e:
+        return _fail(f"error: {e}", 2)
     except DiskFullError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return _fail(f"error: {e}", 1)
     except RunStopped as e:
-        print(f"stopped: {e}", file=sys.stderr)
-        return e.exit_code
+        return _fail(f"stopped: {e}", e.exit_code)
     except KeyboardInterrupt:
-        print("interrupted before the first iteration completed; nothing new was saved", file=sys.stderr)
-        return 130
+        return _fail("interrupted before the first iteration completed; nothing new was saved", 130)
     return 0
+
+
+def _fail(message: str, code: int) -> int:
+    """Print the one-line outcome; under ``python -m distill.launch`` also hand it to the launcher wrapper."""
+    import os
+
+    print(message, file=sys.stderr)
+    status = os.environ.get("SEGKD_EXIT_STATUS")
+    if status and int(os.environ.get("RANK", "0")) == 0:
+        from infer.fileio import atomic_write_text
+
+        atomic_write_text(status, json.dumps({"code": code, "message": message}))
+    return code
 
 
 if __name__ == "__main__":

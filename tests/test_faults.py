@@ -200,7 +200,7 @@ def _step_run(weight: float) -> SimpleNamespace:
     cfg = SimpleNamespace(train=SimpleNamespace(grad_accum=1))
     optimizer = torch.optim.SGD(step.parameters(), lr=0.1, momentum=0.9)
     return SimpleNamespace(accelerator=_FakeAccelerator(), cfg=cfg, step=step.train(), optimizer=optimizer,
-                           meta=meta, teacher=None, teacher_meta=None)  # fmt: skip
+                           meta=meta, teacher=None, teacher_meta=None, adversarial=None)  # fmt: skip
 
 
 @pytest.mark.parametrize("weight, stepped", [(float("nan"), False), (0.4, True)])
@@ -443,3 +443,108 @@ def test_compare_reads_a_run_whose_last_metrics_line_was_cut(tmp_path: Path) -> 
     text = "".join(json.dumps(r) + "\n" for r in lines) + '{"iter": 6, "eval/mI'
     (tmp_path / "metrics.jsonl").write_text(text)
     assert read_run(tmp_path) == (40.0, 30.0)
+
+
+# ------------------------------------------------------------------------------------------- bad data
+
+
+def _cityscapes_train_ids(root: Path, values: list[int]) -> Path:
+    """One Cityscapes sample whose trainIds label holds ``values`` (one per row)."""
+    import cv2
+    import numpy as np
+
+    (root / "leftImg8bit" / "val" / "c").mkdir(parents=True)
+    (root / "gtFine" / "val" / "c").mkdir(parents=True)
+    cv2.imwrite(
+        str(root / "leftImg8bit/val/c/c_000000_000000_leftImg8bit.png"),
+        np.zeros((len(values), 4, 3), np.uint8),
+    )
+    label = np.repeat(np.array(values, np.uint8)[:, None], 4, axis=1)
+    cv2.imwrite(str(root / "gtFine/val/c/c_000000_000000_gtFine_labelTrainIds.png"), label)
+    return root
+
+
+@pytest.mark.parametrize("name", ["cityscapes", "cocostuff"])
+def test_train_ids_past_the_classes_are_ignored_like_every_other_reader(name: str, tmp_path: Path) -> None:
+    from infer.datasets import DATASETS, cityscapes, cocostuff
+
+    k = len(DATASETS.get(name).class_names)
+    tables = {
+        "cityscapes": cityscapes._LABEL_TYPES["trainIds"][1],
+        "cocostuff": cocostuff._LABEL_TYPES["trainIds"][0],
+    }
+    mapped = tables[name]
+    assert mapped[k - 1] == k - 1 and mapped[0] == 0
+    assert (mapped[k:] == 255).all()  # e.g. a labelIds value 33 in a trainIds file is not class 33
+
+
+def test_label_type_comes_from_the_training_config(tmp_path: Path) -> None:
+    from distill.checks import load_datasets
+
+    root = _cityscapes_train_ids(tmp_path / "cs", [0, 18, 19, 33, 255])
+    cfg = load_config(None, ["data.dataset=cityscapes", f"data.root={root}", "data.train_split=val",
+                             "data.label_type=trainIds"])  # fmt: skip
+    _, val = load_datasets(cfg)
+    assert val[0][1][:, 0].tolist() == [0, 18, 255, 255, 255]
+    bad = load_config(None, ["data.dataset=cityscapes", f"data.root={root}", "data.reader={colour: true}"])
+    with pytest.raises(ConfigError, match="data.reader"):
+        load_datasets(bad)
+
+
+def test_folder_classes_sharing_a_colour_are_refused(tmp_path: Path) -> None:
+    from infer.datasets import DatasetError
+    from infer.datasets.folder import read_classes
+
+    (tmp_path / "classes.txt").write_text("road 128 64 128\nsky 70 130 180\nlane 128 64 128\n")
+    with pytest.raises(DatasetError, match=r"road, lane share the colour \[128, 64, 128\]"):
+        read_classes(tmp_path / "classes.txt")
+
+
+def _demo_copy(tiny_config: Path, tmp_path: Path) -> tuple[Path, list[Path]]:
+    import shutil
+
+    root = Path(yaml.safe_load(tiny_config.read_text())["data"]["root"])
+    copy = tmp_path / "data"
+    shutil.copytree(root, copy)
+    return copy, sorted((copy / "leftImg8bit" / "train").rglob("*.png"))
+
+
+@pytest.mark.slow
+def test_bad_data_is_found_before_the_first_iteration(tiny_config: Path, tmp_path: Path) -> None:
+    root, images = _demo_copy(tiny_config, tmp_path)
+    images[1].write_bytes(images[1].read_bytes()[:100])  # truncated
+    run = tmp_path / "run"
+    proc = _train(tiny_config, f"data.root={root}", f"train.output_dir={run}", expect=2)
+    assert images[1].name in proc.stderr and "data.check=false" in proc.stderr
+    assert not (run / "metrics.jsonl").exists()  # nothing ran
+
+
+@pytest.mark.slow
+def test_a_file_failing_during_the_run_is_skipped_then_counted(tiny_config: Path, tmp_path: Path) -> None:
+    root, images = _demo_copy(tiny_config, tmp_path)
+    images[2].write_bytes(b"not a png")
+    run = tmp_path / "run"
+    proc = _train(tiny_config, f"data.root={root}", f"train.output_dir={run}", "data.check=false")
+    assert "skipped a training sample that fails to decode" in proc.stderr and images[2].name in proc.stderr
+    assert load_checkpoint(run / "last.pth").provenance["iteration"] == 4
+    proc = _train(tiny_config, f"data.root={root}", f"train.output_dir={tmp_path / 'strict'}", "data.check=false",
+                  "data.max_bad_files=0", expect=2)  # fmt: skip
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 1 training samples failed to decode") and images[2].name in last
+
+
+# ------------------------------------------------------------------------------------------- under a launcher
+
+
+@pytest.mark.slow
+def test_a_user_error_under_the_launcher_keeps_its_code_and_ends_the_output(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    launch = [sys.executable, "-m", "distill.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--"]  # fmt: skip
+    missing = tmp_path / "nowhere"
+    proc = subprocess.run([*launch, "--config", str(tiny_config), f"train.resume={missing}"], cwd=REPO,
+                          env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: train.resume={missing} is not a state folder")
