@@ -190,3 +190,25 @@ def test_the_runners_resize_logits_to_the_image_with_the_models_mode(tmp_path: P
     assert labels.shape == (192, 288)
     wrong, apart = (labels != want[True]).sum(), (want[True] != want[False]).sum()
     assert apart > 50 and wrong <= apart // 20, (wrong, apart)  # right up to ties, and the modes do differ
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_the_auxiliary_loss_upsamples_as_the_model_does(align_corners: bool) -> None:
+    """CIRKD's loss upsamples the auxiliary logits to the labels like the main ones (corner to corner)."""
+    from distill.engine import DistillStep
+
+    torch.manual_seed(0)
+    model = build_model("deeplabv3_r18", num_classes=K, width=0.125, align_corners=align_corners).eval()
+    step = DistillStep(model, None, aux_weight=0.4, ignore_index=255)
+    x = torch.randn(2, 3, 64, 96)
+    labels = torch.randint(0, K, (2, 64, 96))
+    with torch.no_grad():
+        aux = model(x, return_features=True)["aux"]  # (2, K, 8, 12)
+        terms = step(x, labels)
+    want = {
+        mode: 0.4
+        * F.cross_entropy(F.interpolate(aux, size=(64, 96), mode="bilinear", align_corners=mode), labels)
+        for mode in (True, False)
+    }
+    torch.testing.assert_close(terms["aux"], want[align_corners])
+    assert not torch.allclose(want[True], want[False])
