@@ -180,14 +180,16 @@ def _default_shapes(onnx_path: Path):  # noqa: ANN202 (ShapeProfile | None)
     import onnx
 
     from export.onnx_export import read_metadata
-    from export.trt_build import ShapeProfile
+    from export.trt_shapes import ShapeProfile
+    from infer.meta import HW_AXES, guess_layout
 
     graph_input = onnx.load(str(onnx_path), load_external_data=False).graph.input[0]
     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in graph_input.type.tensor_type.shape.dim]
     if all(d > 0 for d in dims):
         return None
-    h, w = read_metadata(onnx_path).input_size
-    hw = {1: h, 2: w} if dims[-1] == 3 else {2: h, 3: w}  # NHWC (fused preprocessing) or NCHW
+    meta = read_metadata(onnx_path)
+    h, w = meta.input_size
+    hw = dict(zip(HW_AXES[guess_layout(dims, meta.extra)[0]], (h, w)))  # NHWC (fused preprocessing) or NCHW
     fixed = tuple(1 if i == 0 else hw.get(i, d) for i, d in enumerate(dims))
     print(f"no --shapes for a dynamic graph: building for {'x'.join(map(str, fixed))} only")
     return ShapeProfile(fixed, fixed, fixed)

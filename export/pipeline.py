@@ -10,7 +10,6 @@ a failed or interrupted export leaves the previous file, or none, in place.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import tempfile
 import time
@@ -34,7 +33,7 @@ from export.onnx_export import (
 from export.quantize import quantize_int8
 from export.verify import VerificationError, VerifyReport, verify_onnx
 from infer import __version__
-from infer.fileio import atomic_path
+from infer.fileio import atomic_path, sha256_file
 from infer.meta import ModelMeta
 
 __all__ = [
@@ -43,7 +42,6 @@ __all__ = [
     "check_options",
     "export_checkpoint",
     "export_model",
-    "sha256_file",
 ]
 
 _MIN_SIDE = 32  # below this the stride-8 backbones leave a feature map of 1-2 pixels
@@ -89,14 +87,6 @@ class ExportResult:
     report: VerifyReport | None
     exporter: str
     seconds: float
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_options(opts: ExportOptions, meta: ModelMeta, model: nn.Module | None = None) -> None:

@@ -19,10 +19,9 @@ from torch import nn
 from export.calib import Sample, batches, network_input
 from export.formats import get_precision
 from infer.meta import ModelMeta, preprocess
+from infer.runtime.ort_runner import ORT_DTYPES, cpu_session
 
 __all__ = ["VerificationError", "VerifyReport", "apply_gates", "verify_onnx"]
-
-_ORT_INPUT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8"}
 
 
 class VerificationError(RuntimeError):
@@ -91,14 +90,6 @@ def apply_gates(report: VerifyReport) -> VerifyReport:
     return report
 
 
-def _session(path: str | os.PathLike[str]):  # noqa: ANN202 (onnxruntime is imported lazily)
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def verify_onnx(
     path: str | os.PathLike[str],
     model: nn.Module,
@@ -117,9 +108,9 @@ def verify_onnx(
     from infer.metrics import ConfusionMatrix
 
     assert samples, "verification needs at least one image"
-    sess = _session(path)
+    sess = cpu_session(path)
     inp = sess.get_inputs()[0]
-    in_dtype = _ORT_INPUT_DTYPES[inp.type]
+    in_dtype = np.dtype(ORT_DTYPES[inp.type]).name
     batch = inp.shape[0] if isinstance(inp.shape[0], int) else 1
     labelled = all(s.label is not None for s in samples)
     cms = (

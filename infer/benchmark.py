@@ -5,7 +5,7 @@
 
 Each MODEL is a ``.pth`` checkpoint, an ``.onnx`` file or a TensorRT ``.engine``. Writes benchmark.md/.csv/.json
 and latency_vs_miou.png to --out; a model that fails gets a failed row with the reason. Conventions (warm-up,
-timing, MACs, memory) are in ``infer/bench.py``.
+timing, MACs, memory) are in ``infer/bench/``.
 """
 
 from __future__ import annotations

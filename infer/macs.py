@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from infer.cliargs import hw_arg
+from infer.meta import HW_AXES, guess_layout
 
 __all__ = ["MAC_OPS", "count_macs", "count_params", "describe", "macs_by_op"]
 
@@ -150,8 +151,8 @@ def _fixed_input(model: Any, size: tuple[int, int] | None) -> Any:
     model = onnx.ModelProto.FromString(model.SerializeToString())
     inp = model.graph.input[0]
     dims = inp.type.tensor_type.shape.dim
-    nhwc = dims[-1].HasField("dim_value") and dims[-1].dim_value == 3 and dims[1].dim_value != 3
-    hw_idx = (1, 2) if nhwc else (2, 3)
+    values = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
+    hw_idx = HW_AXES[guess_layout(values)[0]]
     fixed = {0: 1}
     if size is not None:
         fixed.update(dict(zip(hw_idx, size)))
@@ -213,7 +214,8 @@ def _needed(graph: Any, shapes: dict[str, Shape]) -> set[str]:
 def _run_for_shapes(fixed: Any, original: Any, names: list[str]) -> dict[str, Shape]:
     """Shapes of ``names`` from one ONNX Runtime CPU run with those tensors exposed as outputs."""
     import onnx
-    import onnxruntime as ort
+
+    from infer.runtime.ort_runner import cpu_session
 
     probe = onnx.ModelProto.FromString(fixed.SerializeToString())
     del probe.graph.output[:]
@@ -227,7 +229,7 @@ def _run_for_shapes(fixed: Any, original: Any, names: list[str]) -> dict[str, Sh
     inp = fixed.graph.input[0]
     dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
     x = np.zeros([d.dim_value for d in inp.type.tensor_type.shape.dim], dtype)
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = cpu_session(probe.SerializeToString())
     values = sess.run(names, {inp.name: x})
     return {n: tuple(v.shape) for n, v in zip(names, values)}
 

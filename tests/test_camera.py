@@ -24,7 +24,6 @@ from infer.video import (
     SourceInfo,
     StageTimer,
     StreamStopped,
-    _Stages,
     draw_legend,
     legend_entries,
     open_source,
@@ -32,6 +31,7 @@ from infer.video import (
     render,
     run_demo,
 )
+from infer.video.loop import _Stages
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "infer" / "run_camera.py"

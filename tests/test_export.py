@@ -23,10 +23,11 @@ from distill.models import STUDENTS, build_model
 from export.calib import CalibrationError, CalibrationReader, synthetic_samples
 from export.formats import EXTRA_KEYS, PRECISIONS, default_onnx_path
 from export.onnx_export import ExportError, read_metadata, torch_to_onnx
-from export.pipeline import ExportOptions, export_checkpoint, export_model, sha256_file
+from export.pipeline import ExportOptions, export_checkpoint, export_model
 from export.quantize import quantize_int8
 from export.verify import VerificationError, VerifyReport, apply_gates
 from infer import __version__
+from infer.fileio import sha256_file
 from infer.meta import ModelMeta, preprocess
 
 REPO = Path(__file__).resolve().parents[1]

@@ -118,7 +118,7 @@ def _model_names() -> list[str]:
 def test_onnx_count_matches_pytorch_count_for_every_registered_model(name, tmp_path):
     pytest.importorskip("torch")
     from distill.models import STUDENTS, build_model
-    from infer.runtime.torch_runner import torch_macs_and_params
+    from distill.runner import torch_macs_and_params
 
     model = build_model(name, num_classes=19, width=0.25).eval()
     path = _export(model, tmp_path / f"{name}.onnx")

@@ -124,12 +124,14 @@ def tiny(tmp_path_factory, images) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def images() -> list[np.ndarray]:
-    """Street-like test images of two sizes, from the real Cityscapes fixture when present."""
-    fixture = REPO.parent / "shared/fixtures/cityscapes/leftImg8bit/val/frankfurt"
+def images(shared_fixtures: Path) -> list[np.ndarray]:
+    """Street-like test images of two sizes, from the real Cityscapes fixture (the tests skip without it: on
+    random noise the model's predictions are too unstable for the agreement checks below)."""
+    fixture = shared_fixtures / "cityscapes/leftImg8bit/val/frankfurt"
     found = sorted(fixture.glob("*.png"))
-    rng = np.random.default_rng(0)
-    base = cv2.imread(str(found[0])) if found else rng.integers(0, 256, (128, 256, 3), dtype=np.uint8)
+    if not found:
+        pytest.skip(f"no Cityscapes fixture images under {fixture}")
+    base = cv2.imread(str(found[0]))
     return [base[:70, :100].copy(), cv2.resize(base, (128, 64))]
 
 

@@ -7,6 +7,7 @@ CUDA), so the provider reported is the one the session actually uses, read back 
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from pathlib import Path
@@ -14,14 +15,25 @@ from typing import Any
 
 import numpy as np
 
-from infer.meta import ModelMeta
+from infer.meta import ModelMeta, guess_layout
 from infer.runtime.base import Runner, RunnerError
+from infer.runtime.gpu import gpu_used_bytes
 
-__all__ = ["OrtRunner", "select_providers"]
+__all__ = ["ORT_DTYPES", "OrtRunner", "cpu_session", "select_providers"]
 
 _GPU_ORDER = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+# ONNX Runtime's type names of the inputs a segmentation graph takes -> numpy dtype.
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 _FLOAT_OUTPUTS = {"tensor(float)", "tensor(float16)", "tensor(double)"}
+
+
+def cpu_session(model: str | os.PathLike[str] | bytes) -> Any:
+    """A quiet CPU-only ONNX Runtime session (verification, shape probing): the reference every check uses."""
+    ort = _import_ort()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # constant-folding notes about fp16 kernels are not the user's concern
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
 def _import_ort() -> Any:
@@ -79,7 +91,7 @@ class OrtRunner(Runner):
         if not path.is_file():
             raise RunnerError(f"ONNX file {path} does not exist")
         providers = select_providers(device, provider, ort.get_available_providers())
-        self._gpu_used0 = _gpu_used_bytes() if device == "cuda" else None
+        self._gpu_used0 = gpu_used_bytes() if device == "cuda" else None
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # a GPU provider that cannot start is reported below, once
         if threads:
@@ -107,13 +119,10 @@ class OrtRunner(Runner):
         self.session = sess
         self._ort = ort
         inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
-        if inp.type not in _ORT_DTYPES:
+        if inp.type not in ORT_DTYPES:
             raise RunnerError(f"{path.name}: input type {inp.type} is not float32, float16 or uint8")
         self._in_name, self._out_name = inp.name, out.name
-        layout = meta.extra.get("input_layout") or (
-            "NHWC" if inp.shape[-1] == 3 and inp.shape[1] != 3 else "NCHW"
-        )
-        hw = inp.shape[1:3] if layout == "NHWC" else inp.shape[2:4]
+        layout, hw = guess_layout(inp.shape, meta.extra)
         super().__init__(
             path,
             meta,
@@ -122,7 +131,7 @@ class OrtRunner(Runner):
             device="cpu" if actual == "CPUExecutionProvider" else "cuda",
             input_size=tuple(hw) if all(isinstance(d, int) for d in hw) else None,
             fixed_batch=inp.shape[0] if isinstance(inp.shape[0], int) else None,
-            input_dtype=_ORT_DTYPES[inp.type],
+            input_dtype=ORT_DTYPES[inp.type],
             input_layout=layout,
             outputs_labels=out.type not in _FLOAT_OUTPUTS,
         )
@@ -155,7 +164,7 @@ class OrtRunner(Runner):
         """GPU memory in use now minus before loading; ONNX Runtime's arena keeps its peak, so this is the peak."""
         if self.device == "cpu" or self._gpu_used0 is None:
             return None
-        used = _gpu_used_bytes()
+        used = gpu_used_bytes()
         return (None if used is None else used - self._gpu_used0), "cudaMemGetInfo: used minus before loading"
 
     def count_params(self) -> int | None:
@@ -180,16 +189,3 @@ def _guess_precision(path: Path, input_type: str) -> str:
     if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger"}:
         return "int8"
     return "fp16" if input_type == "tensor(float16)" else "fp32"
-
-
-def _gpu_used_bytes() -> int | None:
-    """Device memory in use on the current GPU (all processes), via cuda-python; None without it or a GPU."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart
-        except ImportError:
-            return None
-    err, free, total = cudart.cudaMemGetInfo()
-    return int(total - free) if err == cudart.cudaError_t.cudaSuccess else None
