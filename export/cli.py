@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from export.formats import CALIB_METHODS, LABEL_DTYPES, PRECISIONS
+from infer.datasets import dataset_names
 
 __all__ = ["onnx_main", "trt_main"]
 
@@ -44,7 +45,7 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
         "--no-slim", dest="slim", action="store_false", help="do not simplify the graph with onnxslim"
     )
     c = p.add_argument_group("calibration (int8) and verification images")
-    c.add_argument("--calib-dataset", help="dataset name (cityscapes, voc, ade20k, cocostuff, folder, demo)")
+    c.add_argument("--calib-dataset", help=f"dataset name ({dataset_names()})")
     c.add_argument("--calib-root", help="dataset root folder")
     c.add_argument("--calib-split", default="train", help="split to calibrate on (default train)")
     c.add_argument(

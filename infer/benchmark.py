@@ -3,7 +3,7 @@
     python infer/benchmark.py student.pth student.onnx student_int8.onnx \
         --dataset cityscapes --data-root data/cityscapes --split val --size 512x1024 --runs 100 --out runs/bench
 
-Each MODEL is a ``.pth`` checkpoint, an ``.onnx`` file or a TensorRT ``.engine``. Writes benchmark.md/.csv/.json
+Each MODEL is a file of a format in `infer.formats` (``.pth`` checkpoint, ``.onnx``, TensorRT ``.engine``). Writes benchmark.md/.csv/.json
 and latency_vs_miou.png to --out; a model that fails gets a failed row with the reason. Conventions (warm-up,
 timing, MACs, memory) are in ``infer/bench/``.
 """
@@ -16,7 +16,9 @@ import sys
 
 from infer.bench import BenchConfig, run_benchmark
 from infer.cliargs import hw_arg
+from infer.datasets import dataset_names
 from infer.evaluate import MODES
+from infer.formats import suffix_help
 from infer.runtime import CUDA_LIBS
 
 
@@ -33,10 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    p.add_argument("models", nargs="+", metavar="MODEL", help=".pth, .onnx or .engine files")
-    p.add_argument(
-        "--dataset", help="dataset name for mIoU (cityscapes, voc, ade20k, cocostuff, folder, demo)"
-    )
+    p.add_argument("models", nargs="+", metavar="MODEL", help=f"model files: {suffix_help()}")
+    p.add_argument("--dataset", help=f"dataset name for mIoU ({dataset_names()})")
     p.add_argument("--data-root", help="dataset root folder")
     p.add_argument("--split", default="val")
     p.add_argument(
