@@ -74,8 +74,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from export.onnx_export import ExportError
     from infer.datasets import DatasetError, LabelError
     from infer.datasets.reading import UnreadableFileError
+    from infer.fileio import DiskFullError, OutputPathError
 
-    return CheckpointError, CalibrationError, ExportError, DatasetError, LabelError, UnreadableFileError
+    return (
+        CheckpointError, CalibrationError, ExportError, DatasetError, LabelError, UnreadableFileError,
+        DiskFullError, OutputPathError,
+    )  # fmt: skip
 
 
 def _export(checkpoint: str, args: argparse.Namespace, precision: str, out: str | None) -> Path:
@@ -146,8 +150,8 @@ def trt_parser() -> argparse.ArgumentParser:
         prog="python export/to_trt.py",
         description=(
             "Build a strongly typed TensorRT engine (+ JSON sidecar). From a checkpoint, the ONNX of the precision "
-            "is exported and verified first; without TensorRT the command stops there (exit 0) and says how to "
-            "install it."
+            "is exported and verified first; without TensorRT the command stops there (exit 2: no engine was "
+            "built) and says how to install it."
         ),
     )
     p.add_argument("source", help="checkpoint (.pth) or ONNX file written by to_onnx.py")
@@ -199,6 +203,7 @@ def _default_shapes(onnx_path: Path):  # noqa: ANN202 (ShapeProfile | None)
 def _trt_body(args: argparse.Namespace) -> int:
     from export.onnx_export import ExportError, read_metadata
     from export.trt_build import (
+        TRT_INSTALL_HINT,
         BuildOptions,
         EngineBuildError,
         TensorRTUnavailable,
@@ -206,11 +211,16 @@ def _trt_body(args: argparse.Namespace) -> int:
         import_tensorrt,
         parse_shapes,
     )
+    from infer.fileio import check_writable
 
     try:
         shapes = parse_shapes(args.shapes) if args.shapes else None
     except ValueError as e:
         raise ExportError(str(e)) from e
+    if args.out:  # before minutes of export and build
+        check_writable(args.out, "engine output")
+    if args.timing_cache:
+        check_writable(args.timing_cache, "timing cache")
     source = Path(args.source)
     if source.suffix.lower() == ".onnx":
         if not source.is_file():
@@ -241,7 +251,8 @@ def _trt_body(args: argparse.Namespace) -> int:
             f"To build the engine: pip install -e .[trt] on a machine with an NVIDIA GPU, then "
             f"python export/to_trt.py {onnx_path}" + (f" --shapes {shapes}" if shapes else "")
         )
-        return 0
+        print(f"error: no engine built: TensorRT is not installed ({TRT_INSTALL_HINT})", file=sys.stderr)
+        return EXIT_USAGE  # a script chaining to_trt.py must not take the missing engine for success
     if shapes is None:
         shapes = _default_shapes(onnx_path)
     options = BuildOptions(

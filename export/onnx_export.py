@@ -306,9 +306,12 @@ def read_metadata(path: str | os.PathLike[str]) -> ModelMeta:
     """The `ModelMeta` stored in an ONNX file's ``metadata_props``.
 
     Raises:
-        ValueError: the file carries no toolkit metadata.
+        ValueError: not an ONNX file, or one without toolkit metadata.
     """
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends: a damaged file, or not ONNX at all
+        raise ValueError(f"{path} is not a readable ONNX file ({type(e).__name__}); re-export it") from e
     return ModelMeta.from_props({p.key: p.value for p in model.metadata_props})
 
 

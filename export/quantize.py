@@ -16,12 +16,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from export.formats import CALIB_METHODS
+from infer.fileio import work_dir
 
 __all__ = ["ENTROPY_BINS", "QUANT_OP_TYPES", "quantize_int8", "quantize_settings"]
 
@@ -100,8 +100,7 @@ def quantize_int8(
     from onnxruntime.quantization import quantize_static
 
     settings = quantize_settings(method)
-    with tempfile.TemporaryDirectory(prefix="segkd-int8-") as tmp:
-        work = Path(tmp)
+    with work_dir("int8") as work:
         pre, cache = work / "pre.onnx", work / "ranges.json"
         _pre_process(Path(src), pre, log)
         _calibrate(pre, reader, method, cache, work)

@@ -239,7 +239,12 @@ def build_engine(
 def _onnx_meta(path: Path) -> ModelMeta:
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf decode errors: a damaged file, or not ONNX at all
+        raise EngineBuildError(
+            f"{path} is not a readable ONNX file ({type(e).__name__}); re-export it"
+        ) from e
     try:
         return ModelMeta.from_props({p.key: p.value for p in model.metadata_props})
     except ValueError as e:

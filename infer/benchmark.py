@@ -3,6 +3,7 @@
     python infer/benchmark.py student.pth student.onnx student_int8.onnx \
         --dataset cityscapes --data-root data/cityscapes --split val --size 512x1024 --runs 100 --out runs/bench
 
+Exit status: 0 all measured, 1 some model failed (its row says why), 2 bad settings or no model could be loaded.
 Each MODEL is a file of a format in `infer.formats` (``.pth`` checkpoint, ``.onnx``, TensorRT ``.engine``). Writes benchmark.md/.csv/.json
 and latency_vs_miou.png to --out; a model that fails gets a failed row with the reason. Conventions (warm-up,
 timing, MACs, memory) are in ``infer/bench/``.
@@ -84,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         rows, _ = run_benchmark(cfg, command)
     except (ValueError, OSError) as e:  # dataset missing or unreadable, output folder not writable, ...
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    if all(r.get("load_failed") for r in rows):  # nothing could even be loaded: a usage error, as elsewhere
+        for r in rows:
+            print(f"error: {r.get('path', r['model'])}: {r.get('error', 'failed')}", file=sys.stderr)
         return 2
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 

@@ -140,7 +140,11 @@ def macs_by_op(model: str | os.PathLike[str] | Any, size: tuple[int, int] | None
 
 
 def count_macs(model: str | os.PathLike[str] | Any, size: tuple[int, int] | None = None) -> int:
-    """Total multiply-accumulates of one image at (H, W) ``size`` (see :func:`macs_by_op`)."""
+    """Total multiply-accumulates of one image at (H, W) ``size`` (see :func:`macs_by_op`).
+
+    Raises:
+        ValueError: a dynamic input without ``size``, or a ``size`` other than a static input's own.
+    """
     return int(sum(macs_by_op(model, size).values()))
 
 
@@ -155,6 +159,13 @@ def _fixed_input(model: Any, size: tuple[int, int] | None) -> Any:
     hw_idx = HW_AXES[guess_layout(values)[0]]
     fixed = {0: 1}
     if size is not None:
+        static = {i: dims[i].dim_value for i in hw_idx if dims[i].HasField("dim_value")}
+        if static and tuple(static.get(i, v) for i, v in zip(hw_idx, size)) != tuple(size):
+            h, w = (static.get(i, "?") for i in hw_idx)
+            raise ValueError(
+                f"size {size[0]}x{size[1]} conflicts with the graph's fixed input {h}x{w}; count it at its own size "
+                "(size=None) or export it with dynamic height/width"
+            )
         fixed.update(dict(zip(hw_idx, size)))
     for i, v in fixed.items():
         dims[i].ClearField("dim_param")

@@ -18,6 +18,7 @@ if __package__ in (None, ""):  # run as `python infer/run_camera.py` from a chec
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infer.cliargs import hw_arg
+from infer.fileio import check_writable, check_writable_dir
 from infer.formats import suffix_help
 from infer.video import (
     VIEWS,
@@ -77,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
             fast_postprocess=args.fast_postprocess,
             snapshot_dir=args.snapshot_dir,
         )
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        for path, what in ((args.save, "--save"), (args.json_summary, "--json-summary")):
+            if path is not None:
+                check_writable(path, what)  # before the model loads and frames are spent
+        check_writable_dir(args.snapshot_dir, "--snapshot-dir")
         if not args.headless:
             check_display()
         reader = open_source(args.source)

@@ -231,7 +231,10 @@ def test_cuda_request_reports_the_provider_that_runs(tiny):
 
 def test_select_providers():
     avail = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert select_providers("cuda", None, avail) == avail
+    assert (
+        select_providers("cuda", None, avail) == avail[1:]
+    )  # TensorRT is opt-in: engine builds take minutes
+    assert select_providers("cuda", "TensorrtExecutionProvider", avail) == avail
     assert select_providers("cuda", None, avail[1:]) == avail[1:]
     assert select_providers("cpu", None, avail) == ["CPUExecutionProvider"]
     assert select_providers("cpu", "CUDAExecutionProvider", avail) == avail[1:]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["BenchConfig"]
+__all__ = ["MAX_SIDE", "BenchConfig"]
+
+MAX_SIDE = 16384  # per image side: larger is a typo (and beyond what the kernels take)
 
 
 @dataclass
@@ -38,6 +40,20 @@ class BenchConfig:
         problems = []
         if not self.models:
             problems.append("give at least one model file")
+        if self.threads is not None and self.threads < 1:
+            problems.append(f"--threads must be >= 1, got {self.threads}")
+        if self.limit is not None and self.limit < 1:
+            problems.append(f"--limit must be >= 1, got {self.limit}")
+        for name in ("size", "crop", "stride", "eval_size"):
+            hw = getattr(self, name)
+            if hw is not None and not all(1 <= v <= MAX_SIDE for v in hw):
+                problems.append(
+                    f"--{name.replace('_', '-')} {hw[0]}x{hw[1]} must be within 1..{MAX_SIDE} per side"
+                )
+        if not self.scales or not all(0 < s <= 8 for s in self.scales):
+            problems.append(f"--scales {self.scales} must be in (0, 8]")
+        if self.batch > 1024:
+            problems.append(f"--batch {self.batch} is too large (at most 1024)")
         if self.batch < 1 or self.runs < 1 or self.warmup < 0:
             problems.append(
                 f"need batch >= 1, runs >= 1, warmup >= 0 (got {self.batch}, {self.runs}, {self.warmup})"

@@ -124,6 +124,7 @@ def benchmark_model(
     }
     runner = None
     try:
+        row["load_failed"] = True  # until the runner is up: the file itself (or its library) is the problem
         if not path.is_file():
             raise FileNotFoundError(f"model file {path} does not exist")
         row["size_mb"] = _file_size(path) / 1e6
@@ -133,6 +134,7 @@ def benchmark_model(
         runner = load_runner(
             path, device=cfg.device, provider=cfg.provider, cuda_lib=cfg.cuda_lib, threads=cfg.threads
         )
+        del row["load_failed"]
         row.update(
             format=runner.format, precision=runner.precision, provider=runner.provider, device=runner.device
         )

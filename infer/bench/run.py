@@ -16,6 +16,7 @@ from infer.bench.config import BenchConfig
 from infer.bench.environment import environment
 from infer.bench.measure import benchmark_model, format_name
 from infer.bench.writers import format_table, write_results
+from infer.fileio import check_writable_dir
 
 __all__ = ["run_benchmark"]
 
@@ -68,6 +69,7 @@ def run_benchmark(
     """
     if cfg.threads is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
         cfg.threads = int(os.environ["OMP_NUM_THREADS"])  # let ONNX Runtime follow the limit PyTorch follows
+    check_writable_dir(cfg.out, "--out")  # a read-only folder stops here, not after every model ran
     dataset = _dataset(cfg)  # a missing dataset stops here, before any model runs
     paths = [Path(m) for m in cfg.models]
     rows = []

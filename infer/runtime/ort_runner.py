@@ -1,8 +1,11 @@
 """Run an ONNX file with ONNX Runtime (imported only when such a file is loaded).
 
-Provider choice: the one named, else on ``device="cuda"`` TensorRT, then CUDA, then CPU, else CPU. ONNX Runtime
-falls back to CPU without raising when a GPU provider cannot start (``onnxruntime-gpu`` on a machine without
-CUDA), so the provider reported is the one the session actually uses, read back from ``get_providers()``.
+Provider choice: the one named, else on ``device="cuda"`` CUDA then CPU, else CPU. ONNX Runtime's TensorRT
+provider is opt-in (``provider="TensorrtExecutionProvider"``): it builds an engine when the session starts, which
+takes minutes, so it gets an engine and timing cache beside the model (``<model>.ort-trt-cache/``) and a
+later start reuses them. ONNX Runtime falls back to CPU without raising when a GPU provider cannot start
+(``onnxruntime-gpu`` on a machine without CUDA), so the provider reported is the one the session actually uses,
+read back from ``get_providers()``.
 """
 
 from __future__ import annotations
@@ -60,12 +63,26 @@ def select_providers(device: str, provider: str | None, available: list[str]) ->
             raise RunnerError(
                 f"ONNX Runtime provider {provider!r} is not in this build; available: {', '.join(available)}"
             )
-        return list(dict.fromkeys([provider, "CPUExecutionProvider"]))
+        # a GPU provider keeps the ones after it as fallbacks (TensorRT leaves unsupported nodes to CUDA)
+        after = _GPU_ORDER[_GPU_ORDER.index(provider) + 1 :] if provider in _GPU_ORDER else []
+        return list(dict.fromkeys([provider, *(p for p in after if p in available), "CPUExecutionProvider"]))
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device != "cuda":
         raise RunnerError(f"device must be 'cpu' or 'cuda', not {device!r}")
-    return [p for p in _GPU_ORDER if p in available]
+    return [p for p in _GPU_ORDER[1:] if p in available]
+
+
+def _with_options(providers: list[str], model: Path) -> list[Any]:
+    """Providers as ONNX Runtime takes them; TensorRT gets its engine and timing caches beside the model."""
+    cache = str(model.with_name(model.name + ".ort-trt-cache"))
+    trt = {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": cache,
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": cache,
+    }
+    return [(p, trt) if p == "TensorrtExecutionProvider" else p for p in providers]
 
 
 class OrtRunner(Runner):
@@ -98,11 +115,11 @@ class OrtRunner(Runner):
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         try:
-            sess = ort.InferenceSession(str(path), opts, providers=providers)
+            sess = ort.InferenceSession(str(path), opts, providers=_with_options(providers, path))
         except Exception as e:  # onnxruntime raises its own exception types for corrupted/unsupported graphs
             raise RunnerError(
-                f"ONNX Runtime cannot load {path} ({type(e).__name__}: {str(e).splitlines()[0][:300]}); "
-                "re-export it with `python export/to_onnx.py`"
+                f"ONNX Runtime cannot load {path} ({type(e).__name__}: {_first_line(e)}); it is damaged or not an "
+                "ONNX file: re-export it with `python export/to_onnx.py CKPT`"
             ) from e
         actual = sess.get_providers()[0]
         if actual != providers[0]:
@@ -179,6 +196,10 @@ class OrtRunner(Runner):
 
     def close(self) -> None:
         self.session = None
+
+
+def _first_line(e: Exception) -> str:
+    return next((line for line in str(e).splitlines() if line.strip()), "no details")[:300]
 
 
 def _guess_precision(path: Path, input_type: str) -> str:

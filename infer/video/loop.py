@@ -28,6 +28,7 @@ __all__ = ["DemoOptions", "Summary", "run_demo", "write_summary"]
 
 _QUIT_KEYS = (ord("q"), 27)  # q, Esc
 _WINDOW = "segkd"
+_MAX_SIDE = 16384  # per side of --size: larger is a typo
 
 
 @dataclass
@@ -51,8 +52,10 @@ class DemoOptions:
             problems.append(f"view {self.view!r} is not one of {', '.join(VIEWS)}")
         if not 0.0 <= self.alpha <= 1.0:
             problems.append(f"alpha {self.alpha} is outside 0..1")
-        if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
-            problems.append(f"size {self.size} must be two positive numbers (height, width)")
+        if self.size is not None and (
+            len(self.size) != 2 or min(self.size) < 1 or max(self.size) > _MAX_SIDE
+        ):
+            problems.append(f"size {self.size} must be two numbers (height, width) within 1..{_MAX_SIDE}")
         if self.max_frames is not None and self.max_frames < 1:
             problems.append(f"max_frames {self.max_frames} must be at least 1")
         if problems:
