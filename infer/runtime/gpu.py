@@ -12,6 +12,8 @@ from typing import Any
 __all__ = [
     "TRT_INSTALL_HINT",
     "TensorRTUnavailable",
+    "device_info",
+    "device_name",
     "gpu_info",
     "gpu_names",
     "gpu_used_bytes",
@@ -59,14 +61,17 @@ def device_name(prop: Any) -> str:
     return name.rstrip("\x00").strip()
 
 
-def _gpu_cuda_python(device: int = 0) -> tuple[str, str] | None:
-    cudart = import_cudart()
-    if cudart is None:
-        return None
+def device_info(cudart: Any, device: int = 0) -> tuple[str, str] | None:
+    """(name, compute capability "major.minor") of ``device`` through cuda-python, None when the query fails."""
     err, prop = cudart.cudaGetDeviceProperties(device)
     if not _ok(cudart, err):
         return None
     return device_name(prop), f"{prop.major}.{prop.minor}"
+
+
+def _gpu_cuda_python() -> tuple[str, str] | None:
+    cudart = import_cudart()
+    return None if cudart is None else device_info(cudart, 0)
 
 
 def _gpu_nvidia_smi() -> tuple[str, str] | None:

@@ -26,7 +26,7 @@ from infer.runtime.engine_record import (
     host_code_allowed,
     read_sidecar,
 )
-from infer.runtime.gpu import TensorRTUnavailable, device_name, import_cudart, import_tensorrt
+from infer.runtime.gpu import TensorRTUnavailable, device_info, import_cudart, import_tensorrt
 
 __all__ = ["CUDA_LIBS", "TrtRunner", "read_engine_record"]
 
@@ -94,8 +94,10 @@ class _CudaPython:
 
     def device(self) -> tuple[str, str]:
         """(name, compute capability "major.minor") of the current GPU."""
-        prop = self._call(self.rt.cudaGetDeviceProperties(self._call(self.rt.cudaGetDevice())))
-        return device_name(prop), f"{prop.major}.{prop.minor}"
+        found = device_info(self.rt, self._call(self.rt.cudaGetDevice()))
+        if found is None:
+            raise RunnerError("CUDA cannot describe the current GPU (is a GPU visible?)")
+        return found
 
     def close(self) -> None:
         self._call(self.rt.cudaStreamDestroy(self.stream))
