@@ -18,7 +18,7 @@ import numpy as np
 
 from infer.meta import ModelMeta, preprocess
 
-__all__ = ["Runner", "RunnerError", "resize_scores", "scores_to_labels"]
+__all__ = ["Runner", "RunnerError", "output_to_labels", "resize_scores", "scores_to_labels"]
 
 # OpenCV 5 resizes at most this many channels in one call.
 _CV_MAX_CHANNELS = 128
@@ -66,8 +66,41 @@ def _resize_align_corners(scores: np.ndarray, hw: tuple[int, int]) -> np.ndarray
 
 def scores_to_labels(scores: np.ndarray, num_classes: int) -> np.ndarray:
     """(K, H, W) scores -> (H, W) label map, uint8 when the classes fit beside the ignore value 255."""
-    labels = scores.argmax(axis=0)
-    return labels.astype(np.uint8 if num_classes <= 255 else np.int32)
+    return scores.argmax(axis=0).astype(_label_dtype(num_classes))
+
+
+def _label_dtype(num_classes: int) -> type:
+    return np.uint8 if num_classes <= 255 else np.int32
+
+
+def output_to_labels(
+    out: np.ndarray,
+    hw: tuple[int, int],
+    num_classes: int,
+    *,
+    outputs_labels: bool,
+    fast: bool = False,
+    align_corners: bool = False,
+) -> np.ndarray:
+    """One image's network output -> its (H, W) label map at the image size ``hw``.
+
+    Args:
+        out: (K, h, w) scores, or the (h, w) / (1, h, w) labels of a graph that ends in an argmax.
+        outputs_labels: ``out`` holds labels (resized by nearest neighbour).
+        fast: argmax at network resolution, then nearest-neighbour upsampling of the labels, instead of
+            upsampling the scores bilinearly first: far cheaper with many classes, blockier class edges.
+        align_corners: the model's own bilinear upsampling mode (``ModelMeta.align_corners``).
+    """
+    if outputs_labels:
+        labels = out.reshape(out.shape[-2:]).astype(_label_dtype(num_classes))  # (h, w)
+    elif fast:
+        labels = scores_to_labels(out.astype(np.float32, copy=False), num_classes)  # (h, w)
+    else:
+        scores = resize_scores(out.astype(np.float32, copy=False), hw, align_corners=align_corners)  # (K, H, W)
+        return scores_to_labels(scores, num_classes)  # (H, W)
+    if labels.shape != tuple(hw):
+        labels = cv2.resize(labels, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)  # (H, W)
+    return labels
 
 
 class Runner(abc.ABC):
@@ -235,15 +268,9 @@ class Runner(abc.ABC):
         return results  # type: ignore[return-value]
 
     def _to_labels(self, out: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-        if self.outputs_labels:
-            labels = out.reshape(out.shape[-2:])  # (H, W) from (1, H, W) or (H, W)
-            dtype = np.uint8 if self.meta.num_classes <= 255 else np.int32
-            labels = labels.astype(dtype)
-            if labels.shape != tuple(hw):
-                labels = cv2.resize(labels, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
-            return labels
-        scores = resize_scores(out.astype(np.float32, copy=False), hw, align_corners=self.meta.align_corners)
-        return scores_to_labels(scores, self.meta.num_classes)
+        return output_to_labels(
+            out, hw, self.meta.num_classes, outputs_labels=self.outputs_labels, align_corners=self.meta.align_corners
+        )
 
     def _check_batch(self, x: np.ndarray) -> np.ndarray:
         if self.fixed_batch is not None and len(x) != self.fixed_batch:
