@@ -96,7 +96,9 @@ def output_to_labels(
     elif fast:
         labels = scores_to_labels(out.astype(np.float32, copy=False), num_classes)  # (h, w)
     else:
-        scores = resize_scores(out.astype(np.float32, copy=False), hw, align_corners=align_corners)  # (K, H, W)
+        scores = resize_scores(
+            out.astype(np.float32, copy=False), hw, align_corners=align_corners
+        )  # (K, H, W)
         return scores_to_labels(scores, num_classes)  # (H, W)
     if labels.shape != tuple(hw):
         labels = cv2.resize(labels, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)  # (H, W)
@@ -269,7 +271,11 @@ class Runner(abc.ABC):
 
     def _to_labels(self, out: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
         return output_to_labels(
-            out, hw, self.meta.num_classes, outputs_labels=self.outputs_labels, align_corners=self.meta.align_corners
+            out,
+            hw,
+            self.meta.num_classes,
+            outputs_labels=self.outputs_labels,
+            align_corners=self.meta.align_corners,
         )
 
     def _check_batch(self, x: np.ndarray) -> np.ndarray:

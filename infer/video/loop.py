@@ -129,7 +129,12 @@ class _Stages:
         outputs_labels = getattr(self.runner, "outputs_labels", False)  # the network ends in an argmax
         k = self.runner.meta.num_classes
         return output_to_labels(
-            out[0], hw, k, outputs_labels=outputs_labels, fast=self.fast, align_corners=self.runner.meta.align_corners
+            out[0],
+            hw,
+            k,
+            outputs_labels=outputs_labels,
+            fast=self.fast,
+            align_corners=self.runner.meta.align_corners,
         )
 
 
