@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     h, w = parse_hw(args.size)
     from infer.datasets import build_dataset
-    from infer.datasets.demo import generate_demo
+    from scenes.street import generate_demo
 
     with tempfile.TemporaryDirectory(prefix="segkd-bench-export-") as tmp:
         demo = Path(args.demo_root or Path(tmp) / "demo")

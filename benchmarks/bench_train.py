@@ -29,9 +29,9 @@ if __package__ in (None, ""):  # run as `python benchmarks/bench_train.py` from 
 
 import torch  # noqa: E402
 
-from distill.engine import DistillStep, train_step  # noqa: E402
 from distill.losses import KDCriterion  # noqa: E402
 from distill.models import build_model  # noqa: E402
+from distill.step import DistillStep, train_step  # noqa: E402
 from infer.cliargs import hw_arg  # noqa: E402
 from infer.meta import ModelMeta  # noqa: E402
 

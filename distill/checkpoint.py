@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,9 +78,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupted, truncated, or a pickle with arbitrary objects
         raise CheckpointError(
-            f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-            "pass a .pth written by distill/train.py, or convert foreign weights with "
-            "`python -m distill.models.pretrained`"
+            f"{path} is not a readable checkpoint ({_load_failure(path, e)}); {_FIX}"
         ) from e
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         keys = list(blob)[:5] if isinstance(blob, dict) else type(blob).__name__
@@ -86,7 +86,41 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             f"{path} is not a {FORMAT} file (top-level: {keys}); a bare state dict lacks class names and "
             "normalisation: convert it with `python -m distill.models.pretrained --help`"
         )
-    return Checkpoint(ModelMeta.from_dict(blob["meta"]), blob["state_dict"], blob.get("provenance", {}))
+    version = blob.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format_version {version!r}; this segkd reads up to {FORMAT_VERSION}: it was written by "
+            "a newer segkd, upgrade it (pip install -U segkd) to read this file"
+        )
+    try:
+        meta = ModelMeta.from_dict(blob["meta"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} has no valid model metadata ({type(e).__name__}: {e}); {_FIX}") from e
+    if not isinstance(blob.get("state_dict"), dict):
+        raise CheckpointError(f"{path} has no state_dict; {_FIX}")
+    return Checkpoint(meta, blob["state_dict"], blob.get("provenance", {}))
+
+
+_FIX = "pass a .pth written by distill/train.py, or convert foreign weights with `python -m distill.models.pretrained`"
+
+
+def _load_failure(path: Path, e: Exception) -> str:
+    """Why ``torch.load`` refused the file, in one line, without torch's advice to turn ``weights_only`` off."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its index sits at the very end
+        return "not a torch zip archive: truncated by an interrupted copy, or another kind of file"
+    if isinstance(e, pickle.UnpicklingError) and "weights_only" in str(e):
+        # Refused, rightly: such a file can run code when loaded. torch's text suggests weights_only=False.
+        return (
+            "it holds Python objects besides tensors and plain containers, and loading those could run code"
+        )
+    first = next((line for line in str(e).splitlines() if line.strip()), "")
+    return (
+        f"{type(e).__name__}: {first[:200]}"
+        if first
+        else f"{type(e).__name__} (truncated or not a torch file)"
+    )
 
 
 def load_model(
@@ -97,6 +131,22 @@ def load_model(
 
     ckpt = load_checkpoint(path)
     arch = dict(ckpt.meta.arch)
-    model = build_model(arch.pop("name"), **arch)
-    model.load_state_dict(ckpt.state_dict, strict=True)
+    try:
+        model = build_model(arch.pop("name", None), **arch)
+    except (KeyError, TypeError, ValueError) as e:  # unknown architecture name or options
+        raise CheckpointError(
+            f"{path}: cannot build its model {ckpt.meta.arch}: {e.args[0] if e.args else e}"
+        ) from e
+    try:
+        model.load_state_dict(ckpt.state_dict, strict=True)
+    except RuntimeError as e:  # missing/unexpected keys, wrong shapes
+        detail = " ".join(str(e).split())[:400]
+        raise CheckpointError(
+            f"{path}: its weights do not fit the {_arch_name(ckpt.meta)} it describes ({detail}); the file is "
+            "damaged or was edited: use the checkpoint training wrote"
+        ) from e
     return model.to(device).eval(), ckpt.meta
+
+
+def _arch_name(meta: ModelMeta) -> str:
+    return str(meta.arch.get("name", "model"))

@@ -57,11 +57,9 @@ def read_run(run_dir: Path) -> tuple[float | None, float | None]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return None, None
-    evals = []
-    for line in path.read_text().splitlines():
-        rec = json.loads(line) if line.strip() else {}
-        if "eval/mIoU" in rec:
-            evals.append(float(rec["eval/mIoU"]))
+    from distill.runlog import read_records  # a last line cut short by a kill is left out
+
+    evals = [float(rec["eval/mIoU"]) for rec in read_records(path) if rec.get("eval/mIoU") is not None]
     return (max(evals), evals[-1]) if evals else (None, None)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from infer.fileio import atomic_write_text
 from infer.meta import IMAGENET_RGB
 
 __all__ = [
+    "AdversarialConfig",
     "Config",
     "ConfigError",
     "DataConfig",
@@ -63,6 +65,13 @@ class DataConfig:
             ``batch_size / (processes * train.grad_accum)`` per micro-step, so a recipe trains the same on 1 GPU
             (with accumulation if memory is short) as on 8; it must divide exactly.
         num_workers: data-loading worker processes per training process.
+        label_type: which label files the reader takes (cityscapes: ``labelIds`` or ``trainIds``; cocostuff:
+            ``stuffthingmaps`` or ``trainIds``); null keeps the reader's default.
+        reader: further reader options, e.g. ``{classes: my/classes.txt, masks: annotations}`` for ``folder``.
+        check: read every sample of both splits before training (``infer.datasets check``) and refuse to start
+            on a problem; false skips it (a file that fails to decode during the run is still skipped).
+        max_bad_files: training samples that may fail to decode during the run (each is skipped with a
+            warning) before the run stops with their list.
     """
 
     dataset: str = "demo"
@@ -74,6 +83,10 @@ class DataConfig:
     flip: bool = True
     batch_size: int = 8
     num_workers: int = 2
+    label_type: str | None = None
+    reader: dict[str, Any] = field(default_factory=dict)
+    check: bool = True
+    max_bad_files: int = 10
 
 
 @dataclass
@@ -85,6 +98,9 @@ class ModelConfig:
         num_classes: output classes; ``null`` takes the dataset's count (a different value is an error).
         pretrained: ImageNet backbone weights file (torchvision or CIRKD layout), or null for random init.
         width, output_stride, deep_stem, aux: model options; ``null`` keeps the builder's default.
+        align_corners: the model's bilinear upsampling of its logits, stored in the checkpoint and followed by
+            the losses, the runners and the export; CIRKD's recipes use ``true``; ``null`` keeps the builder's
+            default (``false``).
         mean, std, channel_order: input normalisation on the 0..255 scale, stored in the checkpoint.
     """
 
@@ -95,6 +111,7 @@ class ModelConfig:
     output_stride: int | None = None
     deep_stem: bool | None = None
     aux: bool | None = None
+    align_corners: bool | None = None
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_RGB[0]))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_RGB[1]))
     channel_order: str = "RGB"
@@ -146,6 +163,8 @@ class TrainConfig:
         stop_after: end this invocation after that iteration with the state saved (e.g. to fit a job's time
             limit); a later ``resume=auto`` continues exactly where it stopped.
         output_dir: run folder; null derives ``runs/<config path below configs/>``.
+        overwrite: let a fresh start (``resume=none``, or a folder without a state) replace the outputs of an
+            earlier run in ``output_dir``; without it such a start is refused.
     """
 
     max_iters: int = 40000
@@ -159,6 +178,7 @@ class TrainConfig:
     resume: str = "auto"
     stop_after: int | None = None
     output_dir: str | None = None
+    overwrite: bool = False
 
 
 @dataclass
@@ -181,6 +201,26 @@ class EvalConfig:
 
 
 @dataclass
+class AdversarialConfig:
+    """The adversarial holistic term of SKD/IFVD as CIRKD runs it (see :mod:`distill.adversarial`).
+
+    Attributes:
+        enabled: train a discriminator on the teacher's and the student's 1/8 logits (distillation runs only).
+        lambda_adv: weight of the student's term (CIRKD: 0.001).
+        lambda_d: weight of the discriminator's hinge objective (CIRKD: 0.1).
+        lr, betas: Adam settings of the discriminator (CIRKD: 4e-4, [0.9, 0.99]), constant.
+        width: channels of the discriminator's first convolution (CIRKD: 64).
+    """
+
+    enabled: bool = False
+    lambda_adv: float = 0.001
+    lambda_d: float = 0.1
+    lr: float = 4e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    width: int = 64
+
+
+@dataclass
 class Config:
     """A whole run: see each section's class. Without ``losses`` the run is plain training (no teacher is loaded).
 
@@ -196,6 +236,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
     @property
     def distill(self) -> bool:
@@ -410,8 +451,20 @@ def _validate(cfg: Config, origin: str) -> list[str]:
         "optim.lr": o.lr,
     }
     for key, value in positive.items():
-        if value <= 0:
+        if not value > 0:  # also catches nan
             problems.append(f"{origin}: {key} must be positive, got {value}")
+    finite = {f"optim.{f.name}": getattr(o, f.name) for f in dataclasses.fields(o)}
+    for key, value in finite.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{origin}: {key} must be a finite number, got {value}")
+    stride = cfg.student.output_stride or 8  # the builders' default
+    for key in ("data.crop_size", "eval.crop_size"):
+        value = pairs[key]
+        if value is not None and len(value) == 2 and min(value) < stride:
+            problems.append(
+                f"{origin}: {key}={value} is smaller than the model's output stride {stride}: its 1/{stride} "
+                f"feature map would be empty; use a crop of at least {stride}x{stride} (the papers use 512x1024)"
+            )
     if t.save_every is not None and t.save_every <= 0:
         problems.append(f"{origin}: train.save_every must be positive or null, got {t.save_every}")
     if t.stop_after is not None and not 0 < t.stop_after <= t.max_iters:
@@ -423,10 +476,40 @@ def _validate(cfg: Config, origin: str) -> list[str]:
             problems.append(
                 f"{origin}: losses.{i} must be a mapping with a 'name' (e.g. {{name: cwd}}), got {spec!r}"
             )
+    a = cfg.adversarial
+    if a.enabled:
+        problems += _adversarial_problems(cfg, origin, stride)
     if cfg.losses and cfg.teacher.checkpoint is None:
         problems.append(
             f"{origin}: losses are given but teacher.checkpoint is null; set teacher.checkpoint=PATH to distil, "
             "or losses=[] for plain training"
+        )
+    return problems
+
+
+def _adversarial_problems(cfg: Config, origin: str, stride: int) -> list[str]:
+    from distill.adversarial import MIN_LOGITS
+
+    a, problems = cfg.adversarial, []
+    if not cfg.losses or cfg.teacher.checkpoint is None:
+        problems.append(
+            f"{origin}: adversarial.enabled=true needs a teacher and losses (it compares the teacher's logits "
+            "with the student's); set teacher.checkpoint and losses, or adversarial.enabled=false"
+        )
+    need = MIN_LOGITS * stride
+    if min(cfg.data.crop_size) < need:
+        problems.append(
+            f"{origin}: adversarial.enabled=true needs crops of at least {need}x{need} at output stride {stride} "
+            f"(the discriminator reduces the 1/{stride} logits 16 times, then applies a 4x4 convolution); "
+            f"data.crop_size is {cfg.data.crop_size}"
+        )
+    for key in ("lambda_adv", "lambda_d"):
+        if not getattr(a, key) >= 0:
+            problems.append(f"{origin}: adversarial.{key} must be >= 0, got {getattr(a, key)}")
+    if not a.lr > 0 or a.width < 1 or len(a.betas) != 2 or not all(0 <= b < 1 for b in a.betas):
+        problems.append(
+            f"{origin}: adversarial needs lr > 0, width >= 1 and two betas in [0, 1), got lr={a.lr}, "
+            f"width={a.width}, betas={a.betas}"
         )
     return problems
 

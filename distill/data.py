@@ -13,6 +13,7 @@ depend on the worker that loads it, on the number of workers or on where a resum
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator, Sequence
 
 import cv2
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from infer.datasets import SegDataset
 
 __all__ = [
+    "BadDataError",
     "EvalSet",
     "RunSampler",
     "ShardSampler",
@@ -33,6 +35,19 @@ __all__ = [
     "build_train_loader",
     "normalize",
 ]
+
+
+class BadDataError(ValueError):
+    """Too many training samples failed to decode during the run.
+
+    Raised in a loader worker, it reaches the trainer re-built from the worker's report (its message followed
+    by the worker's traceback): only the message is kept, so that the user reads one line.
+    """
+
+    def __init__(self, message: str) -> None:
+        if "Original Traceback" in message:
+            message = message.rstrip().splitlines()[-1].split("BadDataError: ", 1)[-1]
+        super().__init__(message)
 
 
 def augment(
@@ -79,6 +94,8 @@ class TrainSet(Dataset):
         base: the dataset reader.
         crop_size, scale_range, flip: augmentation (see :func:`augment`).
         seed: with the draw number, seeds the augmentation of each draw.
+        max_bad_files: samples that may fail to decode (each is replaced by the next readable one, with a
+            warning) before :class:`BadDataError` stops the run with their list. Counted per loader process.
     """
 
     def __init__(
@@ -88,8 +105,11 @@ class TrainSet(Dataset):
         scale_range: Sequence[float] = (0.5, 2.0),
         flip: bool = True,
         seed: int = 0,
+        max_bad_files: int = 10,
     ) -> None:
         self.base = base
+        self.max_bad_files = max_bad_files
+        self.bad: dict[int, str] = {}  # sample index -> why it failed
         self.crop_size = tuple(crop_size)
         self.scale_range = tuple(scale_range)
         self.flip = flip
@@ -99,12 +119,36 @@ class TrainSet(Dataset):
         return len(self.base)
 
     def __getitem__(self, draw: int) -> tuple[Tensor, Tensor]:
-        image, label = self.base[draw % len(self.base)]
+        image, label = self._read(draw % len(self.base))
         rng = np.random.default_rng([self.seed, draw])
         image, label = augment(
             image, label, rng, self.crop_size, self.scale_range, self.flip, self.base.ignore_index
         )
         return _to_tensors(image, label)
+
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``index``, or the next readable one when it fails to decode (counted, warned once)."""
+        from infer.datasets import LabelError, UnreadableFileError
+
+        n = len(self.base)
+        for step in range(n):
+            i = (index + step) % n
+            if i in self.bad:
+                continue
+            try:
+                return self.base[i]
+            except (UnreadableFileError, LabelError) as e:
+                self.bad[i] = str(e).splitlines()[0]
+                print(
+                    f"WARNING: skipped a training sample that fails to decode: {self.bad[i]}", file=sys.stderr
+                )
+                if len(self.bad) > self.max_bad_files:
+                    listing = "; ".join(self.bad.values())
+                    raise BadDataError(
+                        f"{len(self.bad)} training samples failed to decode (data.max_bad_files="
+                        f"{self.max_bad_files}): {listing}; fix or remove them (python -m infer.datasets check)"
+                    ) from None
+        raise BadDataError(f"no training sample of {self.base.root} can be read")
 
 
 class EvalSet(Dataset):

@@ -4,6 +4,7 @@
     accelerate launch --multi_gpu --num_processes 8 distill/train.py --config configs/cityscapes/deeplabv3_r18_cwd.yaml
     python distill/train.py --config configs/demo/teacher.yaml train.max_iters=100     # one process
     torchrun --nproc_per_node 2 distill/train.py --config ...                          # several CPU processes
+    python -m distill.launch --multi_gpu --num_processes 8 -- --config ...   # accelerate launch, errors last
     python distill/train.py --config configs/demo/cwd.yaml --eval runs/demo/cwd/best.pth   # evaluate only
 
 Without --config it runs the demo distillation recipe (configs/demo/cwd.yaml). Overrides are dotted YAML
@@ -44,19 +45,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _strict(value: object) -> object:
-    """NaN (the IoU of a class absent from the data) -> null, so that the output is strict JSON."""
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_strict(v) for v in value]
-    return None if isinstance(value, float) and value != value else value
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     from distill.checkpoint import CheckpointError
-    from distill.engine import NonFiniteLossError, evaluate_checkpoint, train
+    from distill.data import BadDataError
+    from distill.evaluation import evaluate_checkpoint
+    from distill.guard import NonFiniteLossError
+    from distill.loop import RunStopped, train
+    from distill.run_dir import DiskFullError
+    from distill.runlog import json_safe
 
     config = args.config if args.config is not None else DEMO_CONFIG
     try:
@@ -64,13 +61,31 @@ def main(argv: list[str] | None = None) -> int:
         if args.eval:
             metrics = evaluate_checkpoint(args.eval, cfg)
             if metrics["process_index"] == 0:
-                print(json.dumps(_strict(metrics)))
+                print(json.dumps(json_safe(metrics)))
         else:
             train(cfg)
-    except (ConfigError, CheckpointError, NonFiniteLossError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (ConfigError, CheckpointError, NonFiniteLossError, BadDataError) as e:
+        return _fail(f"error: {e}", 2)
+    except DiskFullError as e:
+        return _fail(f"error: {e}", 1)
+    except RunStopped as e:
+        return _fail(f"stopped: {e}", e.exit_code)
+    except KeyboardInterrupt:
+        return _fail("interrupted before the first iteration completed; nothing new was saved", 130)
     return 0
+
+
+def _fail(message: str, code: int) -> int:
+    """Print the one-line outcome; under ``python -m distill.launch`` also hand it to the launcher wrapper."""
+    import os
+
+    print(message, file=sys.stderr)
+    status = os.environ.get("SEGKD_EXIT_STATUS")
+    if status and int(os.environ.get("RANK", "0")) == 0:
+        from infer.fileio import atomic_write_text
+
+        atomic_write_text(status, json.dumps({"code": code, "message": message}))
+    return code
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from infer.datasets.base import IMAGE_SUFFIXES
 from infer.meta import ModelMeta, preprocess
 
 __all__ = [
@@ -27,8 +28,6 @@ __all__ = [
     "network_input",
     "synthetic_samples",
 ]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class CalibrationError(ValueError):

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from export.formats import CALIB_METHODS, LABEL_DTYPES, PRECISIONS
+from infer.datasets import dataset_names
 
 __all__ = ["onnx_main", "trt_main"]
 
@@ -44,7 +45,7 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
         "--no-slim", dest="slim", action="store_false", help="do not simplify the graph with onnxslim"
     )
     c = p.add_argument_group("calibration (int8) and verification images")
-    c.add_argument("--calib-dataset", help="dataset name (cityscapes, voc, ade20k, cocostuff, folder, demo)")
+    c.add_argument("--calib-dataset", help=f"dataset name ({dataset_names()})")
     c.add_argument("--calib-root", help="dataset root folder")
     c.add_argument("--calib-split", default="train", help="split to calibrate on (default train)")
     c.add_argument(
@@ -73,8 +74,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from export.onnx_export import ExportError
     from infer.datasets import DatasetError, LabelError
     from infer.datasets.reading import UnreadableFileError
+    from infer.fileio import DiskFullError, OutputPathError
 
-    return CheckpointError, CalibrationError, ExportError, DatasetError, LabelError, UnreadableFileError
+    return (
+        CheckpointError, CalibrationError, ExportError, DatasetError, LabelError, UnreadableFileError,
+        DiskFullError, OutputPathError,
+    )  # fmt: skip
 
 
 def _export(checkpoint: str, args: argparse.Namespace, precision: str, out: str | None) -> Path:
@@ -145,8 +150,8 @@ def trt_parser() -> argparse.ArgumentParser:
         prog="python export/to_trt.py",
         description=(
             "Build a strongly typed TensorRT engine (+ JSON sidecar). From a checkpoint, the ONNX of the precision "
-            "is exported and verified first; without TensorRT the command stops there (exit 0) and says how to "
-            "install it."
+            "is exported and verified first; without TensorRT the command stops there (exit 2: no engine was "
+            "built) and says how to install it."
         ),
     )
     p.add_argument("source", help="checkpoint (.pth) or ONNX file written by to_onnx.py")
@@ -180,14 +185,16 @@ def _default_shapes(onnx_path: Path):  # noqa: ANN202 (ShapeProfile | None)
     import onnx
 
     from export.onnx_export import read_metadata
-    from export.trt_build import ShapeProfile
+    from export.trt_shapes import ShapeProfile
+    from infer.meta import HW_AXES, guess_layout
 
     graph_input = onnx.load(str(onnx_path), load_external_data=False).graph.input[0]
     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in graph_input.type.tensor_type.shape.dim]
     if all(d > 0 for d in dims):
         return None
-    h, w = read_metadata(onnx_path).input_size
-    hw = {1: h, 2: w} if dims[-1] == 3 else {2: h, 3: w}  # NHWC (fused preprocessing) or NCHW
+    meta = read_metadata(onnx_path)
+    h, w = meta.input_size
+    hw = dict(zip(HW_AXES[guess_layout(dims, meta.extra)[0]], (h, w)))  # NHWC (fused preprocessing) or NCHW
     fixed = tuple(1 if i == 0 else hw.get(i, d) for i, d in enumerate(dims))
     print(f"no --shapes for a dynamic graph: building for {'x'.join(map(str, fixed))} only")
     return ShapeProfile(fixed, fixed, fixed)
@@ -196,6 +203,7 @@ def _default_shapes(onnx_path: Path):  # noqa: ANN202 (ShapeProfile | None)
 def _trt_body(args: argparse.Namespace) -> int:
     from export.onnx_export import ExportError, read_metadata
     from export.trt_build import (
+        TRT_INSTALL_HINT,
         BuildOptions,
         EngineBuildError,
         TensorRTUnavailable,
@@ -203,11 +211,16 @@ def _trt_body(args: argparse.Namespace) -> int:
         import_tensorrt,
         parse_shapes,
     )
+    from infer.fileio import check_writable
 
     try:
         shapes = parse_shapes(args.shapes) if args.shapes else None
     except ValueError as e:
         raise ExportError(str(e)) from e
+    if args.out:  # before minutes of export and build
+        check_writable(args.out, "engine output")
+    if args.timing_cache:
+        check_writable(args.timing_cache, "timing cache")
     source = Path(args.source)
     if source.suffix.lower() == ".onnx":
         if not source.is_file():
@@ -238,7 +251,8 @@ def _trt_body(args: argparse.Namespace) -> int:
             f"To build the engine: pip install -e .[trt] on a machine with an NVIDIA GPU, then "
             f"python export/to_trt.py {onnx_path}" + (f" --shapes {shapes}" if shapes else "")
         )
-        return 0
+        print(f"error: no engine built: TensorRT is not installed ({TRT_INSTALL_HINT})", file=sys.stderr)
+        return EXIT_USAGE  # a script chaining to_trt.py must not take the missing engine for success
     if shapes is None:
         shapes = _default_shapes(onnx_path)
     options = BuildOptions(

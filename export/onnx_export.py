@@ -15,7 +15,6 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -252,18 +251,18 @@ def check_dynamic_sizes(
     Raises:
         ExportError: ONNX Runtime fails at the other size, or its logits differ beyond ``rtol`` of their range.
     """
-    import onnxruntime as ort
-
     from export.calib import network_input, synthetic_samples
     from infer.meta import preprocess
+    from infer.runtime.ort_runner import ORT_DTYPES, cpu_session
 
     h, w = size
     n = 2 if "batch" in DYNAMIC_CHOICES[dynamic] else 1
     hw = (h * 3 // 4 + 5, w * 5 // 4 + 3) if "height" in DYNAMIC_CHOICES[dynamic] else (h, w)
     images = [s.image for s in synthetic_samples(n, hw, seed=1)]
-    sess = _cpu_session(ort, path)
+    sess = cpu_session(path)
     inp = sess.get_inputs()[0]
-    x = network_input(images, meta, fused=fuse_preprocess, dtype=_ORT_FLOAT[inp.type])
+    dtype = "float32" if fuse_preprocess else np.dtype(ORT_DTYPES[inp.type]).name
+    x = network_input(images, meta, fused=fuse_preprocess, dtype=dtype)
     try:
         got = sess.run(None, {inp.name: x})[0]
     except Exception as e:
@@ -292,15 +291,6 @@ def check_dynamic_sizes(
         )
 
 
-_ORT_FLOAT = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "float32"}
-
-
-def _cpu_session(ort: Any, path: str | os.PathLike[str]) -> Any:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # constant-folding notes about fp16 kernels are not the user's concern
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def write_metadata(src: str | os.PathLike[str], dst: str | os.PathLike[str], meta: ModelMeta) -> None:
     """Copy the graph at ``src`` to ``dst`` with ``meta.to_props()`` as its ``metadata_props`` (replacing any)."""
     model = onnx.load(str(src))
@@ -316,9 +306,12 @@ def read_metadata(path: str | os.PathLike[str]) -> ModelMeta:
     """The `ModelMeta` stored in an ONNX file's ``metadata_props``.
 
     Raises:
-        ValueError: the file carries no toolkit metadata.
+        ValueError: not an ONNX file, or one without toolkit metadata.
     """
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends: a damaged file, or not ONNX at all
+        raise ValueError(f"{path} is not a readable ONNX file ({type(e).__name__}); re-export it") from e
     return ModelMeta.from_props({p.key: p.value for p in model.metadata_props})
 
 

@@ -9,10 +9,9 @@ a failed or interrupted export leaves the previous file, or none, in place.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import hashlib
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from export.onnx_export import (
 from export.quantize import quantize_int8
 from export.verify import VerificationError, VerifyReport, verify_onnx
 from infer import __version__
-from infer.fileio import atomic_path
+from infer.fileio import atomic_path, check_writable, sha256_file, work_dir
 from infer.meta import ModelMeta
 
 __all__ = [
@@ -43,10 +42,11 @@ __all__ = [
     "check_options",
     "export_checkpoint",
     "export_model",
-    "sha256_file",
 ]
 
 _MIN_SIDE = 32  # below this the stride-8 backbones leave a feature map of 1-2 pixels
+_MAX_SIDE = 16384  # TensorRT's and most kernels' limit per spatial dimension; larger is a typo
+_MAX_BATCH = 1024
 # Relative logits tolerance of the dynamic-shape check, per float dtype of the graph.
 _DYNAMIC_RTOL = {"float32": 1e-3, "float16": 2e-2}
 
@@ -79,7 +79,9 @@ class ExportOptions:
 
     def size(self, meta: ModelMeta) -> tuple[int, int]:
         """(H, W) of the export: the options', else the checkpoint's input size."""
-        return (self.height or int(meta.input_size[0]), self.width or int(meta.input_size[1]))
+        h = self.height if self.height is not None else int(meta.input_size[0])
+        w = self.width if self.width is not None else int(meta.input_size[1])
+        return h, w
 
 
 @dataclass
@@ -89,14 +91,6 @@ class ExportResult:
     report: VerifyReport | None
     exporter: str
     seconds: float
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_options(opts: ExportOptions, meta: ModelMeta, model: nn.Module | None = None) -> None:
@@ -122,8 +116,12 @@ def check_options(opts: ExportOptions, meta: ModelMeta, model: nn.Module | None 
     h, w = opts.size(meta)
     if min(h, w) < _MIN_SIDE:
         problems.append(f"export size {h}x{w} is too small (height and width must be >= {_MIN_SIDE})")
+    if max(h, w) > _MAX_SIDE:
+        problems.append(f"export size {h}x{w} is too large (height and width must be <= {_MAX_SIDE})")
     if opts.batch < 1 or opts.calib_count < 1 or opts.verify_count < 1:
         problems.append("--batch, --calib-count and --verify-count must be >= 1")
+    if opts.batch > _MAX_BATCH:
+        problems.append(f"--batch {opts.batch} is too large (at most {_MAX_BATCH})")
     if opts.calib_dataset and opts.calib_images:
         problems.append("give --calib-dataset (with --calib-root) or --calib-images, not both")
     if bool(opts.calib_dataset) != bool(opts.calib_root):
@@ -228,15 +226,15 @@ def export_model(
         VerificationError: the file disagrees with PyTorch beyond the precision's threshold.
     """
     t0 = time.perf_counter()
-    model = model.float().eval()
+    model = copy.deepcopy(model).float().eval()  # the caller's model keeps its dtype, mode and device
     check_options(opts, meta, model)
-    prec, size, out = get_precision(opts.precision), opts.size(meta), Path(out)
+    prec, size, out = get_precision(opts.precision), opts.size(meta), check_writable(out, "ONNX output")
     # Read the images first: a bad calibration folder fails before minutes of export.
     calib = _calibration_samples(opts, meta, size) if prec.calibrated else []
     checks, check_source = _verification_samples(opts, meta, size, log) if opts.verify else ([], "")
     static_batch = 1 if "batch" in DYNAMIC_CHOICES[opts.dynamic] else opts.batch
-    with tempfile.TemporaryDirectory(prefix="segkd-export-") as tmp:
-        graph = Path(tmp) / "graph.onnx"
+    with work_dir("export") as tmp:
+        graph = tmp / "graph.onnx"
         common = {"fuse_preprocess": opts.fuse_preprocess, "dynamic": opts.dynamic}
         exporter = torch_to_onnx(
             model, meta, graph, size=size, batch=opts.batch, dtype=prec.dtype, argmax=opts.argmax,
@@ -247,7 +245,7 @@ def export_model(
         if prec.calibrated:
             log(f"calibrating INT8 ({opts.calib_method}) on {len(calib)} images {size[0]}x{size[1]}")
             reader = CalibrationReader(calib, meta, "input", batch=static_batch, fused=opts.fuse_preprocess)
-            quantized = Path(tmp) / "int8.onnx"
+            quantized = tmp / "int8.onnx"
             quantize_int8(graph, quantized, reader, method=opts.calib_method, log=log)
             graph = quantized
         report = None
@@ -272,8 +270,9 @@ def export_checkpoint(
     """
     from distill.checkpoint import load_model
 
-    model, meta = load_model(checkpoint)
     out = opts.out or default_onnx_path(
         checkpoint, opts.precision if opts.precision in PRECISIONS else "fp32"
     )
+    check_writable(out, "ONNX output")  # before the minutes of loading, exporting and verifying
+    model, meta = load_model(checkpoint)
     return export_model(model, meta, out, opts, source=checkpoint, log=log)

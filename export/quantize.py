@@ -2,7 +2,7 @@
 
 Settings (see ``DEPLOY.md``): ``quant_pre_process``, then ``quantize_static`` with QDQ format, per-channel
 symmetric INT8 weights, per-tensor symmetric INT8 activations (all zero points 0), float biases
-(``QuantizeBias=False``: TensorRT rejects INT32 bias DequantizeLinear) and only Conv/MatMul/Gemm quantized, so
+(``QuantizeBias=False``: TensorRT rejects INT32 bias DequantizeLinear) and only Conv/Gemm quantized, so
 that no Q/DQ pair lands on Relu, Concat or Resize.
 
 Entropy calibration is run here rather than inside ``quantize_static``: ONNX Runtime's entropy calibrator
@@ -16,16 +16,20 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from export.formats import CALIB_METHODS
+from infer.fileio import work_dir
 
 __all__ = ["ENTROPY_BINS", "QUANT_OP_TYPES", "quantize_int8", "quantize_settings"]
 
-QUANT_OP_TYPES = ["Conv", "MatMul", "Gemm"]
+# MatMul stays float: in the registered models the only MatMuls are the PSP head's pooling matrices
+# (``P_h @ x @ P_w^T``, fixed averaging weights, not learnt), which INT8 would turn into biased averages of
+# already-quantized features for no speed-up worth having. A model with learnt MatMuls (attention, linear
+# layers) would add it back together with a rule that leaves such constant matrices out.
+QUANT_OP_TYPES = ["Conv", "Gemm"]
 # Histogram bins of the entropy search (TensorRT's own calibrator uses 2048; the search is pure Python in ONNX
 # Runtime and costs ~0.05 s per tensor at 512 bins, ~0.4 s at 2048).
 ENTROPY_BINS = 512
@@ -96,8 +100,7 @@ def quantize_int8(
     from onnxruntime.quantization import quantize_static
 
     settings = quantize_settings(method)
-    with tempfile.TemporaryDirectory(prefix="segkd-int8-") as tmp:
-        work = Path(tmp)
+    with work_dir("int8") as work:
         pre, cache = work / "pre.onnx", work / "ranges.json"
         _pre_process(Path(src), pre, log)
         _calibrate(pre, reader, method, cache, work)

@@ -4,7 +4,7 @@
     python export/to_trt.py best.int8.onnx --shapes 1x3x512x1024:2x3x512x1024:4x3x1024x2048 --timing-cache trt.cache
 
 From a checkpoint the verified ONNX of the precision is written first (`export/to_onnx.py` options apply);
-without TensorRT the command stops there, exit 0, and prints how to install it (``pip install -e .[trt]``).
+without TensorRT the command stops there, exit 2 (no engine), and prints how to install it (``pip install -e .[trt]``).
 """
 
 import sys

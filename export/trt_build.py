@@ -5,29 +5,35 @@ typed (the ``STRONGLY_TYPED`` flag where it exists: TensorRT 10; TensorRT 11 net
 without it) and no precision builder flag is ever set. Both versions share the rest: ``OnnxParser``,
 ``set_memory_pool_limit``, optimization profiles, timing caches and ``build_serialized_network``.
 
-An engine runs only on the TensorRT version and GPU model that built it, unless it was built version- or
-hardware-compatible. The sidecar ``<name>.engine.json`` records both, and `check_engine_compat` refuses a
-mismatch with the command that rebuilds the engine. TensorRT (and the GPU queries) are imported lazily: this
-module imports without torch, onnxruntime or tensorrt, and the deploy runtime uses its checks.
+The sidecar it writes, and the policy of where an engine may run, belong to the runtime
+(`infer.runtime.engine_record`); shapes are parsed in `export.trt_shapes`, GPUs queried in `infer.runtime.gpu`.
+TensorRT is imported lazily: this module imports without torch, onnxruntime or tensorrt.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
-import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from export.trt_shapes import ShapeProfile, fit_profile, fmt_dims, parse_shapes
 from infer import __version__
-from infer.fileio import atomic_path, atomic_write_text
+from infer.fileio import atomic_path, atomic_write_text, sha256_file
 from infer.meta import ModelMeta
+from infer.runtime.engine_record import (
+    SIDECAR_FORMAT,
+    EngineCompatError,
+    check_engine_compat,
+    read_sidecar,
+    rebuild_command,
+    sidecar_path,
+)
+from infer.runtime.gpu import TRT_INSTALL_HINT, TensorRTUnavailable, gpu_info, import_tensorrt
 
 __all__ = [
     "TRT_INSTALL_HINT",
@@ -39,6 +45,7 @@ __all__ = [
     "build_engine",
     "check_engine_compat",
     "engine_path_for",
+    "fit_profile",
     "gpu_info",
     "import_tensorrt",
     "parse_shapes",
@@ -47,105 +54,9 @@ __all__ = [
     "sidecar_path",
 ]
 
-TRT_INSTALL_HINT = "pip install -e .[trt]  (TensorRT and cuda-python wheels; needs an NVIDIA GPU and driver)"
-SIDECAR_FORMAT = "segkd-engine"
-# Version-compatible engines also run on the next major version in these pairs (TensorRT support matrix).
-_CROSS_MAJOR = {(8, 10), (10, 11)}
-# Compute capability from which AMPERE_PLUS hardware-compatible engines run.
-_AMPERE = (8, 0)
-
-
-class TensorRTUnavailable(ImportError):
-    """TensorRT does not import here."""
-
 
 class EngineBuildError(RuntimeError):
     """The ONNX file cannot be parsed or built (bad shapes, unsupported layer, out of memory, ...)."""
-
-
-class EngineCompatError(RuntimeError):
-    """An engine built by another TensorRT version or GPU model: it must be rebuilt here."""
-
-
-def import_tensorrt() -> Any:
-    """``import tensorrt`` or raise TensorRTUnavailable with the install command."""
-    try:
-        import tensorrt
-    except ImportError as e:  # also OSError-like failures of the bindings surface as ImportError
-        raise TensorRTUnavailable(
-            f"TensorRT is not installed ({e}); install it with: {TRT_INSTALL_HINT}"
-        ) from e
-    return tensorrt
-
-
-# ----------------------------------------------------------------------------------------------------- shapes
-@dataclass(frozen=True)
-class ShapeProfile:
-    """Min/opt/max shapes of the network input (one optimization profile)."""
-
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
-
-    @property
-    def static(self) -> bool:
-        return self.min == self.opt == self.max
-
-    def __str__(self) -> str:
-        shapes = (self.opt,) if self.static else (self.min, self.opt, self.max)
-        return ":".join("x".join(map(str, s)) for s in shapes)
-
-
-def _parse_dims(text: str) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"shape {text!r} is not dimensions joined by 'x', e.g. 1x3x512x1024") from None
-    if any(d < 1 for d in dims):
-        raise ValueError(f"shape {text!r} has a dimension below 1")
-    return dims
-
-
-def parse_shapes(text: str) -> ShapeProfile:
-    """``"1x3x512x1024"`` (fixed) or ``"MIN:OPT:MAX"`` such as ``"1x3x512x1024:2x3x512x1024:4x3x1024x2048"``.
-
-    Raises:
-        ValueError: not 1 or 3 shapes, ranks that differ, or not min <= opt <= max in every dimension.
-    """
-    parts = text.strip().split(":")
-    if len(parts) not in (1, 3):
-        raise ValueError(
-            f"--shapes {text!r}: give one shape or MIN:OPT:MAX, e.g. 1x3x512x1024:1x3x512x1024:4x3x512x1024"
-        )
-    shapes = [_parse_dims(p) for p in parts] * (3 if len(parts) == 1 else 1)
-    lo, opt, hi = shapes
-    if not len(lo) == len(opt) == len(hi):
-        raise ValueError(f"--shapes {text!r}: min, opt and max have different ranks")
-    if not all(a <= b <= c for a, b, c in zip(lo, opt, hi)):
-        raise ValueError(f"--shapes {text!r}: need min <= opt <= max in every dimension")
-    return ShapeProfile(lo, opt, hi)
-
-
-def fit_profile(profile: ShapeProfile, dims: tuple[int, ...], name: str = "input") -> None:
-    """Check a profile against the network input's dims (-1 = dynamic).
-
-    Raises:
-        ValueError: different rank, or a fixed dimension that the profile changes.
-    """
-    if len(profile.min) != len(dims):
-        raise ValueError(
-            f"--shapes {profile} has rank {len(profile.min)}; input {name!r} is {_fmt_dims(dims)}"
-        )
-    for i, d in enumerate(dims):
-        if d >= 0 and not profile.min[i] == profile.opt[i] == profile.max[i] == d:
-            raise ValueError(
-                f"--shapes {profile}: dimension {i} of input {name!r} ({_fmt_dims(dims)}) is fixed to {d} in the "
-                "ONNX file; export it with --dynamic to vary it"
-            )
-
-
-def _fmt_dims(dims: tuple[int, ...]) -> str:
-    return "x".join("?" if d < 0 else str(d) for d in dims)
 
 
 # ----------------------------------------------------------------------------------------------------- build
@@ -163,12 +74,6 @@ class BuildOptions:
 def engine_path_for(onnx_path: str | os.PathLike[str]) -> Path:
     """``best.fp16.onnx`` -> ``best.fp16.engine``."""
     return Path(onnx_path).with_suffix(".engine")
-
-
-def sidecar_path(engine: str | os.PathLike[str]) -> Path:
-    """``best.fp16.engine`` -> ``best.fp16.engine.json``."""
-    engine = Path(engine)
-    return engine.with_name(engine.name + ".json")
 
 
 def _network_flags(trt: Any) -> int:
@@ -224,7 +129,7 @@ def _add_profile(builder: Any, config: Any, network: Any, shapes: ShapeProfile |
         return ShapeProfile(dims, dims, dims)
     if shapes is None:
         raise EngineBuildError(
-            f"input {inp.name!r} is {_fmt_dims(dims)}: give its range with --shapes MIN:OPT:MAX"
+            f"input {inp.name!r} is {fmt_dims(dims)}: give its range with --shapes MIN:OPT:MAX"
         )
     profile = builder.create_optimization_profile()
     profile.set_shape(inp.name, shapes.min, shapes.opt, shapes.max)
@@ -310,7 +215,7 @@ def build_engine(
             "gpu_name": name,
             "compute_capability": cc,
             "onnx": str(onnx_path),
-            "onnx_sha256": _sha256(onnx_path),
+            "onnx_sha256": sha256_file(onnx_path),
             "shapes": {
                 "input": network.get_input(0).name,
                 "min": shapes.min,
@@ -334,159 +239,13 @@ def build_engine(
 def _onnx_meta(path: Path) -> ModelMeta:
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf decode errors: a damaged file, or not ONNX at all
+        raise EngineBuildError(
+            f"{path} is not a readable ONNX file ({type(e).__name__}); re-export it"
+        ) from e
     try:
         return ModelMeta.from_props({p.key: p.value for p in model.metadata_props})
     except ValueError as e:
         raise EngineBuildError(f"{path}: {e}") from e
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-# ----------------------------------------------------------------------------------------------------- GPU query
-def _gpu_cuda_python() -> tuple[str, str] | None:
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart
-        except ImportError:
-            return None
-    err, prop = cudart.cudaGetDeviceProperties(0)
-    if err != cudart.cudaError_t.cudaSuccess:
-        return None
-    name = prop.name.decode() if isinstance(prop.name, bytes) else str(prop.name)
-    return name.rstrip("\x00").strip(), f"{prop.major}.{prop.minor}"
-
-
-def _gpu_nvidia_smi() -> tuple[str, str] | None:
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run(
-            [exe, "--query-gpu=name,compute_cap", "--format=csv,noheader", "--id=0"],
-            capture_output=True, text=True, timeout=20, check=True,
-        ).stdout  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    name, _, cc = out.strip().partition(",")
-    return (name.strip(), cc.strip()) if name.strip() else None
-
-
-def gpu_info() -> tuple[str | None, str | None]:
-    """(name, compute capability "major.minor") of GPU 0 via cuda-python, else nvidia-smi; (None, None) if none."""
-    for query in (_gpu_cuda_python, _gpu_nvidia_smi):
-        found = query()
-        if found:
-            return found
-    return None, None
-
-
-# ----------------------------------------------------------------------------------------------------- loading
-def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The sidecar record of an engine (``x.engine``) or the sidecar file itself (``x.engine.json``).
-
-    Raises:
-        EngineCompatError: no sidecar, or not one written by `build_engine`.
-    """
-    path = Path(path)
-    side = path if path.suffix == ".json" else sidecar_path(path)
-    if not side.is_file():
-        raise EngineCompatError(
-            f"{path} has no sidecar {side.name} recording how it was built; rebuild it with "
-            "`python export/to_trt.py MODEL.onnx` (an engine cannot be checked or run without one)"
-        )
-    try:
-        record = json.loads(side.read_text())
-    except ValueError as e:
-        raise EngineCompatError(f"{side} is not valid JSON ({e}); rebuild the engine") from e
-    if not isinstance(record, dict) or record.get("format") != SIDECAR_FORMAT or "build" not in record:
-        raise EngineCompatError(f"{side} is not a {SIDECAR_FORMAT} sidecar; rebuild the engine")
-    return record
-
-
-def rebuild_command(record: dict[str, Any]) -> str:
-    """The ``to_trt.py`` command that rebuilds the engine a sidecar describes, with its original options."""
-    b = record["build"]
-    s = b.get("shapes") or {}
-    cmd = ["python", "export/to_trt.py", b.get("onnx") or "MODEL.onnx"]
-    if s:
-        cmd += ["--shapes", str(ShapeProfile(tuple(s["min"]), tuple(s["opt"]), tuple(s["max"])))]
-    if b.get("workspace_gb"):
-        cmd += ["--workspace", f"{b['workspace_gb']:g}"]
-    cmd += ["--version-compatible"] * bool(b.get("version_compatible"))
-    cmd += ["--hardware-compatible"] * bool(b.get("hardware_compatible"))
-    return " ".join(cmd)
-
-
-def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in str(text).split(".") if p.isdigit())
-
-
-def _version_problem(build: dict[str, Any], runtime: str) -> str | None:
-    built = str(build.get("tensorrt_version") or "")
-    if not built or built == runtime:
-        return None
-    if build.get("version_compatible"):
-        b, r = _version(built), _version(runtime)
-        if b and r and r >= b and (r[0] == b[0] or (b[0], r[0]) in _CROSS_MAJOR):
-            return None
-        return f"it was built version-compatible with TensorRT {built}, which TensorRT {runtime} cannot load"
-    return f"it was built with TensorRT {built} and this is TensorRT {runtime}"
-
-
-def _gpu_problem(build: dict[str, Any], gpu_name: str | None, cc: str | None) -> str | None:
-    built_name, built_cc = build.get("gpu_name"), build.get("compute_capability")
-    if build.get("hardware_compatible"):
-        if cc and _version(cc) < _AMPERE:
-            return f"it was built hardware-compatible for Ampere or newer, and this GPU is sm {cc}"
-        return None
-    if built_name and gpu_name and built_name.strip().lower() != gpu_name.strip().lower():
-        return f"it was built on {built_name} and this GPU is {gpu_name}"
-    if built_cc and cc and built_cc != cc:
-        return f"it was built for compute capability {built_cc} and this GPU has {cc}"
-    return None
-
-
-def check_engine_compat(
-    sidecar: dict[str, Any] | str | os.PathLike[str],
-    trt_version: str | None = None,
-    gpu_name: str | None = None,
-    compute_capability: str | None = None,
-) -> dict[str, Any]:
-    """Refuse an engine this machine cannot run; return its sidecar record when it can.
-
-    Args:
-        sidecar: the record, the sidecar file, or the engine file (its sidecar is read beside it).
-        trt_version: the TensorRT that will load the engine (default: the installed one).
-        gpu_name, compute_capability: the GPU it will run on (default: GPU 0, queried; the capability is only
-            queried when the name is too).
-
-    Raises:
-        EngineCompatError: another TensorRT version or GPU model built it (the message gives the command that
-            rebuilds it), or there is no readable sidecar.
-    """
-    record = sidecar if isinstance(sidecar, dict) else read_sidecar(sidecar)
-    if trt_version is None:
-        trt_version = str(import_tensorrt().__version__)
-    if gpu_name is None:
-        gpu_name, compute_capability = gpu_info()
-    build = record.get("build", {})
-    problems = [
-        p
-        for p in (_version_problem(build, trt_version), _gpu_problem(build, gpu_name, compute_capability))
-        if p
-    ]
-    if problems:
-        raise EngineCompatError(
-            f"engine {record.get('engine', '?')} cannot run here: {'; '.join(problems)}. Engines are tied to the "
-            f"TensorRT version and GPU model that built them: rebuild it on this machine with `{rebuild_command(record)}`"
-        )
-    return record

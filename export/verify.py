@@ -19,10 +19,9 @@ from torch import nn
 from export.calib import Sample, batches, network_input
 from export.formats import get_precision
 from infer.meta import ModelMeta, preprocess
+from infer.runtime.ort_runner import ORT_DTYPES, cpu_session
 
 __all__ = ["VerificationError", "VerifyReport", "apply_gates", "verify_onnx"]
-
-_ORT_INPUT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8"}
 
 
 class VerificationError(RuntimeError):
@@ -49,6 +48,7 @@ class VerifyReport:
     mean_abs_diff: float | None = None
     miou_torch: float | None = None
     miou_onnx: float | None = None
+    non_finite: int = 0  # NaN/inf values in the ONNX outputs or the PyTorch reference
     gate: str = ""
     passed: bool = True
     failures: list[str] = field(default_factory=list)
@@ -75,8 +75,13 @@ class VerifyReport:
 def apply_gates(report: VerifyReport) -> VerifyReport:
     """Fill ``gate``, ``failures`` and ``passed`` from the precision's thresholds."""
     p = get_precision(report.precision)
-    report.gate = f"argmax agreement >= {p.min_agreement}%"
+    report.gate = f"argmax agreement >= {p.min_agreement}%; finite outputs"
     failures = []
+    if report.non_finite:  # NaN argmaxes agree with NaN argmaxes: agreement alone would pass a broken model
+        failures.append(
+            f"{report.non_finite} output values are NaN or inf (in the ONNX file or in PyTorch itself: "
+            "a diverged or corrupted model, or an FP16 overflow)"
+        )
     if report.agreement < p.min_agreement:
         failures.append(f"argmax agreement {report.agreement:.3f}% < {p.min_agreement}%")
     if p.max_miou_drop is not None:
@@ -89,14 +94,6 @@ def apply_gates(report: VerifyReport) -> VerifyReport:
                 failures.append(f"mIoU {report.miou_onnx:.2f} is {drop:.2f} points below PyTorch's")
     report.failures, report.passed = failures, not failures
     return report
-
-
-def _session(path: str | os.PathLike[str]):  # noqa: ANN202 (onnxruntime is imported lazily)
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def verify_onnx(
@@ -117,9 +114,9 @@ def verify_onnx(
     from infer.metrics import ConfusionMatrix
 
     assert samples, "verification needs at least one image"
-    sess = _session(path)
+    sess = cpu_session(path)
     inp = sess.get_inputs()[0]
-    in_dtype = _ORT_INPUT_DTYPES[inp.type]
+    in_dtype = np.dtype(ORT_DTYPES[inp.type]).name
     batch = inp.shape[0] if isinstance(inp.shape[0], int) else 1
     labelled = all(s.label is not None for s in samples)
     cms = (
@@ -128,7 +125,7 @@ def verify_onnx(
         else {}
     )
     agree = pixels = 0
-    max_diff, sum_diff, n_values, logits_out = 0.0, 0.0, 0, True
+    max_diff, sum_diff, n_values, logits_out, non_finite = 0.0, 0.0, 0, True, 0
     model = model.float().eval()
     seen = 0
     for group in batches(samples, batch):
@@ -143,6 +140,7 @@ def verify_onnx(
             ref = model(torch.from_numpy(preprocess(images, meta))).numpy()[:real]  # (n, K, H, W)
         ref_labels = ref.argmax(1)
         logits_out = out.dtype.kind == "f"
+        non_finite += int((~np.isfinite(ref)).sum()) + (int((~np.isfinite(out)).sum()) if logits_out else 0)
         if logits_out:
             diff = np.abs(out.astype(np.float32) - ref)
             max_diff = max(max_diff, float(diff.max()))
@@ -167,5 +165,6 @@ def verify_onnx(
         mean_abs_diff=sum_diff / n_values if logits_out else None,
         miou_torch=cms["torch"].compute()["mIoU"] if labelled else None,
         miou_onnx=cms["onnx"].compute()["mIoU"] if labelled else None,
+        non_finite=non_finite,
     )
     return apply_gates(report)

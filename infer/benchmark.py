@@ -3,9 +3,10 @@
     python infer/benchmark.py student.pth student.onnx student_int8.onnx \
         --dataset cityscapes --data-root data/cityscapes --split val --size 512x1024 --runs 100 --out runs/bench
 
-Each MODEL is a ``.pth`` checkpoint, an ``.onnx`` file or a TensorRT ``.engine``. Writes benchmark.md/.csv/.json
+Exit status: 0 all measured, 1 some model failed (its row says why), 2 bad settings or no model could be loaded.
+Each MODEL is a file of a format in `infer.formats` (``.pth`` checkpoint, ``.onnx``, TensorRT ``.engine``). Writes benchmark.md/.csv/.json
 and latency_vs_miou.png to --out; a model that fails gets a failed row with the reason. Conventions (warm-up,
-timing, MACs, memory) are in ``infer/bench.py``.
+timing, MACs, memory) are in ``infer/bench/``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import sys
 
 from infer.bench import BenchConfig, run_benchmark
 from infer.cliargs import hw_arg
+from infer.datasets import dataset_names
 from infer.evaluate import MODES
+from infer.formats import suffix_help
 from infer.runtime import CUDA_LIBS
 
 
@@ -33,10 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    p.add_argument("models", nargs="+", metavar="MODEL", help=".pth, .onnx or .engine files")
-    p.add_argument(
-        "--dataset", help="dataset name for mIoU (cityscapes, voc, ade20k, cocostuff, folder, demo)"
-    )
+    p.add_argument("models", nargs="+", metavar="MODEL", help=f"model files: {suffix_help()}")
+    p.add_argument("--dataset", help=f"dataset name for mIoU ({dataset_names()})")
     p.add_argument("--data-root", help="dataset root folder")
     p.add_argument("--split", default="val")
     p.add_argument(
@@ -84,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         rows, _ = run_benchmark(cfg, command)
     except (ValueError, OSError) as e:  # dataset missing or unreadable, output folder not writable, ...
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    if all(r.get("load_failed") for r in rows):  # nothing could even be loaded: a usage error, as elsewhere
+        for r in rows:
+            print(f"error: {r.get('path', r['model'])}: {r.get('error', 'failed')}", file=sys.stderr)
         return 2
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 

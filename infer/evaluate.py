@@ -10,7 +10,7 @@ every model format.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cv2
@@ -20,7 +20,7 @@ from tqdm import tqdm
 from infer.metrics import ConfusionMatrix
 from infer.runtime.base import Runner, resize_scores, scores_to_labels
 
-__all__ = ["MODES", "evaluate", "predict_image", "slide_windows"]
+__all__ = ["MODES", "average_windows", "count_batch", "evaluate", "predict_image", "slide_windows"]
 
 MODES = ("whole", "slide")
 
@@ -59,6 +59,28 @@ def _pad_value(runner: Runner) -> tuple[float, float, float]:
     return tuple(mean[::-1] if runner.meta.channel_order == "RGB" else mean)  # type: ignore[return-value]
 
 
+def average_windows(
+    windows: Sequence[tuple[int, int, int, int]],
+    run: Callable[[list[tuple[int, int, int, int]]], Sequence[Any]],
+    total: Any,
+    count: Any,
+    batch: int = 1,
+) -> Any:
+    """Average the scores ``run`` gives for ``windows`` where they overlap: ``total / count``.
+
+    The one sliding-window accumulation, for numpy arrays (deployment) and torch tensors (training) alike:
+    ``run(chunk)`` returns one score map per window of ``chunk`` (at most ``batch`` windows), each shaped like
+    ``total[..., y0:y1, x0:x1]``; ``count`` broadcasts against ``total`` over the last two axes.
+    """
+    for i in range(0, len(windows), batch):
+        chunk = list(windows[i : i + batch])
+        for (y0, y1, x0, x1), scores in zip(chunk, run(chunk)):
+            total[..., y0:y1, x0:x1] += scores
+            count[..., y0:y1, x0:x1] += 1
+    assert count.min() > 0, "windows must cover the image"
+    return total / count
+
+
 def _slide_logits(
     runner: Runner, image: np.ndarray, crop: tuple[int, int], stride: tuple[int, int], batch: int
 ) -> np.ndarray:
@@ -68,17 +90,17 @@ def _slide_logits(
     if ph or pw:  # every window has the crop's size, so fixed-size networks work too
         image = cv2.copyMakeBorder(image, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=_pad_value(runner))
     hp, wp = image.shape[:2]
-    windows = slide_windows(hp, wp, crop, stride)
-    total = np.zeros((runner.meta.num_classes, hp, wp), np.float32)  # (K, H, W)
-    count = np.zeros((hp, wp), np.float32)
-    for i in range(0, len(windows), batch):
-        chunk = windows[i : i + batch]
+
+    def run(chunk: list[tuple[int, int, int, int]]) -> list[np.ndarray]:
         logits = runner.predict_logits([image[y0:y1, x0:x1] for y0, y1, x0, x1 in chunk], size=crop)
-        for (y0, y1, x0, x1), lg in zip(chunk, logits):
-            total[:, y0:y1, x0:x1] += resize_scores(lg, (y1 - y0, x1 - x0))
-            count[y0:y1, x0:x1] += 1
-    assert count.min() > 0, "windows must cover the image"
-    return (total / count)[:, :h, :w]
+        return [
+            resize_scores(lg, (y1 - y0, x1 - x0), align_corners=runner.meta.align_corners)
+            for (y0, y1, x0, x1), lg in zip(chunk, logits)
+        ]
+
+    total = np.zeros((runner.meta.num_classes, hp, wp), np.float32)  # (K, H, W)
+    count = np.zeros((hp, wp), np.float32)  # (H, W)
+    return average_windows(slide_windows(hp, wp, crop, stride), run, total, count, batch)[:, :h, :w]
 
 
 def predict_image(
@@ -133,8 +155,37 @@ def predict_image(
                 logits = runner.predict_logits([img], size=net)[0]
             if flipped:
                 logits = logits[:, :, ::-1]
-            probs += _softmax(resize_scores(np.ascontiguousarray(logits), (h, w)))
+            logits = resize_scores(
+                np.ascontiguousarray(logits), (h, w), align_corners=runner.meta.align_corners
+            )
+            probs += _softmax(logits)
     return scores_to_labels(probs, runner.meta.num_classes)
+
+
+def count_batch(
+    runner: Runner,
+    images: list[np.ndarray],
+    labels: list[np.ndarray],
+    cm: ConfusionMatrix,
+    **predict_kw: Any,
+) -> None:
+    """Add the predictions of ``runner`` for ``images`` against ``labels`` to ``cm``.
+
+    The one evaluation step every evaluator shares (the trainer's validation, this module's :func:`evaluate`):
+    plain whole-image inference runs the images as one batch, everything else image by image through
+    :func:`predict_image`.
+    """
+    plain = (
+        predict_kw.get("mode", "whole") == "whole"
+        and not predict_kw.get("flip", False)
+        and tuple(predict_kw.get("scales", (1.0,))) == (1.0,)
+    )
+    if plain:
+        preds = runner.predict(images, size=predict_kw.get("size"))
+    else:
+        preds = [predict_image(runner, image, **predict_kw) for image in images]
+    for pred, label in zip(preds, labels):
+        cm.update(pred, label)
 
 
 def evaluate(
@@ -171,7 +222,7 @@ def evaluate(
     t0 = time.perf_counter()
     for i in tqdm(range(n), desc=f"eval {runner.path.name}", unit="img", leave=False, disable=not progress):
         image, label = dataset[i]
-        cm.update(predict_image(runner, image, **predict_kw), label)
+        count_batch(runner, [image], [label], cm, **predict_kw)
     metrics = cm.compute()
     return {
         "mIoU": metrics["mIoU"],

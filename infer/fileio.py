@@ -1,25 +1,134 @@
-"""Atomic file writes: a crash or a kill mid-write never leaves a half-written file in place of a good one."""
+"""File helpers: atomic writes (a crash or a kill mid-write never leaves a half-written file in place of a good
+one), file hashes and strict JSON."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
+import hashlib
+import json
+import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_text"]
+__all__ = [
+    "DiskFullError",
+    "OutputPathError",
+    "check_writable",
+    "check_writable_dir",
+    "atomic_path",
+    "atomic_write_text",
+    "disk_full",
+    "finite_json",
+    "remove_stale_temps",
+    "sha256_file",
+    "to_json",
+    "work_dir",
+]
+
+
+class DiskFullError(OSError):
+    """No space left to write a file; the partial file was removed and the previous one kept."""
+
+
+# No space on the device, or the user's quota is used up: both mean "free some space".
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _dead_owner(name: str, prefix: str) -> bool:
+    """Whether ``name`` is ``<prefix><pid>.<rest>`` of a process that no longer runs."""
+    pid = name[len(prefix) :].split(".", 1)[0].split("-", 1)[0]
+    return pid.isdigit() and not _pid_alive(int(pid))
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files a killed writer of ``path`` left beside it (``.<name>.<pid>.*.tmp``)."""
+    path = Path(path)
+    prefix = f".{path.name}."
+    removed = []
+    for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if _dead_owner(p.name, prefix):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def disk_full(e: OSError, what: str, where: str | os.PathLike[str]) -> DiskFullError:
+    """The one-line error for ``e`` (ENOSPC/EDQUOT) while writing ``what`` to ``where``."""
+    free = ""
+    with contextlib.suppress(OSError):
+        st = os.statvfs(Path(where) if Path(where).is_dir() else Path(where).parent)
+        free = f", {st.f_bavail * st.f_frsize / 2**20:.0f} MiB free"
+    return DiskFullError(
+        e.errno,
+        f"no space left writing {what} to {where}{free}: the partial file was removed and any previous file "
+        "kept; free some space (or write elsewhere) and run again",
+    )
+
+
+class OutputPathError(ValueError):
+    """An output path that cannot be written (a folder in its place, a read-only folder)."""
+
+
+def check_writable(path: str | os.PathLike[str], what: str = "output") -> Path:
+    """Refuse, before any work, an output ``path`` that is a folder or lies in a folder that cannot be written.
+
+    Raises:
+        OutputPathError: the message names the path and what to pass instead.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(
+            f"{what} {path} is an existing folder; give a file name (e.g. {path / 'out'}...)"
+        )
+    parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise OutputPathError(f"{what} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{what} {path}: folder {parent} is not writable; choose another output path")
+    return path
+
+
+def check_writable_dir(path: str | os.PathLike[str], what: str = "output folder") -> Path:
+    """Like `check_writable` for a folder that will be created (or written into) at ``path``."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{what} {path} is a file; give a folder")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{what} {path}: {existing} is not a writable folder; choose another")
+    return path
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
 
-    On any exception the temporary file is removed and ``path`` keeps its previous content.
+    On any exception the temporary file is removed and ``path`` keeps its previous content; a full disk raises
+    `DiskFullError` saying so. Temporary files that killed writers left behind are removed first.
+
+    Raises:
+        DiskFullError: no space left while writing (ENOSPC, EDQUOT).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     # mkstemp creates owner-only files; give the result the mode a plain open() would (umask applied).
     umask = os.umask(0)
@@ -31,11 +140,57 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp_path, "rb+") as f:  # make the bytes durable before the rename publishes them
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
+    except OSError as e:
+        if e.errno in _FULL and not isinstance(e, DiskFullError):
+            raise disk_full(e, path.name, path.parent) from e
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def work_dir(kind: str) -> Iterator[Path]:
+    """A private temporary folder ``segkd-<kind>-<pid>-*``, removed on exit; those of killed runs go first."""
+    root = Path(tempfile.gettempdir())
+    prefix = f"segkd-{kind}-"
+    for old in root.glob(f"{prefix}*"):
+        if old.is_dir() and _dead_owner(old.name, prefix):
+            shutil.rmtree(old, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-") as tmp:
+        try:
+            yield Path(tmp)
+        except OSError as e:
+            if e.errno in _FULL and not isinstance(e, DiskFullError):
+                raise disk_full(e, f"temporary {kind} files", tmp) from e
+            raise
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with every NaN/inf float (an mIoU of nothing, a class absent from the data) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def to_json(value: Any, **kwargs: Any) -> str:
+    """Strict JSON (NaN/inf written as null, which every JSON reader accepts; Python's default ``NaN`` is not)."""
+    return json.dumps(finite_json(value), allow_nan=False, **kwargs)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from infer.cliargs import hw_arg
+from infer.meta import HW_AXES, guess_layout
 
 __all__ = ["MAC_OPS", "count_macs", "count_params", "describe", "macs_by_op"]
 
@@ -139,7 +140,11 @@ def macs_by_op(model: str | os.PathLike[str] | Any, size: tuple[int, int] | None
 
 
 def count_macs(model: str | os.PathLike[str] | Any, size: tuple[int, int] | None = None) -> int:
-    """Total multiply-accumulates of one image at (H, W) ``size`` (see :func:`macs_by_op`)."""
+    """Total multiply-accumulates of one image at (H, W) ``size`` (see :func:`macs_by_op`).
+
+    Raises:
+        ValueError: a dynamic input without ``size``, or a ``size`` other than a static input's own.
+    """
     return int(sum(macs_by_op(model, size).values()))
 
 
@@ -150,10 +155,17 @@ def _fixed_input(model: Any, size: tuple[int, int] | None) -> Any:
     model = onnx.ModelProto.FromString(model.SerializeToString())
     inp = model.graph.input[0]
     dims = inp.type.tensor_type.shape.dim
-    nhwc = dims[-1].HasField("dim_value") and dims[-1].dim_value == 3 and dims[1].dim_value != 3
-    hw_idx = (1, 2) if nhwc else (2, 3)
+    values = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
+    hw_idx = HW_AXES[guess_layout(values)[0]]
     fixed = {0: 1}
     if size is not None:
+        static = {i: dims[i].dim_value for i in hw_idx if dims[i].HasField("dim_value")}
+        if static and tuple(static.get(i, v) for i, v in zip(hw_idx, size)) != tuple(size):
+            h, w = (static.get(i, "?") for i in hw_idx)
+            raise ValueError(
+                f"size {size[0]}x{size[1]} conflicts with the graph's fixed input {h}x{w}; count it at its own size "
+                "(size=None) or export it with dynamic height/width"
+            )
         fixed.update(dict(zip(hw_idx, size)))
     for i, v in fixed.items():
         dims[i].ClearField("dim_param")
@@ -213,7 +225,8 @@ def _needed(graph: Any, shapes: dict[str, Shape]) -> set[str]:
 def _run_for_shapes(fixed: Any, original: Any, names: list[str]) -> dict[str, Shape]:
     """Shapes of ``names`` from one ONNX Runtime CPU run with those tensors exposed as outputs."""
     import onnx
-    import onnxruntime as ort
+
+    from infer.runtime.ort_runner import cpu_session
 
     probe = onnx.ModelProto.FromString(fixed.SerializeToString())
     del probe.graph.output[:]
@@ -227,7 +240,7 @@ def _run_for_shapes(fixed: Any, original: Any, names: list[str]) -> dict[str, Sh
     inp = fixed.graph.input[0]
     dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
     x = np.zeros([d.dim_value for d in inp.type.tensor_type.shape.dim], dtype)
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = cpu_session(probe.SerializeToString())
     values = sess.run(names, {inp.name: x})
     return {n: tuple(v.shape) for n, v in zip(names, values)}
 

@@ -7,12 +7,13 @@ engine's JSON sidecar, so that every runner pre- and post-processes identically.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ModelMeta", "IMAGENET_RGB", "CIRKD_BGR", "preprocess", "colorize"]
+__all__ = ["HW_AXES", "ModelMeta", "IMAGENET_RGB", "CIRKD_BGR", "colorize", "guess_layout", "preprocess"]
 
 # (mean, std, channel order) on the 0..255 scale.
 IMAGENET_RGB = ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375], "RGB")
@@ -60,6 +61,11 @@ class ModelMeta:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def align_corners(self) -> bool:
+        """The model's bilinear upsampling of logits (``arch.align_corners``); False for models that predate it."""
+        return bool(self.arch.get("align_corners", False))
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python dict (safe for ``torch.load(weights_only=True)`` and JSON)."""
         return asdict(self)
@@ -86,6 +92,20 @@ class ModelMeta:
         kw: dict[str, Any] = {k: json.loads(v) for k, v in props.items() if k in known}
         kw["extra"] = {k[6:]: v for k, v in props.items() if k.startswith("extra.")}
         return cls(**kw)
+
+
+# Input layout -> the axes of height and width.
+HW_AXES = {"NCHW": (2, 3), "NHWC": (1, 2)}
+
+
+def guess_layout(shape: Sequence[Any], extra: dict[str, str] | None = None) -> tuple[str, tuple[Any, ...]]:
+    """(layout, (height, width) dims) of a 4-D image input.
+
+    The layout the exporter recorded (``extra.input_layout``) wins; a file without it is NHWC when its last axis
+    is 3 and its second is not (a fused-preprocessing graph takes raw HxWx3 frames), NCHW otherwise.
+    """
+    layout = (extra or {}).get("input_layout") or ("NHWC" if shape[-1] == 3 and shape[1] != 3 else "NCHW")
+    return layout, tuple(shape[i] for i in HW_AXES[layout])
 
 
 def preprocess(images_bgr: list[np.ndarray], meta: ModelMeta) -> np.ndarray:

@@ -57,6 +57,15 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._items)
 
+    def values(self) -> list[T]:
+        """The entries in registration order."""
+        return list(self._items.values())
+
+    def remove(self, name: str) -> T:
+        """Unregister ``name`` (a plugin or a test that registered it for a while)."""
+        self.get(name)
+        return self._items.pop(name)
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
 

@@ -4,7 +4,7 @@
         [--save out.mp4] [--headless] [--max-frames N] [--device cpu|cuda] [--provider NAME] [--threads N]
         [--size HxW] [--fast-postprocess] [--snapshot-dir DIR] [--json-summary PATH]
 
-MODEL is any file `infer/` loads (.pth, .onnx, .engine). In the window: q / Esc quit, space pauses, s saves a
+MODEL is a file of any format in `infer.formats` (.pth, .onnx, .engine, ...). In the window: q / Esc quit, space pauses, s saves a
 snapshot. Exit status: 0 done, 2 the source, display or model cannot be used or a live stream stopped, 130 Ctrl-C.
 """
 
@@ -18,6 +18,8 @@ if __package__ in (None, ""):  # run as `python infer/run_camera.py` from a chec
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infer.cliargs import hw_arg
+from infer.fileio import check_writable, check_writable_dir
+from infer.formats import suffix_help
 from infer.video import (
     VIEWS,
     DemoOptions,
@@ -33,7 +35,7 @@ from infer.video import (
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1])
-    p.add_argument("model", help="model file: .pth checkpoint, .onnx or .engine")
+    p.add_argument("model", help=f"model file: {suffix_help()}")
     p.add_argument("--source", default="0", help="camera index (0), video file, or stream URL (rtsp://...)")
     p.add_argument("--view", default="overlay", choices=list(VIEWS), help="side: input and mask side by side")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours, 0..1")
@@ -76,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
             fast_postprocess=args.fast_postprocess,
             snapshot_dir=args.snapshot_dir,
         )
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        for path, what in ((args.save, "--save"), (args.json_summary, "--json-summary")):
+            if path is not None:
+                check_writable(path, what)  # before the model loads and frames are spent
+        check_writable_dir(args.snapshot_dir, "--snapshot-dir")
         if not args.headless:
             check_display()
         reader = open_source(args.source)

@@ -50,7 +50,7 @@ def _tiny_model(images: list[np.ndarray]):
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory) -> Path:
-    from infer.datasets.demo import generate_demo
+    from scenes.street import generate_demo
 
     return generate_demo(tmp_path_factory.mktemp("demo"), splits={"train": 2, "val": 3}, size=SIZE, seed=0)
 
@@ -208,29 +208,6 @@ def test_fixed_batch_model_has_no_throughput_but_a_note(models, tmp_path):
     assert "ok (built for batch 1" in (tmp_path / "benchmark.md").read_text()
 
 
-@pytest.mark.slow
-def test_benchmark_without_torch(models, demo_root, tmp_path):
-    code = (
-        "import sys\n"
-        "class _NoTorch:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'torch' or name.startswith('torch.'):\n"
-        "            raise ImportError('torch is blocked in this test')\n"
-        "sys.meta_path.insert(0, _NoTorch())\n"
-        "from infer.benchmark import main\n"
-        f"rc = main([{str(models['dyn'])!r}, {str(models['pth'])!r}, '--dataset', 'demo',"
-        f" '--data-root', {str(demo_root)!r}, '--runs', '1', '--warmup', '0', '--out', {str(tmp_path)!r},"
-        " '--no-progress', '--in-process'])\n"
-        "assert 'torch' not in sys.modules\n"
-        "sys.exit(rc)\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    onnx, pth = json.loads((tmp_path / "benchmark.json").read_text())["results"]
-    assert onnx["status"] == "ok" and onnx["miou"] is not None
-    assert pth["status"] == "failed" and "pip install torch" in pth["error"]
-
-
 def test_settings_are_checked():
     assert parse_hw("512x1024") == (512, 1024) and parse_hw("64, 96") == (64, 96)
     with pytest.raises(ValueError, match="HEIGHTxWIDTH"):
@@ -254,3 +231,72 @@ def test_plot_without_points_and_with_long_labels(tmp_path):
     for data in (rows, []):
         img = cv2.imread(str(plot_latency_vs_miou(data, tmp_path / "p.png")))
         assert img.shape == (640, 960, 3)
+
+
+# ------------------------------------------------------------------------------------------- format table
+def _road_runner_class():
+    """A new format's runner: every pixel is class 0 (road), whatever the image."""
+    from infer.datasets import dataset_info
+    from infer.runtime.base import Runner
+
+    names, palette = dataset_info("cityscapes")
+
+    class RoadRunner(Runner):
+        format = "dummy"
+
+        def __init__(self, path, *, device="cpu", provider=None, cuda_lib=None, threads=None) -> None:
+            meta = ModelMeta(arch={"name": "road"}, class_names=names, palette=palette, input_size=list(SIZE))
+            super().__init__(path, meta, precision="fp32", provider="road", device=device, input_size=SIZE)
+
+        def _run(self, x: np.ndarray) -> np.ndarray:
+            logits = np.zeros((len(x), len(names), *x.shape[2:]), np.float32)  # (N, K, H, W)
+            logits[:, 0] = 1.0
+            return logits
+
+    return RoadRunner
+
+
+@pytest.fixture()
+def dummy_format():
+    from infer.formats import Format, register_format, unregister_format
+
+    fmt = register_format(
+        Format(
+            name="dummy",
+            suffixes=(".dummy",),
+            runner=_road_runner_class(),
+            exporter="echo > x.dummy",
+            gpu_timing="not on GPUs",
+            precisions=("fp32",),
+            color=(3, 250, 7),  # BGR, a colour nothing else in the plot has
+            description="a test format",
+        )
+    )
+    yield fmt
+    unregister_format("dummy")
+
+
+def test_a_format_added_to_the_table_alone_is_run_benchmarked_and_plotted(dummy_format, demo_root, tmp_path):
+    from infer.benchmark import build_parser
+    from infer.datasets import build_dataset
+    from infer.runtime import RUNTIMES, load_runner
+
+    model = tmp_path / "road.dummy"
+    model.write_bytes(b"")
+    assert ".dummy" in RUNTIMES and ".dummy (dummy)" in build_parser().format_help()
+    with load_runner(model) as r:
+        (labels,) = r.predict([np.zeros((40, 50, 3), np.uint8)])
+        assert labels.shape == (40, 50) and not labels.any()
+    cfg = BenchConfig(
+        models=[str(model)], dataset="demo", data_root=str(demo_root), runs=2, warmup=0, out=str(tmp_path / "b"),
+        isolate=False, progress=False,
+    )  # fmt: skip
+    (row,), written = run_benchmark(cfg)
+    assert row["status"] == "ok", row.get("error")
+    assert (row["format"], row["provider"], row["timing"]) == ("dummy", "road", "host arrays, perf_counter")
+    ds = build_dataset("demo", demo_root, "val")
+    labels = np.concatenate([ds[i][1].ravel() for i in range(len(ds))])
+    valid = labels != 255
+    assert row["aacc"] == pytest.approx(100 * (labels[valid] == 0).mean())  # everything predicted road
+    plot = cv2.imread(str(written["png"]))
+    assert (np.abs(plot.astype(int) - (3, 250, 7)).sum(-1) < 10).sum() > 50  # its point and legend swatch

@@ -29,7 +29,7 @@ from infer.datasets import (
 )
 from infer.datasets.check import check_dataset
 from infer.datasets.cityscapes import LABELS
-from infer.datasets.demo import generate_demo, render_scene
+from scenes.street import generate_demo, render_scene
 
 REPO = Path(__file__).resolve().parents[1]
 FRAME = "frankfurt/frankfurt_000000_000294"
@@ -461,7 +461,7 @@ def test_demo_cli_then_check_cli(tmp_path: Path) -> None:
 def test_demo_video_has_the_requested_frames_size_and_rate(tmp_path) -> None:
     import cv2
 
-    from infer.datasets.demo import write_demo_video
+    from scenes.street import write_demo_video
 
     path = write_demo_video(tmp_path / "street.mp4", scenes=2, size=(64, 128), fps=8, seconds_per_scene=1.0)
     cap = cv2.VideoCapture(str(path))

@@ -69,7 +69,8 @@ def ref_cwd(s, t, tau, channels):
     return tau**2 * ref_channel_kl(s, t, tau).sum() / (t.shape[0] * channels)
 
 
-def ref_hwd(s, t, tau=4.0, beta=0.1, mu=1.0):
+def ref_hwd(s, t, tau=4.0, beta=0.1, mu=1.0, divisor=None):
+    """``divisor`` (N, C): what each channel's distance is divided by (HWD's DivPixel), None for 1."""
     n_, c_ = s.shape[:2]
     kl = ref_channel_kl(s, t, tau)
     total = 0.0
@@ -86,6 +87,8 @@ def ref_hwd(s, t, tau=4.0, beta=0.1, mu=1.0):
                 for c in range(c_)
             ]
         )
+        if divisor is not None:
+            d = d / divisor[n]
         u = (d - d.mean()) / d.std(ddof=1) + mu
         g = (1 - beta**u) / (1 - beta)
         w = c_ * np.exp(g) / np.exp(g).sum()
@@ -229,10 +232,13 @@ def _pair(n=2, k=3, cs=3, ct=3, h=3, w=4, seed=0, scale=1.0):
     return student, teacher, target
 
 
-def _build(name: str, cs: int = CS, ct: int = CT, **params):
-    """Build ``name`` passing the channel widths only to losses that take them."""
-    accepted = loss_params(name)
-    shared = {k: v for k, v in {"student_channels": cs, "teacher_channels": ct}.items() if k in accepted}
+def _build(name: str, cs: int = CS, ct: int = CT, k: int = 4, **params):
+    """Build ``name`` passing the channel widths only to losses that take them, and the class count ``k`` only
+    to losses that cannot be built without it (``ifvd`` infers it, and its stored values were made so)."""
+    spec = LOSSES.get(name).param_spec()
+    shared = {key: v for key, v in {"student_channels": cs, "teacher_channels": ct}.items() if key in spec}
+    if "num_classes" in spec and spec["num_classes"].required:
+        shared["num_classes"] = k
     return build_loss(name, **{**shared, **params})
 
 
@@ -287,6 +293,27 @@ def test_hwd_value(mu):
     s, t, _ = _pair(k=4)
     got = _value(build_loss("hwd", mu=mu), s, t)
     assert got == pytest.approx(3.0 * ref_hwd(_np(s["logits"]), _np(t["logits"]), mu=mu), rel=1e-4)
+
+
+@pytest.mark.parametrize("div_pixel, power", [("N", 1.0), ("SqrtN", 0.5), ("N2", 2.0)])
+def test_hwd_div_pixel_value(div_pixel, power):
+    s, t, target = _pair(k=4, h=3, w=4)
+    big = target.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)  # (N, 6, 8): nearest-resizes back
+    labels = target.numpy()
+    count = np.ones((2, 4))  # 1 + pixels of class c in image n, ignored pixels counted for no class
+    for n in range(2):
+        for i in range(3):
+            for j in range(4):
+                if labels[n, i, j] < 4:
+                    count[n, labels[n, i, j]] += 1
+    expected = 3.0 * ref_hwd(_np(s["logits"]), _np(t["logits"]), divisor=count**power)
+    got = _value(build_loss("hwd", div_pixel=div_pixel), s, t, big)
+    assert got == pytest.approx(expected, rel=1e-4)
+    assert got != pytest.approx(_value(build_loss("hwd"), s, t), rel=1e-3)  # the division matters here
+    with pytest.raises(ValueError, match="label map"):
+        build_loss("hwd", div_pixel="N")(s, t)
+    with pytest.raises(ValueError, match="div_pixel must be one of"):
+        build_loss("hwd", div_pixel="n")
 
 
 @pytest.mark.parametrize(
@@ -346,6 +373,16 @@ def test_dist_value():
     )
 
 
+def test_dist_on_auxiliary_logits_defaults_to_weight_04():
+    s, t, _ = _pair(k=4)
+    g = torch.Generator().manual_seed(9)
+    s["aux"], t["aux"] = torch.randn(2, 4, 3, 4, generator=g), torch.randn(2, 4, 3, 4, generator=g)
+    expected = 0.4 * ref_dist(_np(s["aux"]), _np(t["aux"]))
+    assert _value(build_loss("dist", source="aux"), s, t) == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(KeyError, match="auxiliary head"):
+        build_loss("dist", source="aux")({**s, "aux": None}, t)
+
+
 def test_cirkd_value_across_widths_and_pooling():
     s, t, _ = _pair(n=3, cs=CS, ct=CT, h=2, w=3)
     expected = ref_cirkd(_np(s["feat"]), _np(t["feat"]))
@@ -367,6 +404,151 @@ def test_mgd_value_and_mask():
         out = ref_conv3x3(hid, _np(g2.weight), _np(g2.bias))
         total += ((out - _np(t["feat"][n])) ** 2).sum()
     assert _value(loss, s, t) == pytest.approx(2e-5 * total / 2, rel=1e-4)
+
+
+def test_mgd_value_with_biased_alignment_conv():
+    s, t, _ = _pair(cs=CS, ct=CT, h=3, w=4)
+    loss = build_loss("mgd", student_channels=CS, teacher_channels=CT, seed=7, projector_bias=True)
+    conv = loss.projector[0]
+    assert conv.bias is not None
+    conv.bias.data.copy_(torch.linspace(-2, 2, CT))  # large enough that dropping it would change the value
+    mask = (torch.rand((2, 1, 3, 4), generator=torch.Generator().manual_seed(7)) >= 0.75).double().numpy()
+    ps = ref_project(_np(s["feat"]), _np(conv.weight[:, :, 0, 0])) + _np(conv.bias)[None, :, None, None]
+    ps = ps * mask
+    g1, g2 = loss.generator[0], loss.generator[2]
+    total = 0.0
+    for n in range(2):
+        hid = np.maximum(ref_conv3x3(ps[n], _np(g1.weight), _np(g1.bias)), 0)
+        out = ref_conv3x3(hid, _np(g2.weight), _np(g2.bias))
+        total += ((out - _np(t["feat"][n])) ** 2).sum()
+    assert _value(loss, s, t) == pytest.approx(2e-5 * total / 2, rel=1e-4)
+
+
+def test_mgd_private_generator_resumes_bit_exactly(tmp_path):
+    s, t, _ = _pair(cs=CS, ct=CT, h=8, w=8)
+    running = build_loss("mgd", teacher_channels=CT, student_channels=CS, seed=3)
+    running.random_mask(t["feat"])  # advance the generator: the saved state is mid-run, not the seed's
+    torch.save(running.state_dict(), tmp_path / "criterion.pt")
+    expected = [running.random_mask(t["feat"]) for _ in range(3)]
+    resumed = build_loss("mgd", teacher_channels=CT, student_channels=CS, seed=3)
+    resumed.load_state_dict(torch.load(tmp_path / "criterion.pt", weights_only=True))
+    assert all(torch.equal(resumed.random_mask(t["feat"]), e) for e in expected)
+    fresh = build_loss("mgd", teacher_channels=CT, student_channels=CS, seed=3)
+    assert not torch.equal(fresh.random_mask(t["feat"]), expected[0])  # the state, not the seed, was restored
+    with pytest.raises(ValueError, match="seed"):
+        build_loss("mgd", teacher_channels=CT).load_state_dict(running.state_dict())
+
+
+def _ref_head(s, w1, w2, eps=1e-5):
+    """conv1x1 (no bias) - BatchNorm in training mode (batch statistics, weight 1, bias 0) - ReLU - conv1x1."""
+    y = np.einsum("oc,nchw->nohw", w1, s)
+    mean = y.mean(axis=(0, 2, 3), keepdims=True)
+    var = y.var(axis=(0, 2, 3), keepdims=True)  # biased, as BatchNorm normalises with
+    y = np.maximum((y - mean) / np.sqrt(var + eps), 0)
+    return np.einsum("oc,nchw->nohw", w2, y)
+
+
+def _unit(x, axis):
+    """L2-normalise along ``axis``; a zero vector stays zero (norm floored at 1e-12, as F.normalize does)."""
+    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
+
+
+def test_cirkd_memory_value_and_bank_update():
+    """One step by hand: enqueue the batch's teacher pixels and class means, then contrast against the banks.
+
+    The contrast sizes cover whole queues and no class overflows its queue, so the value does not depend on
+    which random pixels/slots were drawn (every entry takes part, and a softmax ignores their order).
+    """
+    k_, mp, mr = 3, 32, 3
+    s, t, target = _pair(n=2, k=k_, cs=CS, ct=CT, h=3, w=4, seed=4)
+    torch.manual_seed(0)
+    loss = build_loss(
+        "cirkd_memory",
+        num_classes=k_,
+        student_channels=CS,
+        teacher_channels=CT,
+        pixel_memory_size=mp,
+        region_memory_size=mr,
+        pixel_contrast_size=k_ * mp,
+        region_contrast_size=k_ * mr,
+    )
+    pixel0, region0 = _np(loss.pixel_queue).copy(), _np(loss.region_queue).copy()
+    got = _value(loss, s, t, target)
+
+    labels = target.numpy()
+    e_t = _unit(_np(t["feat"]), axis=1)  # (N, C, h, w)
+    e_s = _unit(
+        _ref_head(_np(s["feat"]), _np(loss.head[0].weight[:, :, 0, 0]), _np(loss.head[3].weight[:, :, 0, 0])),
+        1,
+    )
+    pixel, region = pixel0.copy(), region0.copy()
+    p_ptr, r_ptr = [0] * k_, [0] * k_
+    for n in range(2):
+        for c in range(k_):
+            members = [e_t[n, :, i, j] for i in range(3) for j in range(4) if labels[n, i, j] == c]
+            if not members:
+                continue
+            region[c, r_ptr[c]] = _unit(np.mean(members, axis=0), 0)
+            r_ptr[c] += 1
+            pixel[c, p_ptr[c] : p_ptr[c] + len(members)] = members  # <= 16 per class and image: all enqueued
+            p_ptr[c] += len(members)
+    # the enqueued set is fixed, the slots within the written range are not: compare as sorted rows
+    for c in range(k_):
+        got_rows = np.sort(_np(loss.pixel_queue[c, : p_ptr[c]]), axis=0)
+        assert np.allclose(got_rows, np.sort(pixel[c, : p_ptr[c]], axis=0), atol=1e-6)
+        assert np.allclose(_np(loss.pixel_queue[c, p_ptr[c] :]), pixel0[c, p_ptr[c] :])
+    assert np.allclose(_np(loss.region_queue), region, atol=1e-6)
+
+    def term(bank):
+        bank = bank.reshape(-1, CT)
+        total, anchors = 0.0, 0
+        for n in range(2):
+            for i in range(3):
+                for j in range(4):
+                    if labels[n, i, j] == 255:
+                        continue
+                    total += _kl(
+                        _log_softmax(bank @ e_t[n, :, i, j] / 0.1), _log_softmax(bank @ e_s[n, :, i, j] / 0.1)
+                    )
+                    anchors += 1
+        return total / anchors
+
+    assert got == pytest.approx(0.1 * (term(pixel) + term(region)), rel=1e-4)
+
+
+def test_cirkd_memory_banks_and_generator_resume_bit_exactly(tmp_path):
+    s, t, target = _pair(n=2, k=4, cs=CS, ct=CT, h=4, w=4, seed=6)
+    params = {
+        "num_classes": 4,
+        "student_channels": CS,
+        "teacher_channels": CT,
+        "pixel_memory_size": 8,
+        "region_memory_size": 2,
+        "pixel_contrast_size": 8,
+        "region_contrast_size": 4,
+    }
+    torch.manual_seed(0)
+    running = build_loss("cirkd_memory", **params)
+    _value(running, s, t, target)  # the banks and the generator are now mid-run
+    assert int(running.pixel_ptr.sum()) + int(running.region_ptr.sum()) > 0
+    torch.save(running.state_dict(), tmp_path / "criterion.pt")
+    expected = [_value(running, s, t, target) for _ in range(3)]
+    torch.manual_seed(1)  # another initial bank: only the restored state can reproduce the run
+    resumed = build_loss("cirkd_memory", **params)
+    resumed.load_state_dict(torch.load(tmp_path / "criterion.pt", weights_only=True))
+    assert [_value(resumed, s, t, target) for _ in range(3)] == expected
+    assert torch.equal(resumed.pixel_queue, running.pixel_queue)
+
+
+def test_cirkd_memory_needs_labels_and_sizes():
+    s, t, target = _pair(k=4, cs=CS, ct=CT)
+    with pytest.raises(ValueError, match="num_classes"):
+        build_loss("cirkd_memory", student_channels=CS, teacher_channels=CT)
+    loss = _build("cirkd_memory", pixel_memory_size=8, region_memory_size=2)
+    with pytest.raises(ValueError, match="label map"):
+        loss(s, t)
+    ignored = torch.full_like(target, 255)
+    assert _value(loss, s, t, ignored) == 0.0  # no anchor: nothing to distil
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -572,6 +754,40 @@ def test_registry_holds_the_issue_losses():
     assert expected <= set(LOSSES.names())
 
 
+def test_every_loss_class_of_every_module_is_registered():
+    """A loss defined in any module of distill/losses is registered, or is the base of a registered one."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import distill.losses as package
+    from distill.losses import KDLoss
+
+    registered = [LOSSES.get(name) for name in LOSSES.names()]
+    modules = [
+        importlib.import_module(f"distill.losses.{m.name}") for m in pkgutil.iter_modules(package.__path__)
+    ]
+    assert len(modules) >= 10
+    for module in modules:
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ != module.__name__ or not issubclass(cls, KDLoss):
+                continue
+            is_base = any(r is not cls and issubclass(r, cls) for r in registered)
+            assert cls in registered or is_base, f"{module.__name__}.{cls.__name__} is not registered"
+
+
+def test_parameter_spec_is_inherited_and_validated():
+    spec = LOSSES.get("cad").param_spec()
+    assert {"granularity", "eps", "student_channels", "projector_bias", "weight", "source"} <= set(spec)
+    assert set(loss_params("kd")) == {"tau", "weight", "source"}
+    with pytest.raises(TypeError, match="did you mean 'projector_bn'"):
+        build_loss("fitnet", projector_nb=True)
+    with pytest.raises(ValueError, match="project"):
+        build_loss("fitnet", project="yes")
+    with pytest.raises(ValueError, match=r"beta must lie in \(0, 1\)"):
+        build_loss("hwd", beta=1.5)
+
+
 def test_weight_scales_linearly():
     s, t, target = _pair()
     assert _value(build_loss("cwd", weight=6.0), s, t) == pytest.approx(2 * _value(build_loss("cwd"), s, t))
@@ -654,6 +870,47 @@ def test_every_loss_on_real_model_outputs():
     assert all(p.grad is None for p in teacher.parameters())
 
 
+def _method_terms(name: str, **shared) -> KDCriterion:
+    import yaml
+
+    path = Path(__file__).parents[1] / "configs" / "_methods" / f"{name}.yaml"
+    return build_losses(yaml.safe_load(path.read_text())["losses"], **shared)
+
+
+def test_cirkd_cwd_recipe_carries_cirkds_effective_weight():
+    """CIRKD divides by the student's 128 channels: its weight 50 is 100 x the mean over the teacher's 256."""
+    s, t, _ = _pair(cs=128, ct=256, h=3, w=4)
+    torch.manual_seed(0)
+    recipe = _method_terms("cwd_cirkd", student_channels=128, teacher_channels=256)
+    torch.manual_seed(0)
+    by_teacher = build_loss("cwd", source="feat", weight=100.0, student_channels=128, teacher_channels=256)
+    feat_term = recipe(s, t)["kd/cwd_feat"]
+    assert feat_term.item() == pytest.approx(_value(by_teacher, s, t), rel=1e-5)
+    assert set(recipe.terms) == {"kd", "cwd_feat", "cwd_logits"}
+
+
+def test_dist_and_mgd_recipes_follow_the_official_code():
+    dist = _method_terms("dist_aux")
+    assert [(x.source, x.weight) for x in dist.terms.values()] == [("logits", 1.0), ("aux", 0.4)]
+    assert list(dist.terms) == ["dist", "dist_aux"]
+    mgd = _method_terms("mgd", student_channels=CS, teacher_channels=CT)
+    assert mgd.terms["mgd"].projector[0].bias is not None
+
+
+def test_mgd_on_the_last_backbone_stage_as_the_official_code():
+    s, t, _ = _pair(cs=CS, ct=CT, h=3, w=4)
+    torch.manual_seed(0)
+    on_feat = build_loss("mgd", student_channels=CS, teacher_channels=CT, seed=1)
+    torch.manual_seed(0)
+    on_stage = build_loss("mgd", source="stage4", student_channels=CS, teacher_channels=CT, seed=1)
+    assert on_stage.projector is not None
+    staged_s = {"stages": [None, None, None, s["feat"]]}  # only the last stage is read
+    staged_t = {"stages": [None, None, None, t["feat"]]}
+    assert _value(on_stage, staged_s, staged_t) == pytest.approx(_value(on_feat, s, t), rel=1e-6)
+    crit = build_losses([{"name": "mgd", "source": "stage4"}], student_channels=CS, teacher_channels=CT)
+    assert list(crit.terms) == ["mgd_stage4"]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # stored reference values
 
@@ -675,6 +932,9 @@ REFERENCE_CASES: dict[str, tuple[str, dict]] = {
     "dist": ("dist", {}),
     "mgd": ("mgd", {"seed": 0}),
     "cirkd": ("cirkd", {}),
+    "cirkd_memory": ("cirkd_memory", {"pixel_memory_size": 50, "region_memory_size": 6}),
+    "hwd_div_pixel_n": ("hwd", {"div_pixel": "N"}),
+    "mgd_projector_bias": ("mgd", {"seed": 0, "projector_bias": True}),
 }
 
 
@@ -689,7 +949,7 @@ def _reference_inputs():
 def _reference_value(case: str, s, t, target) -> float:
     name, params = REFERENCE_CASES[case]
     torch.manual_seed(0)  # projector / generator initialisation
-    return _value(_build(name, **params), s, t, target)
+    return _value(_build(name, k=5, **params), s, t, target)
 
 
 def compute_reference_values() -> dict:

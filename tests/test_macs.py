@@ -118,7 +118,7 @@ def _model_names() -> list[str]:
 def test_onnx_count_matches_pytorch_count_for_every_registered_model(name, tmp_path):
     pytest.importorskip("torch")
     from distill.models import STUDENTS, build_model
-    from infer.runtime.torch_runner import torch_macs_and_params
+    from distill.runner import torch_macs_and_params
 
     model = build_model(name, num_classes=19, width=0.25).eval()
     path = _export(model, tmp_path / f"{name}.onnx")
@@ -134,13 +134,22 @@ def test_onnx_count_matches_pytorch_count_for_every_registered_model(name, tmp_p
 
 def test_int8_qdq_file_counts_the_same_macs(tmp_path):
     pytest.importorskip("torch")
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
     from distill.models import build_model
+    from export.onnx_export import torch_to_onnx
+    from export.quantize import quantize_int8
+    from infer.meta import ModelMeta
 
-    fp32 = _export(build_model("pspnet_mbv2", num_classes=19, width=0.25).eval(), tmp_path / "m.onnx")
+    # the FP32 graph and the INT8 one exactly as the exporter writes them (folded constants, then Q/DQ)
+    fp32 = tmp_path / "m.onnx"
+    meta = ModelMeta(
+        arch={"name": "pspnet_mbv2"}, class_names=[str(i) for i in range(19)], palette=[[0, 0, 0]] * 19
+    )
+    model = build_model("pspnet_mbv2", num_classes=19, width=0.25).eval()
+    torch_to_onnx(
+        model, meta, fp32, size=(64, 128), dynamic="all", exporter="torchscript", log=lambda _: None
+    )
 
-    class Reader(CalibrationDataReader):
+    class Reader:  # the exporter's calibration reader protocol: get_next() until None
         def __init__(self) -> None:
             rng = np.random.default_rng(0)
             self.batches = iter(
@@ -151,17 +160,7 @@ def test_int8_qdq_file_counts_the_same_macs(tmp_path):
             return next(self.batches, None)
 
     int8 = tmp_path / "m.int8.onnx"
-    quantize_static(
-        str(fp32),
-        str(int8),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["Conv", "MatMul", "Gemm"],
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
-    )
+    quantize_int8(fp32, int8, Reader(), method="minmax", log=lambda _: None)  # the exporter's own recipe
     ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
     assert "DequantizeLinear" in ops
     assert count_macs(int8, (64, 128)) == count_macs(fp32, (64, 128))

@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.models import MODELS, STUDENTS, build_model
+from distill.models import BACKBONES, HEADS, MODELS, STUDENTS, build_model
 from distill.models.heads import adaptive_avg_pool2d_exact
 from distill.models.pretrained import (
     WeightsError,
+    convert_cirkd_checkpoint,
     load_backbone_weights,
     load_mapped,
     map_cirkd_segmentation,
@@ -54,6 +55,38 @@ def test_every_model_builds_and_follows_the_contract(name: str) -> None:
         assert d["aux"] is None
     else:
         assert d["aux"].shape == (2, 5, 8, 12)
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_builder_is_keyword_only_with_visible_defaults(name: str) -> None:
+    import inspect
+
+    params = inspect.signature(MODELS.get(name)).parameters
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values()), name
+    assert all(p.default is not inspect.Parameter.empty for p in params.values()), name
+    assert params["num_classes"].default == 19 and params["pretrained"].default is None
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_every_backbone_returns_four_stages_of_its_declared_widths(name: str) -> None:
+    backbone = BACKBONES.build(name, width=0.125).eval()
+    with torch.no_grad():
+        stages = backbone(torch.randn(1, 3, 64, 64))
+    assert [s.shape[1] for s in stages] == backbone.channels
+    assert [s.shape[-1] for s in stages] == [16, 8, 8, 8]  # output stride 8: the last two stages dilate
+
+
+@pytest.mark.parametrize("name", sorted(set(HEADS.names()) - {"fcn"}))
+def test_every_decode_head_gives_its_feature_and_logits_at_the_input_size(name: str) -> None:
+    head = HEADS.build(name, cin=32, channels=16, num_classes=3).eval()
+    with torch.no_grad():
+        feat = head.features(torch.randn(2, 32, 9, 13))
+    assert feat.shape == (2, head.channels, 9, 13) and head.classifier(feat).shape == (2, 3, 9, 13)
+
+
+def test_an_option_the_model_lacks_is_named_with_the_valid_ones() -> None:
+    with pytest.raises(TypeError, match=r"'deeplabv3_mbv2' has no option 'deep_stem'.*width, output_stride"):
+        build_model("deeplabv3_mbv2", num_classes=19, deep_stem=False)
 
 
 @pytest.mark.parametrize("name,paper", PAPER_PARAMS.items())
@@ -184,3 +217,81 @@ def test_cirkd_checkpoint_converts_to_a_self_describing_one(shared_fixtures, tmp
     wrong = [a if a != "deeplabv3_mbv2" else "pspnet_mbv2" for a in cmd[:-1]] + [str(tmp_path / "y.pth")]
     res = subprocess.run(wrong, capture_output=True, text=True, timeout=120)
     assert res.returncode == 1 and "unexpected" in res.stdout and not (tmp_path / "y.pth").exists()
+
+
+def _random_cirkd_file(shared_fixtures, cirkd: str, path, edit=None):  # noqa: ANN001, ANN202
+    """A CIRKD v1 checkpoint of random weights in the fixture's exact layout (running variances positive)."""
+    layout = json.loads((shared_fixtures / "cirkd_v1_state_dicts.json").read_text())[cirkd]
+    gen = torch.Generator().manual_seed(0)
+    sd = {k: (torch.rand(s, generator=gen) + 0.5 if s else torch.tensor(7)) for k, s in layout}
+    sd = {k: v - 1.0 if k.endswith(("weight", "bias")) else v for k, v in sd.items()}  # signed weights
+    if edit:
+        edit(sd)
+    torch.save({"state_dict": sd}, path)
+    return sd
+
+
+@pytest.mark.parametrize(
+    "cirkd,ours", [("deeplabv3_resnet18", "deeplabv3_r18"), ("psp_mobile_mbv2", "pspnet_mbv2")]
+)
+def test_a_converted_cirkd_model_upsamples_its_logits_as_cirkd_does(
+    shared_fixtures, tmp_path, cirkd, ours
+) -> None:
+    from distill.checkpoint import load_model
+
+    _random_cirkd_file(shared_fixtures, cirkd, tmp_path / "cirkd.pth")
+    convert_cirkd_checkpoint(tmp_path / "cirkd.pth", ours, "cityscapes", tmp_path / "ours.pth")
+    model, meta = load_model(tmp_path / "ours.pth")
+    assert meta.arch == {"name": ours, "num_classes": 19, "align_corners": True}
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model(x)
+        logits = model(x, return_features=True)["logits"]  # (1, 19, 8, 12)
+    cirkd_out = F.interpolate(logits, size=(64, 96), mode="bilinear", align_corners=True)  # CIRKD's loss/eval
+    torch.testing.assert_close(out, cirkd_out, rtol=0, atol=0)
+    assert not torch.allclose(out, F.interpolate(logits, size=(64, 96), mode="bilinear"), atol=1e-3)
+
+
+def _drop(key: str):  # noqa: ANN202
+    return lambda sd: sd.pop(key)
+
+
+def _add(key: str, shape: tuple[int, ...]):  # noqa: ANN202
+    return lambda sd: sd.update({key: torch.zeros(shape)})
+
+
+NONE_FITS = r"matches none of the CIRKD-layout models.*\n.*\n"  # the hint, then the load report's lines
+MISFITS = [  # CIRKD file, --arch, --dataset, how the file is altered, what the error must say
+    ("psp_resnet18", "pspnet_r18", "voc", None,
+     r"\(21 classes\); it is a pspnet_r18 with 19 classes: pass --arch pspnet_r18 and a --dataset with 19 classes"),
+    ("deeplabv3_resnet18", "deeplabv3_r101", "cityscapes", None, r"it is a deeplabv3_r18: pass --arch deeplabv3_r18"),
+    ("psp_mobile_mbv2", "deeplabv3_mbv2", "cityscapes", None, r"it is a pspnet_mbv2: pass --arch pspnet_mbv2"),
+    ("deeplabv3_resnet18", "deeplabv3_r18", "cityscapes", _drop("head.block.0.weight"),
+     NONE_FITS + r"missing 1 .*head\.bottleneck\.0\.weight"),
+    ("deeplab_mobile_mbv2", "deeplabv3_mbv2", "cityscapes", _add("head.extra.weight", (3,)),
+     NONE_FITS + r"unexpected 1: head\.extra\.weight"),
+    ("deeplab_mobile_mbv2", "deeplabv3_mbv2", "cityscapes", _add("head.block.0.weight", (64, 128, 3, 3)),
+     NONE_FITS + r"mis-shaped head\.bottleneck\.0\.weight: file \[64, 128, 3, 3\] vs model \[128, 128, 3, 3\]"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("cirkd,arch,dataset,edit,message", MISFITS)
+def test_the_converter_refuses_weights_of_another_model_than_claimed(
+    shared_fixtures, tmp_path, cirkd, arch, dataset, edit, message
+) -> None:
+    _random_cirkd_file(shared_fixtures, cirkd, tmp_path / "cirkd.pth", edit)
+    with pytest.raises(
+        WeightsError, match=rf"^{tmp_path / 'cirkd.pth'} does not fit --arch {arch}.*{message}"
+    ):
+        convert_cirkd_checkpoint(tmp_path / "cirkd.pth", arch, dataset, tmp_path / "out.pth")
+    assert not (tmp_path / "out.pth").exists()
+
+
+def test_the_converter_refuses_a_file_not_in_cirkds_layout(tmp_path) -> None:
+    plain = build_model("pspnet_r18", num_classes=19, width=0.125).state_dict()
+    torch.save(plain, tmp_path / "ours.pth")
+    with pytest.raises(
+        WeightsError, match=r"ours\.pth does not fit .*keys \(aux_head\..*are not CIRKD's v1 layout"
+    ):
+        convert_cirkd_checkpoint(tmp_path / "ours.pth", "pspnet_r18", "cityscapes", tmp_path / "out.pth")
+    assert not (tmp_path / "out.pth").exists()

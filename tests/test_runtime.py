@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 import types
@@ -124,12 +123,14 @@ def tiny(tmp_path_factory, images) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def images() -> list[np.ndarray]:
-    """Street-like test images of two sizes, from the real Cityscapes fixture when present."""
-    fixture = REPO.parent / "shared/fixtures/cityscapes/leftImg8bit/val/frankfurt"
+def images(shared_fixtures: Path) -> list[np.ndarray]:
+    """Street-like test images of two sizes, from the real Cityscapes fixture (the tests skip without it: on
+    random noise the model's predictions are too unstable for the agreement checks below)."""
+    fixture = shared_fixtures / "cityscapes/leftImg8bit/val/frankfurt"
     found = sorted(fixture.glob("*.png"))
-    rng = np.random.default_rng(0)
-    base = cv2.imread(str(found[0])) if found else rng.integers(0, 256, (128, 256, 3), dtype=np.uint8)
+    if not found:
+        pytest.skip(f"no Cityscapes fixture images under {fixture}")
+    base = cv2.imread(str(found[0]))
     return [base[:70, :100].copy(), cv2.resize(base, (128, 64))]
 
 
@@ -230,7 +231,10 @@ def test_cuda_request_reports_the_provider_that_runs(tiny):
 
 def test_select_providers():
     avail = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert select_providers("cuda", None, avail) == avail
+    assert (
+        select_providers("cuda", None, avail) == avail[1:]
+    )  # TensorRT is opt-in: engine builds take minutes
+    assert select_providers("cuda", "TensorrtExecutionProvider", avail) == avail
     assert select_providers("cuda", None, avail[1:]) == avail[1:]
     assert select_providers("cpu", None, avail) == ["CPUExecutionProvider"]
     assert select_providers("cpu", "CUDAExecutionProvider", avail) == avail[1:]
@@ -521,29 +525,19 @@ def test_tensorrt_runner_refuses_foreign_engines_and_missing_pieces(tiny, tmp_pa
         load_runner(engine, device="cuda", cuda_lib="fake")
 
 
-# ------------------------------------------------------------------------------------------- no torch
-BLOCK_TORCH = """
-import sys
-class _NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-sys.meta_path.insert(0, _NoTorch())
-"""
+# ------------------------------------------------------------------------------------------- format table
+def test_format_table_has_the_shipped_rows_and_the_entry_point_row():
+    from distill.runner import PYTORCH, TorchRunner
+    from export.formats import PRECISIONS
+    from infer.formats import Format, format_for_path, formats, get_format, register_format
 
-
-def test_deploy_side_imports_and_runs_onnx_without_torch(tiny, images, tmp_path):
-    np.save(tmp_path / "img.npy", images[1])
-    code = BLOCK_TORCH + (
-        "import numpy as np\n"
-        "import infer.runtime, infer.bench, infer.evaluate, infer.macs, infer.benchmark\n"
-        "from infer.runtime import load_runner\n"
-        f"r = load_runner({str(tiny['onnx'])!r})\n"
-        f"lab = r.predict([np.load({str(tmp_path / 'img.npy')!r})])[0]\n"
-        "assert lab.shape == (64, 128), lab.shape\n"
-        "assert r.count_macs((64, 128)) > 0 and r.count_params() > 0\n"
-        "assert 'torch' not in sys.modules\n"
-        "print('ok')\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+    assert [f.name for f in formats()][:2] == ["onnx", "tensorrt"]  # built in; then the installed rows
+    assert get_format("pytorch") is PYTORCH and format_for_path("a/B.PTH").load_runner() is TorchRunner
+    for name in ("onnx", "tensorrt"):
+        assert get_format(name).precisions == tuple(PRECISIONS)  # what the exporter writes, the runtime runs
+    assert get_format("onnx").load_runner().format == "onnx"
+    clash = Format("other", (".onnx",), TorchRunner, "", "", ("fp32",), (0, 0, 0), "")
+    with pytest.raises(KeyError, match="already 'onnx'"):
+        register_format(clash)
+    with pytest.raises(KeyError, match="Did you mean '.onnx'"):
+        format_for_path("x.onx")

@@ -14,16 +14,12 @@ import torch
 import yaml
 
 from distill.checkpoint import load_checkpoint, load_model, save_checkpoint
+from distill.checks import check_classes
 from distill.config import load_config
 from distill.data import RunSampler, ShardSampler, TrainSet, augment, normalize
-from distill.engine import (
-    MAX_NONFINITE,
-    NonFiniteGuard,
-    NonFiniteLossError,
-    check_classes,
-    poly_lr_factor,
-    sliding_window_logits,
-)
+from distill.evaluation import sliding_window_logits
+from distill.guard import MAX_NONFINITE, NonFiniteGuard, NonFiniteLossError
+from distill.schedule import poly_lr_factor
 from infer.meta import ModelMeta, preprocess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,7 +175,7 @@ def test_stopped_and_resumed_run_matches_the_uninterrupted_one(
 _DRIVER = """
 import sys, torch
 from distill.config import load_config
-from distill.engine import train
+from distill.loop import train
 cfg = load_config(sys.argv[1], sys.argv[2:])
 result = train(cfg)
 state = {k: v.detach().cpu() for k, v in result.student.state_dict().items()}
@@ -385,3 +381,95 @@ def test_sliding_window_covers_the_image_and_averages_overlaps() -> None:
     assert calls == [(6, 6)] * 4 and torch.equal(
         out, torch.ones(1, 1, 10, 10)
     )  # windows at 0 and 4, overlap averaged
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The adversarial term (a discriminator with its own optimizer)
+
+
+def _adv_overrides(teacher: Path) -> list[str]:
+    # 512x512 crops: the discriminator needs 64x64 logits at stride 8 (the demo images are padded up to it).
+    return [*_distill_overrides(teacher)[:1], "losses=[{name: kd}, {name: skd, source: feat}]",
+            "adversarial.enabled=true", "adversarial.width=8", "data.crop_size=[512,512]", "train.max_iters=4",
+            "train.eval_every=2"]  # fmt: skip
+
+
+def test_adversarial_objectives_by_hand() -> None:
+    from distill.adversarial import Adversarial
+
+    class Score(torch.nn.Module):  # D(z) = mean over channels: outputs known by hand
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return z.mean(1, keepdim=True)
+
+    adv = Adversarial(2, torch.device("cpu"), lambda_adv=0.001, lambda_d=0.1)
+    adv.discriminator = Score()
+    s = torch.tensor([[[[0.5]], [[1.5]]], [[[-3.0]], [[-1.0]]]], requires_grad=True)  # D: 1.0, -2.0
+    t = torch.tensor([[[[4.0]], [[0.0]]], [[[0.0]], [[-1.0]]]])  # D: 2.0, -0.5
+    g = adv.generator_loss(s, t)
+    assert g.item() == pytest.approx(0.001 * -(1.0 - 2.0) / 2)
+    g.backward()
+    assert torch.allclose(s.grad, torch.full_like(s, -0.001 / 4))  # d(-mean)/dz through the channel mean
+    # hinge: real relu(1 - [2, -0.5]) = [0, 1.5]; fake relu(1 + [1, -2]) = [2, 0]
+    assert adv.discriminator_loss().item() == pytest.approx(0.1 * (0.75 + 1.0))
+
+
+def test_discriminator_scores_cirkd_sized_logits() -> None:
+    from distill.adversarial import Discriminator
+
+    d = Discriminator(19, width=8)
+    assert d(torch.randn(2, 19, 64, 128)).shape == (2, 1, 1, 5)  # 512x1024 crops at 1/8: CIRKD's D output
+    convs = [m for m in d.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (4, 4)]
+    assert [(c.in_channels, c.out_channels, c.stride) for c in convs] == [
+        (19, 8, (2, 2)), (8, 16, (2, 2)), (16, 32, (2, 2)), (32, 64, (2, 2)), (64, 1, (1, 1))]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_adversarial_run_trains_saves_and_resumes_bit_exactly(
+    tiny_config: Path, teacher_ckpt: Path, tmp_path: Path
+) -> None:
+    straight, resumed = tmp_path / "adv", tmp_path / "adv_resumed"
+    _train(tiny_config, *_adv_overrides(teacher_ckpt), f"train.output_dir={straight}")
+    losses = [r for r in _records(straight) if "loss/total" in r]
+    assert {"loss/adv", "loss/adv_d", "loss/kd/skd"} <= set(losses[0])
+    # the student's adversarial term is part of total; the discriminator's objective is not
+    assert all(abs(r["loss/total"] - sum(v for k, v in r.items() if k.startswith("loss/") and k not in
+                                         ("loss/total", "loss/adv_d"))) < 1e-5 for r in losses)  # fmt: skip
+    assert {"discriminator.pt", "optimizer_d.pt"} <= {p.name for p in (straight / "state").iterdir()}
+    d0 = torch.load(straight / "state" / "discriminator.pt", weights_only=True)
+    _train(tiny_config, *_adv_overrides(teacher_ckpt), f"train.output_dir={resumed}", "train.stop_after=2")
+    _train(tiny_config, *_adv_overrides(teacher_ckpt), f"train.output_dir={resumed}")
+    a, b = _state(straight / "last.pth"), _state(resumed / "last.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    d1 = torch.load(resumed / "state" / "discriminator.pt", weights_only=True)
+    assert d0.keys() == d1.keys() and all(torch.equal(d0[k], d1[k]) for k in d0)
+    fresh = {k: v for k, v in _records(straight)[-1].items()}
+    assert fresh == {k: v for k, v in _records(resumed)[-1].items()}  # the last evaluation, identical
+
+
+_ADV_DRIVER = """
+import sys, torch
+from distill.config import load_config
+from distill.loop import train
+cfg = load_config(sys.argv[1], sys.argv[2:])
+result = train(cfg)
+state = {k: v.detach().cpu() for k, v in result.discriminator.state_dict().items()}
+torch.save(state, f"{cfg.train.output_dir}/d_rank{result.process_index}_of_{result.num_processes}.pt")
+"""
+
+
+@pytest.mark.slow
+def test_adversarial_run_on_two_processes_keeps_one_discriminator(
+    tiny_config: Path, teacher_ckpt: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "adv_ddp"
+    driver = tmp_path / "adv_driver.py"
+    driver.write_text(_ADV_DRIVER)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    _run([*launcher, str(driver), str(tiny_config), *_adv_overrides(teacher_ckpt), f"train.output_dir={run}",
+          "data.batch_size=4", "train.max_iters=3"])  # fmt: skip
+    assert _records(run)[0]["num_processes"] == 2
+    d0 = torch.load(run / "d_rank0_of_2.pt", weights_only=True)
+    d1 = torch.load(run / "d_rank1_of_2.pt", weights_only=True)
+    assert d0.keys() == d1.keys() and all(torch.equal(d0[k], d1[k]) for k in d0)
+    start = torch.load(run / "state" / "discriminator.pt", weights_only=True)
+    assert all(torch.equal(start[k], d0[k]) for k in d0)  # what was saved is what both processes hold

@@ -1,23 +1,31 @@
 """Knowledge-distillation losses for semantic segmentation, registered by name.
 
 Build one with ``build_loss(name, **params)`` and call it as ``loss(student, teacher, target)`` with the models'
-output dicts (``logits`` (N, K, h, w), ``feat`` (N, C, h, w)) and the label map; it returns the weighted scalar.
-A config combining several is a ``KDCriterion`` (``build_losses(specs, **shared)``), which returns named terms.
+output dicts (``logits`` (N, K, h, w), ``feat`` (N, C, h, w), ``aux``) and the label map; it returns the weighted
+scalar. A config combining several is a ``KDCriterion`` (``build_losses(specs, **shared)``), which returns named
+terms. ``LOSSES.names()`` lists them; each class's docstring gives its citation, formula, default weight and its
+parameters.
 
-Registered: ``kd``, ``cwd``, ``hwd``, ``lad``, ``cad``, ``md``, ``fitnet``, ``at``, ``skd``, ``ifvd``, ``dist``,
-``mgd``, ``cirkd`` (mini-batch term) (see each class's docstring for its citation, formula and default weight).
+Every module of this package is imported below, so a loss registers itself by being defined in any file here with
+``@LOSSES.register("name")`` (``tests/test_losses.py`` checks that every loss class of every module is registered).
 """
 
 from __future__ import annotations
 
-from . import angular, at, cirkd, cwd, dist, fitnet, hwd, ifvd, kd, mgd, skd  # noqa: F401  (registers the losses)
-from .base import LOSSES, KDLoss, resize_labels
+import importlib
+import pkgutil
+
+from .base import LOSSES, KDLoss, Param, resize_labels
 from .criterion import KDCriterion, build_loss, build_losses, loss_params
 from .projector import ProjectedLoss, Projector, build_projector
+
+for _module in pkgutil.iter_modules(__path__):  # discovery: no hand-kept import list to forget a loss in
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "LOSSES",
     "KDLoss",
+    "Param",
     "ProjectedLoss",
     "Projector",
     "KDCriterion",

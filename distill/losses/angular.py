@@ -18,10 +18,11 @@ group over which the cosine is taken follows the decomposition and the supplemen
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 from torch import Tensor
 
-from .base import LOSSES, cosine
+from .base import LOSSES, Param, cosine
 from .projector import ProjectedLoss
 
 __all__ = ["AngularKD", "LayerAngularKD", "ChannelAngularKD", "MagnitudeKD", "GRANULARITIES", "group_vectors"]
@@ -68,50 +69,31 @@ class AngularKD(ProjectedLoss):
     Segmentation", WACV 2024. Default weight 3 for every model pair (the paper's single hyper-parameter).
     Invariant to scaling either feature by a positive factor (without BN in the projector); zero when the
     directions agree. Reduction: mean over groups and images. Ignore handling: none (labels unused). Features.
-
-    Args:
-        granularity: ``"layer"``, ``"channel"`` or ``"pixel"``.
-        eps: Lower bound on the norms in the cosine (zero vectors give cos = 0).
-        student_channels, teacher_channels, project, projector_bn: Projector options.
-        weight: Loss weight (default 3).
+    The base of ``lad`` and ``cad``, which differ only in their default granularity.
     """
 
     default_weight = 3.0
-    default_granularity = "layer"
+    default_granularity: ClassVar[str] = "layer"
+    params = {
+        "granularity": Param(
+            None,
+            "vector grouping: layer, channel or pixel (None: the loss's own)",
+            str,
+            choices=tuple(GRANULARITIES),
+        ),
+        "eps": Param(1e-8, "lower bound on the norms in the cosine (zero vectors give cos = 0)", float),
+    }
 
-    def __init__(
-        self,
-        *,
-        granularity: str | None = None,
-        eps: float = 1e-8,
-        student_channels: int | None = None,
-        teacher_channels: int | None = None,
-        project: bool | None = None,
-        projector_bn: bool = False,
-        weight: float | None = None,
-        source: str | None = None,
-    ) -> None:
-        super().__init__(
-            student_channels=student_channels,
-            teacher_channels=teacher_channels,
-            project=project,
-            projector_bn=projector_bn,
-            weight=weight,
-            source=source,
-        )
-        self.granularity = _check_granularity(
-            self.default_granularity if granularity is None else granularity
-        )
-        self.eps = float(eps)
+    def setup(self) -> None:
+        super().setup()
+        if self.granularity is None:
+            self.granularity = self.default_granularity
 
     def compute(self, s: Tensor, t: Tensor, target: Tensor | None) -> Tensor:
-        s = self.project(s, t)
+        s = self.align(s, t)
         sv, dim = group_vectors(s, self.granularity)
         tv, _ = group_vectors(t, self.granularity)
         return (1 - cosine(sv, tv, dim=dim, eps=self.eps)).mean()
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, granularity={self.granularity!r}"
 
 
 @LOSSES.register("lad")
@@ -151,41 +133,17 @@ class MagnitudeKD(ProjectedLoss):
     Citation: Liu et al., WACV 2024 (supplement, Fig. 7). Default weight 10, the naive-MSE (FitNet) weight, so that
     at defaults ``fitnet = md + angle term``; the seed sweeps 10 to 1000 for both.
     Reduction: sum over groups / number of values. Ignore handling: none (labels unused). Features.
-
-    Args:
-        granularity: ``"layer"`` (default), ``"channel"`` or ``"pixel"``.
-        student_channels, teacher_channels, project, projector_bn: Projector options.
-        weight: Loss weight (default 10).
     """
 
     default_weight = 10.0
-
-    def __init__(
-        self,
-        *,
-        granularity: str = "layer",
-        student_channels: int | None = None,
-        teacher_channels: int | None = None,
-        project: bool | None = None,
-        projector_bn: bool = False,
-        weight: float | None = None,
-        source: str | None = None,
-    ) -> None:
-        super().__init__(
-            student_channels=student_channels,
-            teacher_channels=teacher_channels,
-            project=project,
-            projector_bn=projector_bn,
-            weight=weight,
-            source=source,
-        )
-        self.granularity = _check_granularity(granularity)
+    params = {
+        "granularity": Param(
+            "layer", "vector grouping: layer, channel or pixel", str, choices=tuple(GRANULARITIES)
+        ),
+    }
 
     def compute(self, s: Tensor, t: Tensor, target: Tensor | None) -> Tensor:
-        s = self.project(s, t)
+        s = self.align(s, t)
         sv, dim = group_vectors(s, self.granularity)
         tv, _ = group_vectors(t, self.granularity)
         return (tv.norm(dim=dim) - sv.norm(dim=dim)).pow(2).sum() / t.numel()
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, granularity={self.granularity!r}"

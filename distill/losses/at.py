@@ -27,9 +27,6 @@ class AttentionTransferKD(KDLoss):
     Citation: Zagoruyko, Komodakis, "Paying More Attention to Attention", ICLR 2017.
     Default weight 10000 (CIRKD). Widths may differ (the map averages over channels); sizes must agree.
     Reduction: mean over images and positions. Ignore handling: none. Features.
-
-    Args:
-        weight: Loss weight (default 10000).
     """
 
     sources = ("feat",)

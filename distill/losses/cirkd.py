@@ -1,4 +1,7 @@
-"""Cross-image relational KD, CIRKD (Yang et al., CVPR 2022): the mini-batch pixel-to-pixel term."""
+"""Cross-image relational KD, CIRKD (Yang et al., CVPR 2022): the mini-batch pixel-to-pixel term.
+
+The memory-bank pixel and region terms are ``cirkd_memory`` (``cirkd_memory.py``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import LOSSES, KDLoss
+from .base import LOSSES, KDLoss, Param, optional_int
 
 __all__ = ["CrossImagePixelKD"]
 
@@ -22,26 +25,20 @@ class CrossImagePixelKD(KDLoss):
 
     Citation: Yang, Zhou, An, Jiang, Xu, Zhang, "Cross-Image Relational Knowledge Distillation for Semantic
     Segmentation", CVPR 2022. Default weight 1 (``lambda_minibatch_pixel``), tau = 0.1, no pooling, as in the
-    official recipe (which adds ``kd`` with weight 1: list both in the config). Only this mini-batch term is
-    implemented; the memory-bank pixel/region contrast terms of the paper are not. Widths may differ (each network's
-    similarities are its own). Cost: N^2 matrices of P x P (P = h*w) — the heaviest loss here; ``pool=2`` quarters
-    P. Reduction: mean over image pairs and pixels p. Ignore handling: none (labels unused). Features. Computed on
-    the local batch (no gathering across processes).
-
-    Args:
-        tau: Temperature of the similarity softmax.
-        pool: Average-pool size applied first (1: none).
-        weight: Loss weight (default 1).
+    official recipe (``train_cirkd.py``, which adds ``kd`` with weight 1 and the memory terms, ``cirkd_memory``
+    with weight 0.1: list all three in the config, see ``configs/_methods/cirkd.yaml``). Widths may differ (each
+    network's similarities are its own). Cost: N^2 matrices of P x P (P = h*w) — the heaviest loss here;
+    ``pool=2`` quarters P. Reduction: mean over image pairs and pixels p. Ignore handling: none (labels unused).
+    Features. Computed on the local batch (no gathering across processes; the official code has the gather
+    commented out too).
     """
 
     sources = ("feat",)
     default_weight = 1.0
-
-    def __init__(
-        self, *, tau: float = 0.1, pool: int = 1, weight: float | None = None, source: str | None = None
-    ) -> None:
-        super().__init__(weight=weight, source=source)
-        self.tau, self.pool = float(tau), int(pool)
+    params = {
+        "tau": Param(0.1, "temperature of the similarity softmax", float),
+        "pool": Param(1, "average-pool size applied first (1: none)", optional_int),
+    }
 
     def _embed(self, f: Tensor) -> Tensor:
         if self.pool > 1:
@@ -61,6 +58,3 @@ class CrossImagePixelKD(KDLoss):
             log_pt = F.log_softmax(torch.einsum("cp,ncq->npq", gt[i], gt) / self.tau, dim=-1)  # (N, P, P)
             total = total + F.kl_div(log_ps, log_pt, reduction="sum", log_target=True)
         return total / (n * n * p)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, tau={self.tau:g}, pool={self.pool}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,28 +15,29 @@ PREFIX = "kd/"
 
 
 def build_loss(name: str, **params: Any) -> KDLoss:
-    """Build the loss registered as ``name`` with ``params`` (unknown names/params raise, naming the valid ones)."""
-    cls = LOSSES.get(name)
-    unknown = sorted(set(params) - set(loss_params(name)))
-    if unknown:
-        raise TypeError(f"loss {name!r} got unknown parameter(s) {unknown}; valid: {loss_params(name)}")
-    return cls(**params)
+    """Build the loss registered as ``name`` with ``params``.
+
+    An unknown name raises a KeyError naming the closest registered one; an unknown parameter a TypeError naming
+    the closest declared one and listing them all; a bad value a ValueError naming the rule it breaks.
+    """
+    return LOSSES.get(name)(**params)
 
 
 def loss_params(name: str) -> list[str]:
-    """Names of the keyword parameters the loss ``name`` accepts."""
-    sig = inspect.signature(LOSSES.get(name).__init__)
-    return [p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    """Names of the parameters the loss ``name`` declares (its own, then those it inherits)."""
+    return list(LOSSES.get(name).param_spec())
 
 
 def _term_key(spec: Mapping[str, Any]) -> str:
-    """``spec["key"]`` or the loss name, suffixed with the source for losses that compare either."""
+    """``spec["key"]``, or the loss name suffixed with the source when it is not the loss's first one (always for
+    losses with ``term_suffix``: ``cwd_logits`` / ``cwd_feat``)."""
     if "key" in spec:
         return str(spec["key"])
     name = spec["name"]
     cls = LOSSES.get(name)
-    if len(cls.sources) > 1:
-        return f"{name}_{spec.get('source') or cls.sources[0]}"
+    source = spec.get("source") or cls.sources[0]
+    if cls.term_suffix or source != cls.sources[0]:
+        return f"{name}_{source}"
     return name
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import LOSSES
+from .base import LOSSES, Param
 from .projector import ProjectedLoss
 
 __all__ = ["ChannelWiseKD", "channel_kl"]
@@ -36,57 +36,28 @@ class ChannelWiseKD(ProjectedLoss):
 
     Defaults: on logits tau = 4, weight 3 (official recipe; mmrazor's Cityscapes recipe is tau = 1, weight 5:
     pass ``tau=1, weight=5``). On features (``source="feat"``, student mapped by the projector to the
-    teacher width) tau = 4, weight 50 (CIRKD's recipe).
+    teacher width) tau = 4, weight 50.
 
     Normaliser C': ``normalize="teacher"`` (default, the formula of the paper) divides by the channel count
     compared, i.e. the teacher's; ``normalize="student"`` divides by the student's channel count before projection,
-    as CIRKD's code does on features — with 128 -> 256 channels that doubles the loss. On logits both agree.
-    Reduction: sum over positions, mean over images and channels. Ignore handling: none (labels are not used).
-
-    Args:
-        tau: Softmax temperature tau.
-        normalize: ``"teacher"`` or ``"student"`` channel count as C'.
-        student_channels, teacher_channels, project, projector_bn: Projector options (features only).
-        weight: Loss weight (default 3 on logits, 50 on features).
-        source: ``"logits"`` (default) or ``"feat"``.
+    as CIRKD's code does (``losses/cwd.py``: ``loss /= n * c`` with ``c`` read before the conv). With 128 -> 256
+    channels that doubles the loss, so CIRKD's feature recipe (``--lambda-cwd-fea 50``) is ``normalize="student",
+    weight=50``, or equivalently weight 100 with the default normaliser; the default (teacher, 50) is half of it.
+    On logits both normalisers agree. Reduction: sum over positions, mean over images and channels. Ignore
+    handling: none (labels are not used).
     """
 
     sources = ("logits", "feat")
     default_weight = {"logits": 3.0, "feat": 50.0}
-
-    def __init__(
-        self,
-        *,
-        tau: float = 4.0,
-        normalize: str = "teacher",
-        student_channels: int | None = None,
-        teacher_channels: int | None = None,
-        project: bool | None = None,
-        projector_bn: bool = False,
-        weight: float | None = None,
-        source: str | None = None,
-    ) -> None:
-        if normalize not in _NORMALIZERS:
-            raise ValueError(f"cwd normalize must be one of {_NORMALIZERS}, not {normalize!r}")
-        if source != "feat":  # logits have the class count as width on both sides: never projected
-            student_channels = teacher_channels = project = None
-        super().__init__(
-            student_channels=student_channels,
-            teacher_channels=teacher_channels,
-            project=project,
-            projector_bn=projector_bn,
-            weight=weight,
-            source=source,
-        )
-        self.tau = float(tau)
-        self.normalize = normalize
+    term_suffix = True  # either source is a method of its own: "cwd_logits", "cwd_feat"
+    params = {
+        "tau": Param(4.0, "softmax temperature tau", float),
+        "normalize": Param("teacher", "channel count used as C'", str, choices=_NORMALIZERS),
+    }
 
     def compute(self, s: Tensor, t: Tensor, target: Tensor | None) -> Tensor:
         n, c_student = s.shape[:2]
-        s = self.project(s, t)
+        s = self.align(s, t)
         channels = t.shape[1] if self.normalize == "teacher" else c_student
         kl = channel_kl(s, t, self.tau)  # (N, C)
         return self.tau**2 * kl.sum() / (n * channels)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, tau={self.tau:g}, normalize={self.normalize!r}"

@@ -21,14 +21,10 @@ class FitNetKD(ProjectedLoss):
     Citation: Romero, Ballas, Kahou, Chassang, Gatta, Bengio, "FitNets: Hints for Thin Deep Nets", ICLR 2015.
     Default weight 10 (seed 003 shows the right weight ranges from 10 to 1000 with the feature norms; see ``md``
     and ``lad`` for its decomposition). Reduction: mean over all values. Ignore handling: none. Features.
-
-    Args:
-        student_channels, teacher_channels, project, projector_bn: Projector options.
-        weight: Loss weight (default 10).
     """
 
     default_weight = 10.0
 
     def compute(self, s: Tensor, t: Tensor, target: Tensor | None) -> Tensor:
-        s = self.project(s, t)
+        s = self.align(s, t)
         return (s - t).pow(2).mean()

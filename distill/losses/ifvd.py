@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import LOSSES, KDLoss, cosine, resize_labels
+from .base import LOSSES, KDLoss, Param, cosine, optional_int, resize_labels
 
 __all__ = ["IntraClassVariationKD", "class_centre_cosine"]
 
@@ -50,26 +50,14 @@ class IntraClassVariationKD(KDLoss):
     Ignore handling: pixels labelled ``ignore_index`` (or >= ``num_classes``) take cosine 1 on both sides, so they
     add 0 but count in the mean, as in the official code. Features; needs the label map.
 
-    Args:
-        num_classes: Number of classes; ``None`` takes the largest valid label + 1.
-        ignore_index: Label value of ignored pixels.
-        weight: Loss weight (default 20).
     """
 
     sources = ("feat",)
     default_weight = 20.0
-
-    def __init__(
-        self,
-        *,
-        num_classes: int | None = None,
-        ignore_index: int = 255,
-        weight: float | None = None,
-        source: str | None = None,
-    ) -> None:
-        super().__init__(weight=weight, source=source)
-        self.num_classes = num_classes
-        self.ignore_index = int(ignore_index)
+    params = {
+        "num_classes": Param(None, "number of classes; None takes the largest valid label + 1", optional_int),
+        "ignore_index": Param(255, "label value of ignored pixels", int),
+    }
 
     def compute(self, s: Tensor, t: Tensor, target: Tensor | None) -> Tensor:
         if target is None:

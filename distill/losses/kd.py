@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import LOSSES, KDLoss, check_same_shape
+from .base import LOSSES, KDLoss, Param, check_same_shape
 
 __all__ = ["PixelKD"]
 
@@ -23,18 +23,11 @@ class PixelKD(KDLoss):
     Default weight 1, tau = 1. SKD/IFVD write the same term as an element-wise mean with weight 10, i.e. 10/K here.
     Reduction: sum over classes, mean over images and pixels. Ignore handling: none, every pixel is distilled
     (the teacher's prediction exists at ignored pixels too). Logits only.
-
-    Args:
-        tau: Softmax temperature.
-        weight: Loss weight (default 1).
     """
 
     sources = ("logits",)
     default_weight = 1.0
-
-    def __init__(self, *, tau: float = 1.0, weight: float | None = None, source: str | None = None) -> None:
-        super().__init__(weight=weight, source=source)
-        self.tau = float(tau)
+    params = {"tau": Param(1.0, "softmax temperature", float)}
 
     def compute(self, s: Tensor, t: Tensor, target: Tensor | None) -> Tensor:
         check_same_shape(s, t, "kd logits")
@@ -43,6 +36,3 @@ class PixelKD(KDLoss):
         log_pt = F.log_softmax(t / tau, dim=1)
         kl = F.kl_div(log_ps, log_pt, reduction="none", log_target=True).sum(1)  # (N, h, w)
         return tau**2 * kl.mean()
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, tau={self.tau:g}"

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import LOSSES, KDLoss, check_same_shape
+from .base import LOSSES, KDLoss, Param, check_same_shape, optional_int
 
 __all__ = ["PairwiseKD", "pairwise_similarity"]
 
@@ -31,18 +31,13 @@ class PairwiseKD(KDLoss):
     CVPR 2019 (TPAMI 2020 version). Default weight 10 (CIRKD). Only the pair-wise term: the holistic adversarial
     term needs a discriminator with its own optimizer and is not part of this loss. Widths may differ.
     Reduction: mean over images and position pairs. Ignore handling: none. Features.
-
-    Args:
-        patch: Max-pool size before the similarity (2: a quarter of the positions, 1/16 of the pairs).
-        weight: Loss weight (default 10).
     """
 
     sources = ("feat",)
     default_weight = 10.0
-
-    def __init__(self, *, patch: int = 2, weight: float | None = None, source: str | None = None) -> None:
-        super().__init__(weight=weight, source=source)
-        self.patch = int(patch)
+    params = {
+        "patch": Param(2, "max-pool size before the similarity (2: a quarter of the positions)", optional_int)
+    }
 
     def compute(self, s: Tensor, t: Tensor, target: Tensor | None) -> Tensor:
         a_s, a_t = pairwise_similarity(s, self.patch), pairwise_similarity(t, self.patch)

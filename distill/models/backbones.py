@@ -2,28 +2,51 @@
 
 Each backbone returns a tuple of four stage outputs (strides 4, 8, 8|16, 8|16|32 depending on ``output_stride``)
 and exposes ``channels`` (the width of each stage). Layer names follow torchvision's so ImageNet files map 1:1.
+The builders at the end register them by name (``resnet18``, ``resnet50``, ``resnet101``, ``mobilenetv2``).
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["ResNet", "MobileNetV2", "BasicBlock", "Bottleneck"]
+from .registry import register_backbone
+
+__all__ = [
+    "ResNet",
+    "MobileNetV2",
+    "BasicBlock",
+    "Bottleneck",
+    "scale_channels",
+    "resnet18",
+    "resnet50",
+    "resnet101",
+    "mobilenetv2",
+]
 
 
-def _c(ch: int, width: float) -> int:
+def scale_channels(ch: int, width: float) -> int:
     """Scale a channel count by the width multiplier (at least 8)."""
     return max(8, int(round(ch * width)))
 
 
 class BasicBlock(nn.Module):
+    """Two 3x3 convs; in the first block of a dilated stage conv1 enters at ``entry_dilation``, conv2 at ``dilation``."""
+
     expansion = 1
 
     def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1, downsample=None
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        dilation: int = 1,
+        downsample: nn.Module | None = None,
+        *,
+        entry_dilation: int | None = None,
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, dilation, dilation, bias=False)
+        entry = dilation if entry_dilation is None else entry_dilation
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, entry, entry, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, dilation, dilation, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -38,15 +61,25 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
+    """1x1-3x3-1x1; in the first block of a dilated stage the 3x3 conv runs at ``entry_dilation``."""
+
     expansion = 4
 
     def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1, downsample=None
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        dilation: int = 1,
+        downsample: nn.Module | None = None,
+        *,
+        entry_dilation: int | None = None,
     ) -> None:
         super().__init__()
+        entry = dilation if entry_dilation is None else entry_dilation
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, dilation, dilation, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, entry, entry, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * 4)
@@ -88,27 +121,28 @@ class ResNet(nn.Module):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         block, layers = _RESNET_CFG[depth]
         self.deep_stem = deep_stem
+        c64, c128 = scale_channels(64, width), scale_channels(128, width)
         if deep_stem:
-            self.conv1 = nn.Conv2d(3, _c(64, width), 3, 2, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(_c(64, width))
-            self.conv2 = nn.Conv2d(_c(64, width), _c(64, width), 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(_c(64, width))
-            self.conv3 = nn.Conv2d(_c(64, width), _c(128, width), 3, 1, 1, bias=False)
-            self.bn3 = nn.BatchNorm2d(_c(128, width))
-            self.inplanes = _c(128, width)
+            self.conv1 = nn.Conv2d(3, c64, 3, 2, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(c64)
+            self.conv2 = nn.Conv2d(c64, c64, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(c64)
+            self.conv3 = nn.Conv2d(c64, c128, 3, 1, 1, bias=False)
+            self.bn3 = nn.BatchNorm2d(c128)
+            self.inplanes = c128
         else:
-            self.conv1 = nn.Conv2d(3, _c(64, width), 7, 2, 3, bias=False)
-            self.bn1 = nn.BatchNorm2d(_c(64, width))
-            self.inplanes = _c(64, width)
+            self.conv1 = nn.Conv2d(3, c64, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(c64)
+            self.inplanes = c64
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         # (stride, dilation) per stage: dilation replaces stride once the output stride is reached.
         d3, d4 = {8: (2, 4), 16: (1, 2), 32: (1, 1)}[output_stride]
-        self.layer1 = self._make_layer(block, _c(64, width), layers[0], 1, 1)
-        self.layer2 = self._make_layer(block, _c(128, width), layers[1], 2, 1)
-        self.layer3 = self._make_layer(block, _c(256, width), layers[2], 1 if d3 > 1 else 2, d3)
-        self.layer4 = self._make_layer(block, _c(512, width), layers[3], 1 if d4 > 1 else 2, d4)
-        self.channels = [_c(c, width) * block.expansion for c in (64, 128, 256, 512)]
+        self.layer1 = self._make_layer(block, scale_channels(64, width), layers[0], 1, 1)
+        self.layer2 = self._make_layer(block, scale_channels(128, width), layers[1], 2, 1)
+        self.layer3 = self._make_layer(block, scale_channels(256, width), layers[2], 1 if d3 > 1 else 2, d3)
+        self.layer4 = self._make_layer(block, scale_channels(512, width), layers[3], 1 if d4 > 1 else 2, d4)
+        self.channels = [scale_channels(c, width) * block.expansion for c in (64, 128, 256, 512)]
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -120,10 +154,11 @@ class ResNet(nn.Module):
                 nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
                 nn.BatchNorm2d(planes * block.expansion),
             )
-        # The first block of a dilated stage uses half the dilation (as in DeepLab/PSPNet backbones) to avoid
-        # gridding at the stage boundary; parameters are unaffected.
-        first = max(1, dilation // 2)
-        mods = [block(self.inplanes, planes, stride, first, downsample)]
+        # The first block of a dilated stage enters at half the stage dilation, as the DeepLab/PSPNet backbones
+        # of CIRKD (and HWD, DIST_KD) build it: a Bottleneck's 3x3 conv and a BasicBlock's conv1 take the half,
+        # a BasicBlock's conv2 already the full dilation. Parameters are unaffected.
+        entry = max(1, dilation // 2)
+        mods = [block(self.inplanes, planes, stride, dilation, downsample, entry_dilation=entry)]
         self.inplanes = planes * block.expansion
         mods += [block(self.inplanes, planes, 1, dilation) for _ in range(1, blocks)]
         return nn.Sequential(*mods)
@@ -198,12 +233,17 @@ class MobileNetV2(nn.Module):
         stride, dilation = 2, 1
         for t, c, n, s in _MBV2_CFG:
             oup = _make_divisible(c * width)
+            entry = dilation  # the stage's first block: the dilation reached so far
             if s > 1 and stride >= output_stride:
-                dilation, s = dilation * s, 1  # keep resolution, grow the receptive field instead
+                # Keep the resolution and grow the receptive field instead; the formerly strided depthwise conv
+                # keeps the previous (half) dilation and the later blocks take the doubled one, as in CIRKD.
+                dilation, s = dilation * s, 1
             else:
                 stride *= s
             for i in range(n):
-                feats.append(_InvertedResidual(inp, oup, s if i == 0 else 1, dilation, t))
+                feats.append(
+                    _InvertedResidual(inp, oup, s if i == 0 else 1, entry if i == 0 else dilation, t)
+                )
                 inp = oup
         self.features = nn.Sequential(*feats)
         self.channels = [_make_divisible(c * width) for c in (24, 32, 96, 320)]
@@ -216,3 +256,28 @@ class MobileNetV2(nn.Module):
             if i in self._taps:
                 outs.append(x)
         return tuple(outs)  # type: ignore[return-value]
+
+
+# --- Registered builders ------------------------------------------------------------------------------------------
+@register_backbone
+def resnet18(*, deep_stem: bool = True, output_stride: int = 8, width: float = 1.0) -> ResNet:
+    """ResNet-18 (BasicBlock 2-2-2-2, stage widths 64/128/256/512)."""
+    return ResNet(18, deep_stem=deep_stem, output_stride=output_stride, width=width)
+
+
+@register_backbone
+def resnet50(*, deep_stem: bool = True, output_stride: int = 8, width: float = 1.0) -> ResNet:
+    """ResNet-50 (Bottleneck 3-4-6-3, stage widths 256/512/1024/2048)."""
+    return ResNet(50, deep_stem=deep_stem, output_stride=output_stride, width=width)
+
+
+@register_backbone
+def resnet101(*, deep_stem: bool = True, output_stride: int = 8, width: float = 1.0) -> ResNet:
+    """ResNet-101 (Bottleneck 3-4-23-3, stage widths 256/512/1024/2048)."""
+    return ResNet(101, deep_stem=deep_stem, output_stride=output_stride, width=width)
+
+
+@register_backbone
+def mobilenetv2(*, output_stride: int = 8, width: float = 1.0) -> MobileNetV2:
+    """MobileNetV2 without its last 1x1 conv (stage widths 24/32/96/320)."""
+    return MobileNetV2(output_stride=output_stride, width=width)

@@ -1,6 +1,7 @@
 """Decode heads: DeepLabV3 (ASPP), PSPNet (pyramid pooling that exports exactly) and the FCN auxiliary head.
 
-Every head exposes ``features(x) -> feat`` (the distilled decoder feature) and ``classifier`` (1x1 conv).
+Every decode head exposes ``features(x) -> feat`` (the distilled decoder feature), ``classifier`` (1x1 conv) and
+``channels`` (the width of ``feat``). They are registered by name: ``aspp``, ``psp`` and ``fcn`` (auxiliary).
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .registry import register_head
 
 __all__ = ["ASPPHead", "PSPHead", "FCNHead", "adaptive_avg_pool2d_exact"]
 
@@ -33,6 +36,7 @@ class _ImagePool(nn.Module):
         return y.expand(-1, -1, x.shape[2], x.shape[3])  # exports as Expand: dynamic H/W stay exact
 
 
+@register_head("aspp")
 class ASPPHead(nn.Module):
     """DeepLabV3 head: ASPP (1x1 + three dilated 3x3 + image pooling), project, 3x3 conv-BN-ReLU-Dropout."""
 
@@ -85,6 +89,7 @@ class _PyramidStage(nn.Module):
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=True)
 
 
+@register_head("psp")
 class PSPHead(nn.Module):
     """PSPNet head: pyramid pooling over bins 1/2/3/6 (each 1x1 conv to cin/4), concat, 3x3 conv-BN-ReLU-Dropout."""
 
@@ -102,6 +107,7 @@ class PSPHead(nn.Module):
         return self.bottleneck(torch.cat([x] + [s(x) for s in self.stages], dim=1))  # (N, channels, h, w)
 
 
+@register_head("fcn")
 class FCNHead(nn.Module):
     """Auxiliary head: 3x3 conv to cin/4, BN-ReLU-Dropout(0.1), 1x1 classifier."""
 

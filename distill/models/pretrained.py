@@ -15,6 +15,7 @@ Convert a CIRKD checkpoint into a self-describing one::
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ __all__ = [
     "load_mapped",
     "load_backbone_weights",
     "convert_cirkd_checkpoint",
+    "CIRKD_ARCHS",
 ]
 
 
@@ -197,21 +199,85 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> LoadReport:
     return report
 
 
+# CIRKD's five v1 models and their names here: the architectures a CIRKD v1 file can claim.
+CIRKD_ARCHS = {
+    "deeplabv3_resnet101": "deeplabv3_r101",
+    "deeplabv3_resnet18": "deeplabv3_r18",
+    "psp_resnet18": "pspnet_r18",
+    "deeplab_mobile_mbv2": "deeplabv3_mbv2",
+    "psp_mobile_mbv2": "pspnet_mbv2",
+}
+_CIRKD_PREFIXES = ("pretrained.", "head.", "auxlayer.")  # backbone, decode head, auxiliary head
+
+
+@functools.lru_cache(maxsize=16)
+def _layout_shapes(arch: str, num_classes: int) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a model's state dict, built on the meta device (no memory, no initialisation cost)."""
+    from distill.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(arch, num_classes=num_classes)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _fitting_archs(mapped: dict[str, torch.Tensor], num_classes: int) -> list[str]:
+    """The CIRKD-layout architectures whose state dict has exactly the keys and shapes of ``mapped``."""
+    shapes = {k: tuple(v.shape) for k, v in mapped.items()}
+    return [a for a in CIRKD_ARCHS.values() if _layout_shapes(a, num_classes) == shapes]
+
+
+def _misfit(src: str | Path, arch: str, dataset: str, num_classes: int, sd: dict, report: LoadReport) -> str:
+    """Why a CIRKD file does not fit the architecture it is converted as, and what to pass instead."""
+    head = f"{src} does not fit --arch {arch} with --dataset {dataset} ({num_classes} classes)"
+    if not any(k.startswith("pretrained.") for k in sd):  # every CIRKD v1 model keeps its backbone there
+        return (
+            f"{head}: its keys ({_short(sorted(sd), 3)}) are not CIRKD's v1 layout "
+            f"({', '.join(p + '*' for p in _CIRKD_PREFIXES)}); only CIRKD v1 segmentation checkpoints convert"
+        )
+    mapped = map_cirkd_segmentation(sd)
+    cls = mapped.get("head.classifier.weight")
+    file_classes = int(cls.shape[0]) if cls is not None and cls.ndim == 4 else num_classes
+    fits = _fitting_archs(mapped, file_classes)
+    if fits:
+        fix = f"it is a {fits[0]}" + (f" with {file_classes} classes" if file_classes != num_classes else "")
+        fix += f": pass --arch {fits[0]}"
+        if file_classes != num_classes:
+            fix += f" and a --dataset with {file_classes} classes"
+    elif file_classes != num_classes:
+        fix = f"it predicts {file_classes} classes: pass a --dataset with {file_classes} classes"
+    else:
+        fix = (
+            "it matches none of the CIRKD-layout models at their default width "
+            f"({', '.join(CIRKD_ARCHS.values())}): another width, backbone or a modified head"
+        )
+    return f"{head}; {fix}.\n{report}"
+
+
 def convert_cirkd_checkpoint(
     src: str | Path, arch: str, dataset: str, out: str | Path, *, crop: tuple[int, int] = (512, 1024)
 ) -> LoadReport:
-    """Turn a CIRKD v1 segmentation checkpoint into a self-describing checkpoint of this toolkit."""
+    """Turn a CIRKD v1 segmentation checkpoint into a self-describing checkpoint of this toolkit.
+
+    The weights must fit ``arch`` exactly (every key, every shape, the dataset's class count); otherwise a
+    :class:`WeightsError` names the file, the mismatch and the architecture the file does fit, and nothing is
+    written. The model is recorded with CIRKD's final upsampling (bilinear, ``align_corners=True``), so that
+    every runner and export reproduces CIRKD's full-size output.
+    """
     from distill.checkpoint import save_checkpoint
     from distill.models import build_model
     from infer.datasets import dataset_info
     from infer.meta import CIRKD_BGR, ModelMeta
 
     class_names, palette = dataset_info(dataset)
-    model = build_model(arch, num_classes=len(class_names))
-    report = load_mapped(model, map_cirkd_segmentation(read_state_dict(src)), strict=True)
+    spec = {"name": arch, "num_classes": len(class_names), "align_corners": True}  # CIRKD's upsampling
+    model = build_model(**spec)
+    sd = read_state_dict(src)
+    report = load_mapped(model, map_cirkd_segmentation(sd), strict=False)
+    if not report.ok:
+        raise WeightsError(_misfit(src, arch, dataset, len(class_names), sd, report))
     mean, std, order = CIRKD_BGR
     meta = ModelMeta(
-        arch={"name": arch, "num_classes": len(class_names)},
+        arch=spec,
         class_names=list(class_names),
         palette=[list(c) for c in palette],
         mean=list(mean),

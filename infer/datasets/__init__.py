@@ -1,7 +1,7 @@
 """Dataset readers (numpy + OpenCV, no torch): ``build_dataset(name, root, split)[i] -> (BGR image, label)``.
 
-Registered names: cityscapes, voc, ade20k, cocostuff, folder, demo (generated Cityscapes-layout scenes, see
-`infer.datasets.demo`). Labels are uint8 training ids with 255 = ignore. Check a dataset with
+The registry `DATASETS` is the one list of names (`dataset_names()` for help texts); ``demo`` reads the
+generated Cityscapes-layout scenes of `scenes`. Labels are uint8 training ids with 255 = ignore. Check a dataset with
 ``python -m infer.datasets check --dataset NAME --root DIR --split SPLIT``.
 """
 
@@ -19,9 +19,15 @@ __all__ = [
     "UnreadableFileError",
     "bit_palette",
     "build_dataset",
+    "dataset_names",
     "read_image",
     "read_label",
 ]
+
+
+def dataset_names() -> str:
+    """``"ade20k, cityscapes, ..."``: the registered names, for help texts."""
+    return ", ".join(DATASETS.names())
 
 
 def dataset_info(name: str) -> tuple[list[str], list[list[int]]]:

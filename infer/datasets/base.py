@@ -26,6 +26,7 @@ __all__ = [
     "bit_palette",
     "build_dataset",
     "pair_by_stem",
+    "train_id_table",
     "value_ranges",
 ]
 
@@ -104,6 +105,12 @@ def pair_by_stem(
             unpaired.append((img, f"image without label (expected {label})"))
     unpaired += [(lab, "label without image") for lab in sorted(labels)]
     return samples, unpaired
+
+
+def train_id_table(num_classes: int) -> np.ndarray:
+    """``raw_to_train`` for files that already hold training ids: identity, every value >= ``num_classes`` ignored."""
+    values = np.arange(256)
+    return np.where(values < num_classes, values, 255).astype(np.uint8)
 
 
 class SegDataset:

@@ -18,7 +18,7 @@ from typing import ClassVar, NamedTuple
 
 import numpy as np
 
-from infer.datasets.base import DATASETS, DatasetError, SegDataset, pair_by_stem, value_ranges
+from infer.datasets.base import DATASETS, DatasetError, SegDataset, pair_by_stem, train_id_table, value_ranges
 
 __all__ = ["LABELS", "LABEL_ID", "CityscapesDataset", "CityscapesLabel", "DemoDataset"]
 
@@ -99,7 +99,7 @@ _LABEL_TYPES: dict[str, tuple[str, np.ndarray, np.ndarray]] = {
     "labelIds": ("_gtFine_labelIds.png", _label_id_table(), _mask(list(range(_NUM_IDS)))),
     "trainIds": (
         "_gtFine_labelTrainIds.png",
-        np.arange(256, dtype=np.uint8),
+        train_id_table(len(_TRAIN)),
         _mask([*range(len(_TRAIN)), 255]),
     ),
 }

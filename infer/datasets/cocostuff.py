@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from infer.datasets.base import DATASETS, DatasetError, SegDataset, bit_palette, pair_by_stem
+from infer.datasets.base import DATASETS, DatasetError, SegDataset, bit_palette, pair_by_stem, train_id_table
 
 __all__ = ["COCOStuffDataset"]
 
@@ -63,7 +63,8 @@ def _stuffthing_table() -> np.ndarray:
 # label_type -> (raw->train table, valid raw values)
 _LABEL_TYPES: dict[str, tuple[np.ndarray, np.ndarray]] = {
     "stuffthingmaps": (_stuffthing_table(), np.isin(np.arange(256), [*_USED, 255])),
-    "trainIds": (np.arange(256, dtype=np.uint8), np.isin(np.arange(256), [*range(len(_CLASSES)), 255])),
+    # files of training ids: values past the 171 classes are ignored, as every reader maps unknown values
+    "trainIds": (train_id_table(len(_CLASSES)), np.isin(np.arange(256), [*range(len(_CLASSES)), 255])),
 }
 
 

@@ -57,6 +57,12 @@ def read_classes(path: str | os.PathLike[str]) -> tuple[list[str], list[list[int
         problems.append(
             f"{len(colors)} of {len(names)} classes have a colour; give one on every line or none"
         )
+    shared: dict[tuple[int, ...], list[str]] = {}
+    for name, rgb in zip(names, colors):
+        shared.setdefault(tuple(rgb), []).append(name)
+    for rgb, owners in shared.items():
+        if len(owners) > 1:  # a mask pixel of that colour could not say which class it is
+            problems.append(f"classes {', '.join(owners)} share the colour {list(rgb)}; give each its own")
     if not names:
         problems.append("no class names")
     if len(names) > 255:

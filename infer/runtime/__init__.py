@@ -1,4 +1,4 @@
-"""Model runners behind one interface, chosen by file suffix.
+"""Model runners behind one interface, chosen by file suffix through the format table (`infer.formats`).
 
     runner = load_runner("student.onnx", device="cuda")   # or .pth, .engine
     labels = runner.predict([cv2.imread("frame.png")])    # one (H, W) label map per image
@@ -12,25 +12,32 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from infer.registry import Registry
+from infer.formats import format_for_path, suffixes
 from infer.runtime.base import Runner, RunnerError
-from infer.runtime.ort_runner import OrtRunner
-from infer.runtime.torch_runner import TorchRunner
-from infer.runtime.trt_runner import CUDA_LIBS, TrtRunner
+from infer.runtime.trt_runner import CUDA_LIBS
 
 __all__ = ["CUDA_LIBS", "RUNTIMES", "Runner", "RunnerError", "load_runner"]
 
-# file suffix -> runner class
-RUNTIMES: Registry[type[Runner]] = Registry("model file suffix")
-for _suffix, _cls in {
-    ".pth": TorchRunner,
-    ".pt": TorchRunner,
-    ".onnx": OrtRunner,
-    ".engine": TrtRunner,
-    ".plan": TrtRunner,
-}.items():
-    RUNTIMES.register(_suffix)(_cls)
+
+class _Runtimes:
+    """File suffix -> runner class, read from the format table (kept for ``RUNTIMES.get(".onnx")`` callers)."""
+
+    def names(self) -> list[str]:
+        return sorted(suffixes())
+
+    def get(self, suffix: str) -> type[Runner]:
+        return format_for_path(f"model{suffix}").load_runner()
+
+    def __contains__(self, suffix: object) -> bool:
+        return suffix in suffixes()
+
+    def __iter__(self) -> Any:
+        return iter(self.names())
+
+
+RUNTIMES = _Runtimes()
 
 
 def load_runner(
@@ -41,7 +48,7 @@ def load_runner(
     cuda_lib: str = "cuda-python",
     threads: int | None = None,
 ) -> Runner:
-    """Load a model file with the runner its suffix names.
+    """Load a model file with the runner its suffix names (see `infer.formats`).
 
     Args:
         path: ``.pth``/``.pt`` checkpoint, ``.onnx`` file or ``.engine``/``.plan`` TensorRT engine.
@@ -57,5 +64,5 @@ def load_runner(
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', not {device!r}")
     path = Path(path)
-    cls = RUNTIMES.get(path.suffix.lower())
+    cls = format_for_path(path).load_runner()
     return cls(path, device=device, provider=provider, cuda_lib=cuda_lib, threads=threads)

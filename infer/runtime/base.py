@@ -18,7 +18,7 @@ import numpy as np
 
 from infer.meta import ModelMeta, preprocess
 
-__all__ = ["Runner", "RunnerError", "resize_scores", "scores_to_labels"]
+__all__ = ["Runner", "RunnerError", "output_to_labels", "resize_scores", "scores_to_labels"]
 
 # OpenCV 5 resizes at most this many channels in one call.
 _CV_MAX_CHANNELS = 128
@@ -28,10 +28,15 @@ class RunnerError(RuntimeError):
     """A model file that cannot be loaded or run: missing library, corrupted file, engine from another GPU, ..."""
 
 
-def resize_scores(scores: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Bilinear (half-pixel, as ``align_corners=False``) resize of a (K, h, w) score map to (K, H, W)."""
+def resize_scores(scores: np.ndarray, hw: tuple[int, int], *, align_corners: bool = False) -> np.ndarray:
+    """Bilinear resize of a (K, h, w) score map to (K, H, W), as ``F.interpolate`` with ``align_corners``.
+
+    The model's metadata says which (``meta.align_corners``): CIRKD-trained models map corner to corner.
+    """
     if scores.shape[1:] == tuple(hw):
         return scores
+    if align_corners:
+        return _resize_align_corners(scores, hw)
     h, w = hw
     chunks = []
     for k0 in range(0, scores.shape[0], _CV_MAX_CHANNELS):
@@ -41,10 +46,63 @@ def resize_scores(scores: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return np.concatenate(chunks, axis=0)
 
 
+def _corner_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices (i0, i1) and weight of i1 for each output row when the corners of both grids coincide."""
+    scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    pos = np.arange(n_out, dtype=np.float64) * scale
+    i0 = np.minimum(np.floor(pos).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (pos - i0).astype(np.float32)
+
+
+def _resize_align_corners(scores: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    # OpenCV has no align-corners mode: separable linear interpolation, rows then columns, in float32.
+    y0, y1, fy = _corner_taps(scores.shape[1], hw[0])
+    x0, x1, fx = _corner_taps(scores.shape[2], hw[1])
+    s = scores.astype(np.float32, copy=False)
+    rows = s[:, y0] * (1 - fy)[:, None] + s[:, y1] * fy[:, None]  # (K, H, w)
+    return rows[:, :, x0] * (1 - fx) + rows[:, :, x1] * fx  # (K, H, W)
+
+
 def scores_to_labels(scores: np.ndarray, num_classes: int) -> np.ndarray:
     """(K, H, W) scores -> (H, W) label map, uint8 when the classes fit beside the ignore value 255."""
-    labels = scores.argmax(axis=0)
-    return labels.astype(np.uint8 if num_classes <= 255 else np.int32)
+    return scores.argmax(axis=0).astype(_label_dtype(num_classes))
+
+
+def _label_dtype(num_classes: int) -> type:
+    return np.uint8 if num_classes <= 255 else np.int32
+
+
+def output_to_labels(
+    out: np.ndarray,
+    hw: tuple[int, int],
+    num_classes: int,
+    *,
+    outputs_labels: bool,
+    fast: bool = False,
+    align_corners: bool = False,
+) -> np.ndarray:
+    """One image's network output -> its (H, W) label map at the image size ``hw``.
+
+    Args:
+        out: (K, h, w) scores, or the (h, w) / (1, h, w) labels of a graph that ends in an argmax.
+        outputs_labels: ``out`` holds labels (resized by nearest neighbour).
+        fast: argmax at network resolution, then nearest-neighbour upsampling of the labels, instead of
+            upsampling the scores bilinearly first: far cheaper with many classes, blockier class edges.
+        align_corners: the model's own bilinear upsampling mode (``ModelMeta.align_corners``).
+    """
+    if outputs_labels:
+        labels = out.reshape(out.shape[-2:]).astype(_label_dtype(num_classes))  # (h, w)
+    elif fast:
+        labels = scores_to_labels(out.astype(np.float32, copy=False), num_classes)  # (h, w)
+    else:
+        scores = resize_scores(
+            out.astype(np.float32, copy=False), hw, align_corners=align_corners
+        )  # (K, H, W)
+        return scores_to_labels(scores, num_classes)  # (H, W)
+    if labels.shape != tuple(hw):
+        labels = cv2.resize(labels, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)  # (H, W)
+    return labels
 
 
 class Runner(abc.ABC):
@@ -212,14 +270,13 @@ class Runner(abc.ABC):
         return results  # type: ignore[return-value]
 
     def _to_labels(self, out: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-        if self.outputs_labels:
-            labels = out.reshape(out.shape[-2:])  # (H, W) from (1, H, W) or (H, W)
-            dtype = np.uint8 if self.meta.num_classes <= 255 else np.int32
-            labels = labels.astype(dtype)
-            if labels.shape != tuple(hw):
-                labels = cv2.resize(labels, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
-            return labels
-        return scores_to_labels(resize_scores(out.astype(np.float32, copy=False), hw), self.meta.num_classes)
+        return output_to_labels(
+            out,
+            hw,
+            self.meta.num_classes,
+            outputs_labels=self.outputs_labels,
+            align_corners=self.meta.align_corners,
+        )
 
     def _check_batch(self, x: np.ndarray) -> np.ndarray:
         if self.fixed_batch is not None and len(x) != self.fixed_batch:

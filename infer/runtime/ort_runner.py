@@ -1,12 +1,16 @@
 """Run an ONNX file with ONNX Runtime (imported only when such a file is loaded).
 
-Provider choice: the one named, else on ``device="cuda"`` TensorRT, then CUDA, then CPU, else CPU. ONNX Runtime
-falls back to CPU without raising when a GPU provider cannot start (``onnxruntime-gpu`` on a machine without
-CUDA), so the provider reported is the one the session actually uses, read back from ``get_providers()``.
+Provider choice: the one named, else on ``device="cuda"`` CUDA then CPU, else CPU. ONNX Runtime's TensorRT
+provider is opt-in (``provider="TensorrtExecutionProvider"``): it builds an engine when the session starts, which
+takes minutes, so it gets an engine and timing cache beside the model (``<model>.ort-trt-cache/``) and a
+later start reuses them. ONNX Runtime falls back to CPU without raising when a GPU provider cannot start
+(``onnxruntime-gpu`` on a machine without CUDA), so the provider reported is the one the session actually uses,
+read back from ``get_providers()``.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from pathlib import Path
@@ -14,14 +18,25 @@ from typing import Any
 
 import numpy as np
 
-from infer.meta import ModelMeta
+from infer.meta import ModelMeta, guess_layout
 from infer.runtime.base import Runner, RunnerError
+from infer.runtime.gpu import gpu_used_bytes
 
-__all__ = ["OrtRunner", "select_providers"]
+__all__ = ["ORT_DTYPES", "OrtRunner", "cpu_session", "select_providers"]
 
 _GPU_ORDER = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+# ONNX Runtime's type names of the inputs a segmentation graph takes -> numpy dtype.
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 _FLOAT_OUTPUTS = {"tensor(float)", "tensor(float16)", "tensor(double)"}
+
+
+def cpu_session(model: str | os.PathLike[str] | bytes) -> Any:
+    """A quiet CPU-only ONNX Runtime session (verification, shape probing): the reference every check uses."""
+    ort = _import_ort()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # constant-folding notes about fp16 kernels are not the user's concern
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
 def _import_ort() -> Any:
@@ -48,12 +63,26 @@ def select_providers(device: str, provider: str | None, available: list[str]) ->
             raise RunnerError(
                 f"ONNX Runtime provider {provider!r} is not in this build; available: {', '.join(available)}"
             )
-        return list(dict.fromkeys([provider, "CPUExecutionProvider"]))
+        # a GPU provider keeps the ones after it as fallbacks (TensorRT leaves unsupported nodes to CUDA)
+        after = _GPU_ORDER[_GPU_ORDER.index(provider) + 1 :] if provider in _GPU_ORDER else []
+        return list(dict.fromkeys([provider, *(p for p in after if p in available), "CPUExecutionProvider"]))
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device != "cuda":
         raise RunnerError(f"device must be 'cpu' or 'cuda', not {device!r}")
-    return [p for p in _GPU_ORDER if p in available]
+    return [p for p in _GPU_ORDER[1:] if p in available]
+
+
+def _with_options(providers: list[str], model: Path) -> list[Any]:
+    """Providers as ONNX Runtime takes them; TensorRT gets its engine and timing caches beside the model."""
+    cache = str(model.with_name(model.name + ".ort-trt-cache"))
+    trt = {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": cache,
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": cache,
+    }
+    return [(p, trt) if p == "TensorrtExecutionProvider" else p for p in providers]
 
 
 class OrtRunner(Runner):
@@ -79,18 +108,18 @@ class OrtRunner(Runner):
         if not path.is_file():
             raise RunnerError(f"ONNX file {path} does not exist")
         providers = select_providers(device, provider, ort.get_available_providers())
-        self._gpu_used0 = _gpu_used_bytes() if device == "cuda" else None
+        self._gpu_used0 = gpu_used_bytes() if device == "cuda" else None
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # a GPU provider that cannot start is reported below, once
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         try:
-            sess = ort.InferenceSession(str(path), opts, providers=providers)
+            sess = ort.InferenceSession(str(path), opts, providers=_with_options(providers, path))
         except Exception as e:  # onnxruntime raises its own exception types for corrupted/unsupported graphs
             raise RunnerError(
-                f"ONNX Runtime cannot load {path} ({type(e).__name__}: {str(e).splitlines()[0][:300]}); "
-                "re-export it with `python export/to_onnx.py`"
+                f"ONNX Runtime cannot load {path} ({type(e).__name__}: {_first_line(e)}); it is damaged or not an "
+                "ONNX file: re-export it with `python export/to_onnx.py CKPT`"
             ) from e
         actual = sess.get_providers()[0]
         if actual != providers[0]:
@@ -107,13 +136,10 @@ class OrtRunner(Runner):
         self.session = sess
         self._ort = ort
         inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
-        if inp.type not in _ORT_DTYPES:
+        if inp.type not in ORT_DTYPES:
             raise RunnerError(f"{path.name}: input type {inp.type} is not float32, float16 or uint8")
         self._in_name, self._out_name = inp.name, out.name
-        layout = meta.extra.get("input_layout") or (
-            "NHWC" if inp.shape[-1] == 3 and inp.shape[1] != 3 else "NCHW"
-        )
-        hw = inp.shape[1:3] if layout == "NHWC" else inp.shape[2:4]
+        layout, hw = guess_layout(inp.shape, meta.extra)
         super().__init__(
             path,
             meta,
@@ -122,7 +148,7 @@ class OrtRunner(Runner):
             device="cpu" if actual == "CPUExecutionProvider" else "cuda",
             input_size=tuple(hw) if all(isinstance(d, int) for d in hw) else None,
             fixed_batch=inp.shape[0] if isinstance(inp.shape[0], int) else None,
-            input_dtype=_ORT_DTYPES[inp.type],
+            input_dtype=ORT_DTYPES[inp.type],
             input_layout=layout,
             outputs_labels=out.type not in _FLOAT_OUTPUTS,
         )
@@ -155,7 +181,7 @@ class OrtRunner(Runner):
         """GPU memory in use now minus before loading; ONNX Runtime's arena keeps its peak, so this is the peak."""
         if self.device == "cpu" or self._gpu_used0 is None:
             return None
-        used = _gpu_used_bytes()
+        used = gpu_used_bytes()
         return (None if used is None else used - self._gpu_used0), "cudaMemGetInfo: used minus before loading"
 
     def count_params(self) -> int | None:
@@ -172,6 +198,10 @@ class OrtRunner(Runner):
         self.session = None
 
 
+def _first_line(e: Exception) -> str:
+    return next((line for line in str(e).splitlines() if line.strip()), "no details")[:300]
+
+
 def _guess_precision(path: Path, input_type: str) -> str:
     """Precision of a file without ``extra.precision``: Q/DQ nodes mean int8, a float16 input fp16."""
     import onnx
@@ -180,16 +210,3 @@ def _guess_precision(path: Path, input_type: str) -> str:
     if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger"}:
         return "int8"
     return "fp16" if input_type == "tensor(float16)" else "fp32"
-
-
-def _gpu_used_bytes() -> int | None:
-    """Device memory in use on the current GPU (all processes), via cuda-python; None without it or a GPU."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart
-        except ImportError:
-            return None
-    err, free, total = cudart.cudaMemGetInfo()
-    return int(total - free) if err == cudart.cudaError_t.cudaSuccess else None

@@ -5,8 +5,10 @@ TensorRT 10 and 11 share the API used here (``deserialize_cuda_engine``, named I
 (``cuda_lib="pycuda"``); all three libraries are imported only when an engine is loaded.
 
 An engine only runs on the TensorRT version and GPU model that built it (unless built version/hardware
-compatible), so the sidecar's record of both is checked (``export.trt_build.check_engine_compat``) before
-deserializing, and a mismatch asks for a rebuild.
+compatible), so the sidecar's record of both is checked (`infer.runtime.engine_record.check_engine_compat`)
+before deserializing, and a mismatch asks for a rebuild. A version-compatible engine embeds its lean runtime:
+the runner allows that host code (``runtime.engine_host_code_allowed``) only when the sidecar says the engine
+was built so.
 """
 
 from __future__ import annotations
@@ -16,21 +18,27 @@ from typing import Any
 
 import numpy as np
 
-from infer.meta import ModelMeta
+from infer.meta import ModelMeta, guess_layout
 from infer.runtime.base import Runner, RunnerError
+from infer.runtime.engine_record import (
+    EngineCompatError,
+    check_engine_compat,
+    host_code_allowed,
+    read_sidecar,
+)
+from infer.runtime.gpu import TensorRTUnavailable, device_info, import_cudart, import_tensorrt
 
 __all__ = ["CUDA_LIBS", "TrtRunner", "read_engine_record"]
 
 
 def _import_trt() -> Any:
     try:
-        import tensorrt
-    except ImportError as e:
+        return import_tensorrt()
+    except TensorRTUnavailable as e:
         raise RunnerError(
             "running a TensorRT engine needs TensorRT: pip install tensorrt-cu12 (or -cu13) from NVIDIA's index "
             "on a machine with an NVIDIA driver"
         ) from e
-    return tensorrt
 
 
 class _CudaPython:
@@ -39,15 +47,11 @@ class _CudaPython:
     name = "cuda-python"
 
     def __init__(self) -> None:
-        try:
-            from cuda.bindings import runtime as cudart
-        except ImportError:
-            try:
-                from cuda import cudart  # cuda-python < 12.6
-            except ImportError as e:
-                raise RunnerError(
-                    "TensorRT buffers need cuda-python: pip install cuda-python (or pass --cuda-lib pycuda)"
-                ) from e
+        cudart = import_cudart()
+        if cudart is None:
+            raise RunnerError(
+                "TensorRT buffers need cuda-python: pip install cuda-python (or pass --cuda-lib pycuda)"
+            )
         self.rt = cudart
         self.stream = self._call(cudart.cudaStreamCreate())
 
@@ -90,9 +94,10 @@ class _CudaPython:
 
     def device(self) -> tuple[str, str]:
         """(name, compute capability "major.minor") of the current GPU."""
-        prop = self._call(self.rt.cudaGetDeviceProperties(self._call(self.rt.cudaGetDevice())))
-        name = prop.name.decode() if isinstance(prop.name, bytes) else str(prop.name)
-        return name.rstrip("\x00").strip(), f"{prop.major}.{prop.minor}"
+        found = device_info(self.rt, self._call(self.rt.cudaGetDevice()))
+        if found is None:
+            raise RunnerError("CUDA cannot describe the current GPU (is a GPU visible?)")
+        return found
 
     def close(self) -> None:
         self._call(self.rt.cudaStreamDestroy(self.stream))
@@ -162,8 +167,6 @@ CUDA_LIBS = {"cuda-python": _CudaPython, "pycuda": _PyCuda}
 
 def read_engine_record(engine: Path) -> tuple[ModelMeta, dict[str, Any]]:
     """(model metadata, sidecar record) of an engine, from the JSON that ``export/to_trt.py`` writes beside it."""
-    from export.trt_build import EngineCompatError, read_sidecar
-
     try:
         record = read_sidecar(engine)
         return ModelMeta.from_dict(record["meta"]), record
@@ -206,6 +209,8 @@ class TrtRunner(Runner):
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
+        if host_code_allowed(self.record):  # a version-compatible plan runs its own embedded lean runtime
+            self._runtime.engine_host_code_allowed = True
         self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
             raise RunnerError(f"TensorRT could not deserialize {path} (corrupted file, or built elsewhere)")
@@ -218,8 +223,7 @@ class TrtRunner(Runner):
             raise RunnerError(f"{path.name}: expected one input and an output, got inputs {self._inputs}")
         self._dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         shape = tuple(self.engine.get_tensor_shape(self._inputs[0]))
-        layout = meta.extra.get("input_layout") or ("NHWC" if shape[-1] == 3 and shape[1] != 3 else "NCHW")
-        hw = shape[1:3] if layout == "NHWC" else shape[2:4]
+        layout, hw = guess_layout(shape, meta.extra)
         super().__init__(
             path,
             meta,
@@ -235,8 +239,6 @@ class TrtRunner(Runner):
 
     def _check_compat(self, trt: Any) -> None:
         """Refuse an engine from another TensorRT version or GPU model (the message names the rebuild command)."""
-        from export.trt_build import EngineCompatError, check_engine_compat
-
         name, cc = self.cuda.device()
         try:
             check_engine_compat(self.record, str(trt.__version__), name, cc)

@@ -1,4 +1,10 @@
-"""Run a training checkpoint (``.pth``) with PyTorch; torch is imported only when such a file is loaded."""
+"""Run a training checkpoint (``.pth``) with PyTorch behind the deploy runtime's `Runner` contract.
+
+The training side provides this runner and registers it in the runtime's format table through the
+``segkd.formats`` entry point (pyproject.toml), so that ``load_runner("best.pth")``, the benchmark and the camera
+demo take checkpoints while `infer` never imports `distill`. Torch is imported only when a checkpoint is loaded:
+the row itself imports without it.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from infer.formats import Format
 from infer.runtime.base import Runner, RunnerError
 
-__all__ = ["TorchRunner", "torch_macs_and_params"]
+__all__ = ["PYTORCH", "TorchRunner", "torch_macs_and_params"]
 
 
 def _import_torch() -> Any:
@@ -144,3 +151,16 @@ class TorchRunner(Runner):
 
     def close(self) -> None:
         self.model = None
+
+
+# The row of the runtime's format table (see `infer.formats`), found through the `segkd.formats` entry point.
+PYTORCH = Format(
+    name="pytorch",
+    suffixes=(".pth", ".pt"),
+    runner=TorchRunner,
+    exporter="python distill/train.py CONFIG",
+    gpu_timing="device tensors, CUDA events",
+    precisions=("fp32",),
+    color=(180, 119, 31),
+    description="training checkpoint, run with PyTorch",
+)

@@ -1,0 +1,186 @@
+"""Set-up checks: everything a user can get wrong is found before any model is built, and reported together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill.checkpoint import CheckpointError, load_checkpoint
+from distill.config import Config, ConfigError
+from distill.runlog import warn
+from infer.meta import ModelMeta
+
+__all__ = [
+    "Inputs",
+    "check_classes",
+    "check_data",
+    "check_inputs",
+    "check_strides",
+    "load_datasets",
+    "micro_batch",
+    "reader_options",
+]
+
+_REPO = Path(__file__).resolve().parents[1]  # where configs/ lives in a checkout
+
+
+@dataclass
+class Inputs:
+    """The checked inputs of a run."""
+
+    train_set: Any
+    val_set: Any
+    teacher_meta: ModelMeta | None
+    micro_batch: int
+
+
+def check_inputs(cfg: Config, num_processes: int) -> Inputs:
+    """Check everything a user can get wrong, reporting every problem together, before any model is built."""
+    problems: list[str] = []
+    datasets, teacher_meta, micro = None, None, 0
+    try:
+        datasets = load_datasets(cfg)
+    except ConfigError as e:
+        problems.append(str(e))
+    if cfg.distill:
+        tpath = Path(cfg.teacher.checkpoint)
+        if not tpath.is_file():
+            problems.append(f"teacher checkpoint {tpath} does not exist{_teacher_hint(tpath)}")
+        else:
+            try:
+                teacher_meta = load_checkpoint(tpath).meta
+            except CheckpointError as e:
+                problems.append(f"teacher.checkpoint: {e}")
+    if cfg.student.pretrained and not Path(cfg.student.pretrained).is_file():
+        problems.append(
+            f"student.pretrained file {cfg.student.pretrained} does not exist; download the ImageNet backbone "
+            "(see the README) or set student.pretrained=null to start from random weights"
+        )
+    try:
+        micro = micro_batch(cfg, num_processes)
+    except ConfigError as e:
+        problems.append(str(e))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    train_set, val_set = datasets
+    return Inputs(train_set, val_set, teacher_meta, micro)
+
+
+def _teacher_hint(path: Path) -> str:
+    """The command that makes ``runs/<x>/best.pth`` when ``configs/<x>.yaml`` exists."""
+    parts = path.parts
+    if len(parts) >= 3 and parts[0] == "runs" and path.name in ("best.pth", "last.pth"):
+        recipe = Path("configs", *parts[1:-1]).with_suffix(".yaml")
+        if recipe.is_file() or (_REPO / recipe).is_file():
+            return f"; train it first with: accelerate launch distill/train.py --config {recipe}"
+    return "; set teacher.checkpoint to a teacher .pth written by distill/train.py"
+
+
+def load_datasets(cfg: Config) -> tuple[Any, Any]:
+    """The training and validation readers of ``cfg.data`` (a ConfigError naming the fix otherwise)."""
+    from infer.datasets import DatasetError, build_dataset
+
+    options = reader_options(cfg)
+    try:
+        train_set = build_dataset(cfg.data.dataset, cfg.data.root, cfg.data.train_split, **options)
+        val_set = build_dataset(cfg.data.dataset, cfg.data.root, cfg.data.val_split, **options)
+    except TypeError as e:  # an option the reader does not take
+        raise ConfigError(f"data.reader / data.label_type: the {cfg.data.dataset} reader says: {e}") from e
+    except (DatasetError, KeyError) as e:
+        hint = ""
+        if not Path(cfg.data.root).expanduser().is_dir() and cfg.data.dataset != "demo":
+            hint = f"; see the README for the {cfg.data.dataset} layout, check it with `python -m infer.datasets check`"
+        raise ConfigError(
+            f"cannot read the {cfg.data.dataset} data at {cfg.data.root}: {e.args[0]}{hint}"
+        ) from e
+    return train_set, val_set
+
+
+def reader_options(cfg: Config) -> dict[str, Any]:
+    """Keyword options of the dataset reader from ``cfg.data`` (``label_type`` and ``reader``)."""
+    options = dict(cfg.data.reader)
+    if cfg.data.label_type is not None:
+        options["label_type"] = cfg.data.label_type
+    return options
+
+
+def check_data(cfg: Config, *, limit: int = 20) -> None:
+    """Read every sample of the splits the run reads (``infer.datasets check``) before any work is done.
+
+    Raises:
+        ConfigError: listing the first ``limit`` problems of each split and how to skip the check.
+    """
+    from infer.datasets.check import check_dataset
+
+    problems = []
+    for split in dict.fromkeys((cfg.data.train_split, cfg.data.val_split)):
+        report = check_dataset(cfg.data.dataset, cfg.data.root, split, **reader_options(cfg))
+        problems += [f"{split}: {p}" for p in report.problems[:limit]]
+        if len(report.problems) > limit:
+            problems.append(f"{split}: ... and {len(report.problems) - limit} more")
+    if problems:
+        raise ConfigError(
+            f"the {cfg.data.dataset} data at {cfg.data.root} has problems:\n  "
+            + "\n  ".join(problems)
+            + f"\nfix them (python -m infer.datasets check --dataset {cfg.data.dataset} --root {cfg.data.root} "
+            "--split SPLIT lists them all), or start without this check with data.check=false"
+        )
+
+
+def check_classes(dataset: Any, teacher_meta: ModelMeta | None, student_classes: int | None) -> int:
+    """Return the class count after checking that data, teacher and student agree (a ConfigError otherwise)."""
+    k = dataset.num_classes
+    problems = []
+    if student_classes is not None and student_classes != k:
+        problems.append(
+            f"student.num_classes={student_classes} but the {dataset.name} data at {dataset.root} has {k} classes; "
+            "remove student.num_classes (it defaults to the dataset's) or point data.root at the right data"
+        )
+    if teacher_meta is not None and teacher_meta.num_classes != k:
+        problems.append(
+            f"the teacher predicts {teacher_meta.num_classes} classes ({', '.join(teacher_meta.class_names[:4])}, ...) "
+            f"but the {dataset.name} data has {k} ({', '.join(dataset.class_names[:4])}, ...); distil with a "
+            "teacher trained on this dataset"
+        )
+    if problems:
+        raise ConfigError("class counts disagree:\n  " + "\n  ".join(problems))
+    if teacher_meta is not None and list(teacher_meta.class_names) != list(dataset.class_names):
+        warn(
+            "the teacher's class names differ from the dataset's (same count); check that they mean the same"
+        )
+    return k
+
+
+def check_strides(meta: ModelMeta, teacher_meta: ModelMeta | None, default: int = 8) -> None:
+    """Distilled logits and features are compared position by position: both models need the same stride."""
+    if teacher_meta is None:
+        return
+    s, t = meta.arch.get("output_stride", default), teacher_meta.arch.get("output_stride", default)
+    if s != t:
+        raise ConfigError(
+            f"the student's output stride {s} differs from the teacher's {t}, so their 1/{s} and 1/{t} maps "
+            f"cannot be compared; set student.output_stride={t}"
+        )
+
+
+def micro_batch(cfg: Config, num_processes: int) -> int:
+    """Images per process and micro-step: the total batch split over processes and accumulation steps."""
+    parts = num_processes * cfg.train.grad_accum
+    if cfg.data.batch_size % parts:
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} (images per optimizer step, in total) does not split over "
+            f"{num_processes} process(es) x train.grad_accum={cfg.train.grad_accum}; make it a multiple of {parts}"
+        )
+    micro = cfg.data.batch_size // parts
+    sync_bn = num_processes > 1 and torch.cuda.is_available()
+    if micro < 2 and not sync_bn:
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} over {num_processes} process(es) x train.grad_accum="
+            f"{cfg.train.grad_accum} leaves {micro} image per BatchNorm batch; the heads' image-pooling BatchNorm "
+            "needs at least 2 (SyncBatchNorm pools them across GPUs, not across CPU processes or accumulation "
+            "steps): raise data.batch_size or lower the processes / grad_accum"
+        )
+    return micro

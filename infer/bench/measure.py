@@ -1,0 +1,159 @@
+"""Measure one model file: size, load, latency, throughput, memory, MACs, parameters and accuracy into one row."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infer.bench.config import BenchConfig
+from infer.bench.memory import PeakRSS
+from infer.formats import format_for_path
+
+__all__ = ["benchmark_model", "format_name", "hw_text"]
+
+
+def _file_size(path: Path) -> int:
+    """Bytes on disk, with an ONNX file's external weight files."""
+    size = path.stat().st_size
+    if path.suffix.lower() == ".onnx":
+        import onnx
+
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception:  # unreadable: the runner reports why when it loads the file
+            return size
+        locations = {
+            e.value
+            for t in proto.graph.initializer
+            if t.data_location == onnx.TensorProto.EXTERNAL
+            for e in t.external_data
+            if e.key == "location"
+        }
+        size += sum((path.parent / loc).stat().st_size for loc in locations if (path.parent / loc).is_file())
+    return size
+
+
+def hw_text(hw: tuple[int, int] | list[int]) -> str:
+    return f"{hw[0]}x{hw[1]}"
+
+
+def _latency_stats(times_ms: np.ndarray) -> dict[str, float]:
+    return {
+        "latency_mean_ms": float(times_ms.mean()),
+        "latency_median_ms": float(np.median(times_ms)),
+        "latency_p90_ms": float(np.percentile(times_ms, 90)),
+        "latency_p99_ms": float(np.percentile(times_ms, 99)),
+        "fps": float(1000.0 / times_ms.mean()),
+    }
+
+
+def _measure_speed(runner: Any, cfg: BenchConfig, hw: tuple[int, int], row: dict[str, Any]) -> None:
+    """Batch-1 latency and batch-B throughput into ``row``."""
+    image = np.random.default_rng(0).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    x1 = runner.make_input([image], hw)
+    row.update(_latency_stats(runner.time_forward(x1, warmup=cfg.warmup, runs=cfg.runs)))
+    row["timing"] = format_for_path(runner.path).timing(runner.device)
+    if cfg.batch > 1 and runner.fixed_batch not in (None, cfg.batch):
+        row["note"] = f"built for batch {runner.fixed_batch}: no batch-{cfg.batch} throughput"
+    elif cfg.batch > 1:
+        xb = runner.make_input([image] * cfg.batch, hw)
+        runs_b = max(3, math.ceil(cfg.runs / cfg.batch))  # about as many images as the batch-1 timing
+        tb = runner.time_forward(xb, warmup=max(1, cfg.warmup // cfg.batch), runs=runs_b)
+        row["throughput_ips"] = float(cfg.batch * 1000.0 / tb.mean())
+
+
+def _evaluate(runner: Any, cfg: BenchConfig, dataset: Any, row: dict[str, Any]) -> None:
+    from infer.evaluate import evaluate
+
+    result = evaluate(
+        runner,
+        dataset,
+        limit=cfg.limit,
+        progress=cfg.progress,
+        mode=cfg.mode,
+        size=cfg.eval_size,
+        crop=cfg.crop,
+        stride=cfg.stride,
+        flip=cfg.flip,
+        scales=tuple(cfg.scales),
+    )
+    if cfg.mode == "slide":
+        resolution = f"{hw_text(cfg.crop)} windows"
+    elif cfg.eval_size or runner.input_size:
+        resolution = hw_text(cfg.eval_size or runner.input_size)
+    else:
+        resolution = "image size"
+    row.update(
+        eval_resolution=resolution,
+        miou=result["mIoU"],
+        macc=result["mAcc"],
+        aacc=result["aAcc"],
+        eval_images=result["images"],
+        eval_seconds=result["seconds"],
+    )
+
+
+def format_name(path: Path) -> str:
+    """The format table's name for ``path``, or its bare suffix when no row has it (the row then fails)."""
+    try:
+        return format_for_path(path).name
+    except KeyError:
+        return path.suffix or "?"
+
+
+def benchmark_model(
+    path: str | os.PathLike[str], cfg: BenchConfig, dataset: Any = None, name: str = ""
+) -> dict:
+    """Measure one model file; never raises for a problem with the file (the row says ``failed`` and why)."""
+    from infer.runtime import RunnerError, load_runner
+
+    path = Path(path)
+    row: dict[str, Any] = {
+        "model": name or path.name,
+        "path": str(path),
+        "format": format_name(path),
+        "device": cfg.device,
+        "batch": cfg.batch,
+        "status": "failed",
+    }
+    runner = None
+    try:
+        row["load_failed"] = True  # until the runner is up: the file itself (or its library) is the problem
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {path} does not exist")
+        row["size_mb"] = _file_size(path) / 1e6
+        with contextlib.suppress(RunnerError):  # a missing library is reported by load_runner below
+            format_for_path(path).load_runner().import_library()  # its memory is not the model's
+        rss = PeakRSS().start()
+        runner = load_runner(
+            path, device=cfg.device, provider=cfg.provider, cuda_lib=cfg.cuda_lib, threads=cfg.threads
+        )
+        del row["load_failed"]
+        row.update(
+            format=runner.format, precision=runner.precision, provider=runner.provider, device=runner.device
+        )
+        hw = tuple(cfg.size or runner.input_size or runner.meta.input_size)
+        row["input"] = hw_text(hw)
+        _measure_speed(runner, cfg, hw, row)
+        rss_delta, device_mem = rss.peak_delta(), runner.device_memory()
+        mem, row["mem_method"] = device_mem or (rss_delta, "peak RSS - RSS before loading")
+        row["peak_mem_mb"] = None if mem is None else mem / 1e6
+        params, macs = runner.count_params(), runner.count_macs(hw)
+        row["params_m"] = None if params is None else params / 1e6
+        row["gmacs"] = None if macs is None else macs / 1e9
+        if dataset is not None:
+            _evaluate(runner, cfg, dataset, row)
+        row["status"] = "ok"
+    except Exception as e:  # a failing model must not stop the others: record why
+        row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]
+    finally:
+        if runner is not None:
+            runner.close()
+        gc.collect()
+    return row

@@ -1,0 +1,89 @@
+"""Latency against mIoU, one labelled point per model, drawn with OpenCV (already a dependency)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from infer.fileio import atomic_path
+from infer.formats import formats
+
+__all__ = ["plot_latency_vs_miou", "plottable"]
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 6) -> list[float]:
+    step = (hi - lo) / max(n, 1)
+    mag = 10 ** math.floor(math.log10(step)) if step > 0 else 1.0
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= step) if step > 0 else 1.0
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+_OTHER_COLOR = (90, 90, 90)  # BGR of a row whose format is in no table row
+
+
+def plottable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with a finite mIoU and latency: the points of the plot."""
+    return [r for r in rows if _finite(r.get("miou")) and _finite(r.get("latency_median_ms"))]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def plot_latency_vs_miou(rows: list[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Scatter of median batch-1 latency (x) against mIoU (y), one labelled point per model, drawn with OpenCV.
+
+    OpenCV is already a dependency; a plotting library would be one more install for a single scatter plot.
+    """
+    pts = plottable(rows)
+    colors = {f.name: f.color for f in formats()}  # BGR, from the format table
+    width, height, left, right, top, bottom = 960, 640, 90, 30, 50, 70
+    img = np.full((height, width, 3), 255, np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.putText(img, "mIoU vs latency (batch 1, median)", (left, 32), font, 0.7, (0, 0, 0), 2, cv2.LINE_AA)
+    xs = [r["latency_median_ms"] for r in pts] or [0.0, 1.0]
+    ys = [r["miou"] for r in pts] or [0.0, 1.0]
+    x0, x1 = 0.0, max(xs) * 1.15 or 1.0
+    y_pad = max((max(ys) - min(ys)) * 0.15, 1.0)
+    y0, y1 = max(min(ys) - y_pad, 0.0), min(max(ys) + y_pad, 100.0)
+
+    def to_px(x: float, y: float) -> tuple[int, int]:
+        px = left + (x - x0) / (x1 - x0) * (width - left - right)
+        py = height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
+        return int(round(px)), int(round(py))
+
+    cv2.rectangle(img, to_px(x0, y1), to_px(x1, y0), (0, 0, 0), 1)
+    for tx in _nice_ticks(x0, x1):
+        px, py = to_px(tx, y0)
+        cv2.line(img, (px, py), (px, py + 6), (0, 0, 0), 1)
+        cv2.putText(img, f"{tx:g}", (px - 14, py + 24), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    for ty in _nice_ticks(y0, y1):
+        px, py = to_px(x0, ty)
+        cv2.line(img, (px - 6, py), (px, py), (0, 0, 0), 1)
+        cv2.putText(img, f"{ty:g}", (px - 50, py + 5), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, "latency (ms)", (width // 2 - 50, height - 20), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, "mIoU (%)", (10, top - 8), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    for r in pts:
+        px, py = to_px(r["latency_median_ms"], r["miou"])
+        color = colors.get(r.get("format", ""), _OTHER_COLOR)
+        cv2.circle(img, (px, py), 6, color, -1, cv2.LINE_AA)
+        label = f"{r['model']} ({r.get('precision', '?')})"
+        (tw, _), _ = cv2.getTextSize(label, font, 0.42, 1)
+        tx = px + 9 if px + 9 + tw < width - 5 else px - 9 - tw  # keep labels inside the image
+        cv2.putText(img, label, (tx, py - 6), font, 0.42, (40, 40, 40), 1, cv2.LINE_AA)
+    for i, (fmt, color) in enumerate(colors.items()):
+        y = top + 20 + 22 * i
+        cv2.circle(img, (width - right - 110, y - 4), 6, color, -1, cv2.LINE_AA)
+        cv2.putText(img, fmt, (width - right - 96, y), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        ok, png = cv2.imencode(".png", img)
+        assert ok, "PNG encoding failed"
+        tmp.write_bytes(png.tobytes())
+    return path

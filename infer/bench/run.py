@@ -1,0 +1,90 @@
+"""Run the benchmark over every model, each in a fresh process (``isolate``), and write the results."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shlex
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from infer.bench.config import BenchConfig
+from infer.bench.environment import environment
+from infer.bench.measure import benchmark_model, format_name
+from infer.bench.writers import format_table, write_results
+from infer.fileio import check_writable_dir
+
+__all__ = ["run_benchmark"]
+
+
+def _names(paths: list[Path]) -> list[str]:
+    """Row labels: file names, with the parent folder where two files share a name."""
+    names = [p.name for p in paths]
+    return [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in paths]
+
+
+def _dataset(cfg: BenchConfig) -> Any:
+    if not cfg.dataset:
+        return None
+    from infer.datasets import build_dataset
+
+    return build_dataset(cfg.dataset, cfg.data_root, cfg.split)
+
+
+def _child(path: str, cfg: BenchConfig, name: str) -> dict[str, Any]:
+    return benchmark_model(path, cfg, _dataset(cfg), name)
+
+
+def _benchmark_isolated(path: Path, cfg: BenchConfig, name: str) -> dict[str, Any]:
+    """:func:`benchmark_model` in a fresh process: its peak memory is its own, and a crash in a native library
+    (a segmentation fault in a GPU runtime) fails this row only."""
+    ctx = multiprocessing.get_context(
+        "spawn"
+    )  # no state (threads, CUDA context, allocator) from this process
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        try:
+            return pool.submit(_child, str(path), cfg, name).result()
+        except BrokenProcessPool:
+            row = {
+                "model": name,
+                "path": str(path),
+                "format": format_name(path),
+            }
+            row.update(device=cfg.device, batch=cfg.batch, status="failed")
+            row["error"] = "the process running this model died (a crash inside a native library)"
+            return row
+
+
+def run_benchmark(
+    cfg: BenchConfig, command: str | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Path]]:
+    """Benchmark every model in ``cfg.models``, print the table, write the result files.
+
+    Returns:
+        (rows, written paths). Raises only for problems that concern every model (dataset not found, ...).
+    """
+    if cfg.threads is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        cfg.threads = int(os.environ["OMP_NUM_THREADS"])  # let ONNX Runtime follow the limit PyTorch follows
+    check_writable_dir(cfg.out, "--out")  # a read-only folder stops here, not after every model ran
+    dataset = _dataset(cfg)  # a missing dataset stops here, before any model runs
+    paths = [Path(m) for m in cfg.models]
+    rows = []
+    bar = tqdm(list(zip(paths, _names(paths))), desc="models", unit="model", disable=not cfg.progress)
+    for path, name in bar:
+        bar.set_postfix_str(name)
+        rows.append(
+            _benchmark_isolated(path, cfg, name) if cfg.isolate else benchmark_model(path, cfg, dataset, name)
+        )
+    env = environment(cfg.threads)
+    command = command or "python infer/benchmark.py " + " ".join(shlex.quote(m) for m in cfg.models)
+    written = write_results(rows, env, cfg, cfg.out, command)
+    print(format_table(rows))
+    print("written: " + ", ".join(str(p) for p in written.values()))
+    if "png" not in written:
+        why = "it needs --dataset and --data-root" if cfg.dataset is None else "no model has a finite mIoU"
+        print(f"no latency-vs-mIoU plot: {why}")
+    return rows, written
