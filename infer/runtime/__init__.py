@@ -16,6 +16,7 @@ from pathlib import Path
 from infer.registry import Registry
 from infer.runtime.base import Runner, RunnerError
 from infer.runtime.ort_runner import OrtRunner
+from infer.runtime.ov_runner import OvRunner
 from infer.runtime.torch_runner import TorchRunner
 from infer.runtime.trt_runner import CUDA_LIBS, TrtRunner
 
@@ -29,6 +30,7 @@ for _suffix, _cls in {
     ".onnx": OrtRunner,
     ".engine": TrtRunner,
     ".plan": TrtRunner,
+    ".xml": OvRunner,
 }.items():
     RUNTIMES.register(_suffix)(_cls)
 
