@@ -14,7 +14,7 @@ from pathlib import Path
 from export.formats import CALIB_METHODS, LABEL_DTYPES, PRECISIONS
 from infer.datasets import dataset_names
 
-__all__ = ["onnx_main", "trt_main"]
+__all__ = ["onnx_main", "openvino_main", "trt_main"]
 
 EXIT_VERIFY, EXIT_USAGE, EXIT_BUILD = 1, 2, 3
 
@@ -278,3 +278,41 @@ def trt_main(argv: Sequence[str] | None = None) -> int:
     except TensorRTUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+
+
+# --------------------------------------------------------------------------------------------------- to_openvino
+def openvino_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python export/to_openvino.py",
+        description="Export a checkpoint to an OpenVINO IR (FP32 / FP16 / INT8 with NNCF), verified against PyTorch.",
+    )
+    p.add_argument("checkpoint", help="self-describing .pth written by distill/train.py")
+    p.add_argument(
+        "--precision", nargs="+", default=["fp32"], choices=list(PRECISIONS),
+        help="one or more; files <ckpt>.xml, <ckpt>.fp16.xml, <ckpt>.int8.xml (each with its .bin)",
+    )  # fmt: skip
+    p.add_argument("--out", help="output .xml path (one precision only; default derived from the checkpoint)")
+    _add_export_args(p)
+    return p
+
+
+def _openvino_body(args: argparse.Namespace) -> int:
+    from export.openvino_export import export_openvino
+
+    precisions = list(dict.fromkeys(args.precision))
+    if args.out and len(precisions) > 1:
+        print("error: --out names one file; give one --precision with it", file=sys.stderr)
+        return EXIT_USAGE
+    for precision in precisions:
+        result = export_openvino(args.checkpoint, _options(args, precision, args.out))
+        size = result.path.stat().st_size + result.path.with_suffix(".bin").stat().st_size
+        print(f"wrote {result.path} + .bin ({size / 2**20:.1f} MB, {precision}) in {result.seconds:.1f} s")
+        if result.report is not None:
+            print(f"  verified: {result.report.summary()} [{result.report.gate}]")
+        else:
+            print("  not verified (--no-verify)")
+    return 0
+
+
+def openvino_main(argv: Sequence[str] | None = None) -> int:
+    return _run(_openvino_body, openvino_parser().parse_args(argv))

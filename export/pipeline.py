@@ -39,6 +39,7 @@ from infer.meta import ModelMeta
 __all__ = [
     "ExportOptions",
     "ExportResult",
+    "calibration_samples",
     "check_options",
     "export_checkpoint",
     "export_model",
@@ -142,7 +143,8 @@ def check_options(opts: ExportOptions, meta: ModelMeta, model: nn.Module | None 
         raise ExportError("cannot export:\n  - " + "\n  - ".join(problems))
 
 
-def _calibration_samples(opts: ExportOptions, meta: ModelMeta, size: tuple[int, int]) -> list[Sample]:
+def calibration_samples(opts: ExportOptions, meta: ModelMeta, size: tuple[int, int]) -> list[Sample]:
+    """The INT8 calibration images the options name, at the export size (every INT8 path uses these)."""
     if opts.calib_dataset:
         return dataset_samples(
             opts.calib_dataset, opts.calib_root, opts.calib_split, opts.calib_count, size, meta.num_classes
@@ -150,7 +152,7 @@ def _calibration_samples(opts: ExportOptions, meta: ModelMeta, size: tuple[int, 
     return folder_samples(opts.calib_images, opts.calib_count, size)
 
 
-def _verification_samples(
+def verification_samples(
     opts: ExportOptions, meta: ModelMeta, size: tuple[int, int], log: Callable[[str], None]
 ) -> tuple[list[Sample], str]:
     """Labelled images from the dataset's verification split, else the image folder, else synthetic images."""
@@ -230,8 +232,8 @@ def export_model(
     check_options(opts, meta, model)
     prec, size, out = get_precision(opts.precision), opts.size(meta), check_writable(out, "ONNX output")
     # Read the images first: a bad calibration folder fails before minutes of export.
-    calib = _calibration_samples(opts, meta, size) if prec.calibrated else []
-    checks, check_source = _verification_samples(opts, meta, size, log) if opts.verify else ([], "")
+    calib = calibration_samples(opts, meta, size) if prec.calibrated else []
+    checks, check_source = verification_samples(opts, meta, size, log) if opts.verify else ([], "")
     static_batch = 1 if "batch" in DYNAMIC_CHOICES[opts.dynamic] else opts.batch
     with work_dir("export") as tmp:
         graph = tmp / "graph.onnx"

@@ -8,6 +8,7 @@
 | pytorch  | .pth .pt          | python distill/train.py CONFIG  | distill.runner.TorchRunner  | fp32             |
 | onnx     | .onnx             | python export/to_onnx.py CKPT   | infer.runtime.OrtRunner     | fp32 fp16 int8   |
 | tensorrt | .engine .plan     | python export/to_trt.py CKPT    | infer.runtime.TrtRunner     | fp32 fp16 int8   |
+| openvino | .xml (+ .bin)     | python export/to_openvino.py    | infer.runtime.OvRunner      | fp32 fp16 int8   |
 
 The deploy runtime ships the ONNX and TensorRT rows. Other installed packages add rows through the
 ``segkd.formats`` entry point group (pyproject.toml ``[project.entry-points."segkd.formats"]``; each entry names a
@@ -101,6 +102,16 @@ _BUILTIN = (
         precisions=("fp32", "fp16", "int8"),
         color=(44, 160, 44),
         description="TensorRT engine with its .json sidecar",
+    ),
+    Format(
+        name="openvino",
+        suffixes=(".xml",),
+        runner="infer.runtime.ov_runner:OvRunner",
+        exporter="python export/to_openvino.py CKPT",
+        gpu_timing="CPU only (the OpenVINO runner refuses --device cuda)",
+        precisions=("fp32", "fp16", "int8"),
+        color=(189, 103, 148),
+        description="OpenVINO IR (.xml + .bin), CPU",
     ),
 )
 _plugins_loaded = False

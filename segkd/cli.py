@@ -39,11 +39,21 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "train": Command("distill.train:main", "train or distil a model (one process)", "distill/train.py"),
+    "launch": Command(
+        "distill.launch:main",
+        "train under accelerate launch: [launcher options] -- [train options]",
+        "python -m distill.launch",
+    ),
     "compare": Command(
         "distill.compare:main", "compare distillation methods over seeds", "python -m distill.compare"
     ),
     "export": Command(
         "export.cli:onnx_main", "checkpoint -> verified ONNX (fp32/fp16/int8)", "export/to_onnx.py"
+    ),
+    "openvino": Command(
+        "export.cli:openvino_main",
+        "checkpoint -> verified OpenVINO IR (fp32/fp16/int8)",
+        "export/to_openvino.py",
     ),
     "trt": Command("export.cli:trt_main", "checkpoint or ONNX -> TensorRT engine", "export/to_trt.py"),
     "benchmark": Command(

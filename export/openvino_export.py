@@ -1,0 +1,190 @@
+"""Checkpoint -> verified OpenVINO IR (``.xml`` + ``.bin``) at FP32, FP16 or INT8 (NNCF post-training quantization).
+
+    result = export_openvino("runs/x/best.pth", ExportOptions(precision="int8", calib_images="frames/"))
+
+The network goes through the project's own float32 ONNX export (same graph, same fixes), then
+``openvino.convert_model``. FP16 stores the weights in half precision (``compress_to_fp16``); INT8 is NNCF's
+post-training quantization on the same calibration images as the ONNX INT8 path, with the PSP pooling matrices
+(the only MatMuls) kept in float, as in the ONNX path. The IR carries the model's metadata in ``rt_info`` under
+``segkd`` and is verified against PyTorch (OpenVINO computing in f32) with the same gates as ONNX before the
+two files are renamed into place, ``.bin`` first, so a reader never pairs a new ``.xml`` with an old ``.bin``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from export.calib import Sample, network_input
+from export.formats import get_precision
+from export.onnx_export import ExportError
+from export.pipeline import (
+    ExportOptions,
+    ExportResult,
+    calibration_samples,
+    export_model,
+    verification_samples,
+)
+from export.verify import VerificationError, VerifyReport, apply_gates
+from infer.fileio import check_writable
+from infer.meta import ModelMeta, preprocess
+from infer.runtime.ov_runner import META_KEY, OvRunner
+
+__all__ = ["default_openvino_path", "export_openvino", "verify_openvino"]
+
+# Op types NNCF must leave in float: the PSP pooling matrices are exact averages whose int8 rounding only loses.
+_FLOAT_OP_TYPES = ["MatMul"]
+
+
+def default_openvino_path(checkpoint: str | os.PathLike[str], precision: str) -> Path:
+    """``best.pth`` -> ``best.xml`` (fp32), ``best.fp16.xml``, ``best.int8.xml``."""
+    source = Path(checkpoint)
+    return source.with_name(source.stem + get_precision(precision).suffix + ".xml")
+
+
+def _import() -> tuple[Any, Any]:
+    try:
+        import openvino
+    except ImportError as e:
+        raise ExportError("OpenVINO export needs OpenVINO: pip install -e .[openvino]") from e
+    return openvino, None
+
+
+def _quantize(ov_model: Any, calib: Sequence[Sample], meta: ModelMeta, fused: bool, log: Callable) -> Any:
+    """NNCF post-training INT8 of an ``openvino.Model`` on ``calib`` (statistics accumulate image by image)."""
+    try:
+        import nncf
+    except ImportError as e:
+        raise ExportError("OpenVINO INT8 needs NNCF: pip install -e .[openvino]") from e
+
+    def transform(sample: Sample) -> np.ndarray:
+        return network_input([sample.image], meta, fused=fused, dtype="float32")  # (1, 3, H, W)
+
+    log(f"calibrating OpenVINO INT8 (NNCF) on {len(calib)} images")
+    return nncf.quantize(
+        ov_model,
+        nncf.Dataset(list(calib), transform),
+        subset_size=len(calib),
+        ignored_scope=nncf.IgnoredScope(types=_FLOAT_OP_TYPES, validate=False),
+    )
+
+
+def verify_openvino(
+    path: Path, model: nn.Module, meta: ModelMeta, samples: Sequence[Sample], *, precision: str, source: str
+) -> VerifyReport:
+    """OpenVINO (f32 inference) against the float32 PyTorch model on ``samples``: the ONNX gates of ``precision``."""
+    from infer.metrics import ConfusionMatrix
+
+    runner = OvRunner(path, provider="f32")
+    labelled = all(s.label is not None for s in samples)
+    cms = {k: ConfusionMatrix(meta.num_classes, meta.ignore_index) for k in ("torch", "ir")}
+    agree = pixels = n_values = 0
+    max_diff = sum_diff = 0.0
+    non_finite = 0
+    for s in samples:
+        x = runner.make_input([s.image])
+        out = runner.forward(x).astype(np.float32)  # (1, K, H, W)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(preprocess([s.image], meta))).numpy()  # (1, K, H, W)
+        non_finite += int((~np.isfinite(out)).sum()) + int((~np.isfinite(ref)).sum())
+        diff = np.abs(out - ref)
+        max_diff, sum_diff, n_values = (
+            max(max_diff, float(diff.max())),
+            sum_diff + float(diff.sum()),
+            n_values + diff.size,
+        )
+        labels, ref_labels = out.argmax(1)[0], ref.argmax(1)[0]
+        agree, pixels = agree + int((labels == ref_labels).sum()), pixels + ref_labels.size
+        if labelled:
+            cms["torch"].update(ref_labels, s.label)
+            cms["ir"].update(labels, s.label)
+    runner.close()
+    report = VerifyReport(
+        non_finite=non_finite,
+        precision=precision,
+        source=source,
+        images=len(samples),
+        size=list(samples[0].image.shape[:2]),
+        agreement=100.0 * agree / pixels,
+        max_abs_diff=max_diff,
+        mean_abs_diff=sum_diff / n_values,
+        miou_torch=cms["torch"].compute()["mIoU"] if labelled else None,
+        miou_onnx=cms["ir"].compute()["mIoU"] if labelled else None,
+    )
+    return apply_gates(report)
+
+
+def _save(ov: Any, ov_model: Any, meta: ModelMeta, xml: Path, fp16: bool) -> None:
+    for key, value in meta.to_props().items():
+        ov_model.set_rt_info(value, [META_KEY, key])
+    ov.save_model(ov_model, str(xml), compress_to_fp16=fp16)
+
+
+def export_openvino(
+    checkpoint: str | os.PathLike[str], opts: ExportOptions, log: Callable[[str], None] = print
+) -> ExportResult:
+    """Export a checkpoint to a verified OpenVINO IR; the path defaults to :func:`default_openvino_path`.
+
+    Raises:
+        ExportError: bad options, missing OpenVINO/NNCF, or the conversion failed.
+        VerificationError: the IR disagrees with PyTorch beyond the precision's gate (nothing written).
+    """
+    from distill.checkpoint import load_model
+
+    ov, _ = _import()
+    t0 = time.perf_counter()
+    if opts.fuse_preprocess or opts.argmax:
+        raise ExportError(
+            "OpenVINO export takes normalised NCHW input and gives logits: drop --fuse-preprocess/--argmax"
+        )
+    model, meta = load_model(checkpoint)
+    model = model.float().eval()
+    prec, size = get_precision(opts.precision), opts.size(meta)
+    out = Path(opts.out) if opts.out else default_openvino_path(checkpoint, prec.name)
+    if out.suffix != ".xml":
+        raise ExportError(
+            f"OpenVINO IR path {out} must end in .xml (its weights go to {out.with_suffix('.bin').name})"
+        )
+    calib = calibration_samples(opts, meta, size) if prec.calibrated else []
+    checks, check_source = verification_samples(opts, meta, size, log) if opts.verify else ([], "")
+    check_writable(out, "OpenVINO output")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".segkd-openvino-", dir=out.parent) as tmp:
+        onnx_opts = dataclasses.replace(opts, precision="fp32", verify=False, out=None)
+        graph = export_model(model, meta, Path(tmp) / "graph.onnx", onnx_opts, source=checkpoint, log=log)
+        ov_model = ov.convert_model(str(graph.path))
+        if prec.calibrated:
+            ov_model = _quantize(ov_model, calib, meta, opts.fuse_preprocess, log)
+        extra = {
+            **graph.meta.extra,
+            "precision": prec.name,
+            "format": "openvino",
+            "openvino": ov.get_version(),
+        }
+        export_meta = dataclasses.replace(graph.meta, extra=extra)
+        staged = Path(tmp) / out.name
+        _save(ov, ov_model, export_meta, staged, prec.name == "fp16")
+        report = None
+        if opts.verify:
+            report = verify_openvino(staged, model, meta, checks, precision=prec.name, source=check_source)
+            if not report.passed:
+                raise VerificationError(report)
+            staged_model = ov.Core().read_model(str(staged))
+            export_meta.extra["verification"] = report.to_json()
+            final = Path(tmp) / "final" / out.name
+            _save(
+                ov, staged_model, export_meta, final, False
+            )  # weights are already in their stored precision
+            staged = final
+        os.replace(staged.with_suffix(".bin"), out.with_suffix(".bin"))
+        os.replace(staged, out)
+    return ExportResult(out, export_meta, report, graph.exporter, time.perf_counter() - t0)

@@ -1,0 +1,129 @@
+"""OpenVINO IR: export at FP32/FP16/INT8 through the command, metadata in rt_info, the runner, MACs, failures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("openvino", reason="OpenVINO not installed (pip install -e .[openvino])")
+pytest.importorskip("nncf", reason="NNCF not installed (pip install -e .[openvino])")
+
+from distill.checkpoint import save_checkpoint  # noqa: E402
+from distill.models import build_model  # noqa: E402
+from export.openvino_export import default_openvino_path, export_openvino  # noqa: E402
+from export.pipeline import ExportOptions, export_checkpoint  # noqa: E402
+from export.verify import VerificationError  # noqa: E402
+from infer.macs import count_macs  # noqa: E402
+from infer.meta import ModelMeta, preprocess  # noqa: E402
+from infer.runtime import RunnerError, load_runner  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+K = 7
+SIZE = (64, 128)
+FAST = {"exporter": "torchscript", "verify_count": 2, "calib_count": 4}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("openvino")
+    torch.manual_seed(0)
+    meta = ModelMeta(
+        arch={"name": "pspnet_r18", "num_classes": K, "width": 0.25},
+        class_names=[f"c{i}" for i in range(K)],
+        palette=[[30 * i, 255 - 30 * i, 7 * i] for i in range(K)],
+        input_size=list(SIZE),
+        extra={},
+    )
+    save_checkpoint(root / "m.pth", build_model("pspnet_r18", num_classes=K, width=0.25), meta)
+    rng = np.random.default_rng(1)
+    (root / "frames").mkdir()
+    for i in range(4):
+        cv2.imwrite(str(root / "frames" / f"f{i}.png"), rng.integers(0, 256, (*SIZE, 3), dtype=np.uint8))
+    return root
+
+
+def _torch_logits(ckpt: Path, image: np.ndarray) -> np.ndarray:
+    from distill.checkpoint import load_model
+
+    model, meta = load_model(ckpt)
+    with torch.no_grad():
+        return model.eval()(torch.from_numpy(preprocess([image], meta))).numpy()
+
+
+@pytest.mark.slow
+def test_command_writes_verified_irs_that_the_runner_reads_back(work: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(REPO / "export" / "to_openvino.py"), str(work / "m.pth"), "--precision", "fp32",
+           "int8", "--calib-images", str(work / "frames"), "--exporter", "torchscript", "--calib-count", "4",
+           "--verify-count", "2"]  # fmt: skip
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    image = cv2.imread(str(work / "frames" / "f0.png"))
+    ref = _torch_logits(work / "m.pth", image)
+    for precision in ("fp32", "int8"):
+        path = default_openvino_path(work / "m.pth", precision)
+        assert path.is_file() and path.with_suffix(".bin").is_file() and str(path) in r.stdout
+        runner = load_runner(path)
+        assert runner.format == "openvino" and runner.precision == precision
+        assert runner.meta.class_names == [f"c{i}" for i in range(K)] and runner.meta.palette[2] == [
+            60,
+            195,
+            14,
+        ]
+        assert runner.meta.extra["verification"] and runner.input_size == SIZE
+        out = runner.predict_logits([image])
+        assert out.shape == (1, K, *SIZE)
+        if precision == "fp32":
+            np.testing.assert_allclose(out, ref, atol=1e-4)
+        else:  # a random network has tiny logit margins: a loose floor that a broken quantization misses
+            assert (out.argmax(1) == ref.argmax(1)).mean() > 0.8
+    assert not list(work.glob(".segkd-openvino-*")), "the staging folder was left behind"
+
+
+def test_fp16_ir_and_its_macs_match_the_onnx_count(work: Path) -> None:
+    opts = ExportOptions(precision="fp16", out=str(work / "h.xml"), **FAST)
+    result = export_openvino(work / "m.pth", opts, log=lambda _: None)
+    assert result.report is not None and result.report.passed
+    onnx = export_checkpoint(
+        work / "m.pth", ExportOptions(out=str(work / "m.onnx"), **FAST), log=lambda _: None
+    )
+    runner = load_runner(work / "h.xml")
+    assert runner.precision == "fp16"
+    assert runner.count_macs(SIZE) == count_macs(onnx.path, SIZE) > 0  # the PSP MatMuls included
+    with pytest.raises(ValueError, match="fixed to 64x128"):  # static PSP pooling matrices fix the size
+        runner.count_macs((128, 256))
+
+
+def test_failed_verification_keeps_the_previous_ir(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = work / "keep.xml"
+    export_openvino(work / "m.pth", ExportOptions(out=str(out), **FAST), log=lambda _: None)
+    before = out.read_bytes(), out.with_suffix(".bin").read_bytes()
+
+    import export.openvino_export as ovx
+
+    real = ovx.OvRunner._run
+    monkeypatch.setattr(ovx.OvRunner, "_run", lambda self, x: real(self, x) * np.nan)  # NaN logits
+    with pytest.raises(VerificationError, match="NaN or inf"):
+        export_openvino(work / "m.pth", ExportOptions(out=str(out), **FAST), log=lambda _: None)
+    assert (out.read_bytes(), out.with_suffix(".bin").read_bytes()) == before
+
+
+def test_runner_refuses_an_ir_without_metadata_and_a_missing_bin(work: Path) -> None:
+    import openvino as ov
+
+    model = ov.convert_model(str(export_checkpoint(
+        work / "m.pth", ExportOptions(out=str(work / "plain.onnx"), **FAST), log=lambda _: None).path))  # fmt: skip
+    ov.save_model(model, str(work / "plain.xml"))
+    del model.get_rt_info()["framework"]  # convert_model's copy of the ONNX properties is not segkd's record
+    with pytest.raises(RunnerError, match="no segkd metadata"):
+        load_runner(work / "plain.xml")
+    (work / "plain.bin").unlink()
+    with pytest.raises(RunnerError, match="does not exist"):
+        load_runner(work / "plain.xml")
