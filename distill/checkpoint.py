@@ -111,7 +111,7 @@ def _load_failure(path: Path, e: Exception) -> str:
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its index sits at the very end
         return "not a torch zip archive: truncated by an interrupted copy, or another kind of file"
     if isinstance(e, pickle.UnpicklingError) and "weights_only" in str(e):
-        # Refused, rightly: such a file can run code when loaded. torch's text suggests weights_only=False.
+        # Refused, rightly: such a file can run code when loaded. torch's own text advises turning the weights-only guard off.
         return (
             "it holds Python objects besides tensors and plain containers, and loading those could run code"
         )

@@ -195,7 +195,7 @@ def test_the_runners_resize_logits_to_the_image_with_the_models_mode(tmp_path: P
 @pytest.mark.parametrize("align_corners", [True, False])
 def test_the_auxiliary_loss_upsamples_as_the_model_does(align_corners: bool) -> None:
     """CIRKD's loss upsamples the auxiliary logits to the labels like the main ones (corner to corner)."""
-    from distill.engine import DistillStep
+    from distill.step import DistillStep
 
     torch.manual_seed(0)
     model = build_model("deeplabv3_r18", num_classes=K, width=0.125, align_corners=align_corners).eval()
