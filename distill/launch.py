@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["launch_command", "main"]
+__all__ = ["check_gpus", "launch_command", "main"]
 
 TRAIN = Path(__file__).resolve().parent / "train.py"
 
@@ -35,8 +35,55 @@ def launch_command(argv: list[str]) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", *options, str(TRAIN), *args]
 
 
+def _requested_gpus(options: list[str]) -> int:
+    """GPUs the launcher options ask for: ``--multi_gpu`` processes, ``--gpu_ids``, or a config file's."""
+
+    def value(flag: str) -> str | None:
+        for i, opt in enumerate(options):
+            if opt == flag and i + 1 < len(options):
+                return options[i + 1]
+            if opt.startswith(flag + "="):
+                return opt.split("=", 1)[1]
+        return None
+
+    if "--cpu" in options:
+        return 0
+    procs = int(value("--num_processes") or 1)
+    if "--multi_gpu" in options:
+        return max(procs, 2)
+    config = value("--config_file")
+    if config and Path(config).is_file():
+        import yaml
+
+        cfg = yaml.safe_load(Path(config).read_text()) or {}
+        if str(cfg.get("distributed_type", "")).upper() == "MULTI_GPU" or cfg.get("use_cpu") is False:
+            return int(cfg.get("num_processes") or procs)
+    return 0
+
+
+def check_gpus(options: list[str], available: int) -> str | None:
+    """The one-line refusal when the launcher options ask for more GPUs than ``available``, else None."""
+    wanted = _requested_gpus(options)
+    if wanted <= available:
+        return None
+    found = "none found" if available == 0 else f"{available} found"
+    return (
+        f"error: these launcher options ask for {wanted} GPUs; {found}. On this machine use one process: "
+        "`python distill/train.py --config ...` (or `torchrun --nproc_per_node 2 distill/train.py ...` for two CPU "
+        "processes)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    cmd = launch_command(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else argv
+    options = args[: args.index("--")] if "--" in args else []
+    import torch
+
+    problem = check_gpus(options, torch.cuda.device_count())
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    cmd = launch_command(args)
     with tempfile.TemporaryDirectory(prefix="segkd-launch-") as tmp:
         status = Path(tmp) / "status.json"
         proc = subprocess.Popen(cmd, env={**os.environ, "SEGKD_EXIT_STATUS": str(status)})

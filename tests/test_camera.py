@@ -502,9 +502,10 @@ class _FakeWindow:
     """Stands in for OpenCV's window: records the frames shown and answers waitKey from a script."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, keys: list[str | None]) -> None:
-        self.keys, self.shown, self.destroyed = list(keys), [], False
+        self.keys, self.shown, self.destroyed, self.sizes = list(keys), [], False, []
         monkeypatch.setenv("DISPLAY", ":99")
         monkeypatch.setattr(cv2, "namedWindow", lambda *a: None)
+        monkeypatch.setattr(cv2, "resizeWindow", lambda name, w, h: self.sizes.append((w, h)))
         monkeypatch.setattr(cv2, "imshow", lambda name, img: self.shown.append(img.copy()))
         monkeypatch.setattr(cv2, "waitKey", self._wait)
         monkeypatch.setattr(cv2, "getWindowProperty", lambda *a: 1.0)
@@ -524,8 +525,57 @@ def test_keys_snapshot_pause_and_quit(
     window = _FakeWindow(monkeypatch, ["s", " ", None, "s", " ", None, "q"])
     opts = DemoOptions(snapshot_dir=tmp_path / "snaps", save=tmp_path / "out.mp4")
     summary = run_demo(load_runner(tiny_model, threads=1), open_source(str(bikes)), opts)
+    h, w = window.shown[0].shape[:2]
+    assert window.sizes == [(w, h)]  # opened once, at the frame's own size (it fits any screen)
     assert (summary.frames, summary.stop, summary.saved_frames) == (4, "quit key", 4)
     assert len(window.shown) == 4 and window.destroyed and window.keys == []
     assert len(summary.snapshots) == 2
     for path, shown in zip(summary.snapshots, (window.shown[0], window.shown[1])):
         np.testing.assert_array_equal(cv2.imread(path), shown)  # PNG: the frame as shown, lossless
+
+
+def test_window_opens_at_frame_size_and_shrinks_only_to_fit_the_screen() -> None:
+    from infer.video.output import window_size
+
+    assert window_size((640, 272), (1920, 1080)) == (640, 272)  # never enlarged, never shrunk when it fits
+    assert window_size((4000, 1000), (1920, 1080)) == (1728, 432)  # 90 % of the screen width, aspect kept
+
+
+def test_legend_rows_keep_class_order_whatever_the_areas(tmp_path) -> None:
+    from infer.meta import ModelMeta
+    from infer.video.render import draw_legend
+
+    meta = ModelMeta(
+        arch={"name": "x", "num_classes": 3},
+        class_names=["road", "car", "sky"],
+        palette=[[255, 0, 0], [0, 255, 0], [0, 0, 255]],
+        input_size=[64, 64],
+        extra={},
+    )
+
+    def swatch_colors(classes):
+        img = np.zeros((200, 300, 3), np.uint8)
+        draw_legend(img, classes, meta)
+        column = img[:, 300 - 1 - 150 :, :]  # the legend sits top-right
+        seen = []
+        for row in column.reshape(-1, 3):
+            c = tuple(int(v) for v in row)
+            if c in {(0, 0, 255), (0, 255, 0), (255, 0, 0)} and c not in seen:
+                seen.append(c)
+        return seen
+
+    # largest-area-first input in two different orders -> the same rows, in class-id order (BGR swatches)
+    assert swatch_colors([2, 0, 1]) == swatch_colors([1, 2, 0]) == [(0, 0, 255), (0, 255, 0), (255, 0, 0)]
+
+
+def test_video_sink_names_its_codec_and_the_file_plays(tmp_path) -> None:
+    from infer.video.output import CODECS, VideoSink
+
+    sink = VideoSink(tmp_path / "v.mp4", 10.0)
+    for _ in range(3):
+        sink.write(np.zeros((48, 64, 3), np.uint8))
+    sink.close()
+    assert sink.codec in CODECS
+    cap = cv2.VideoCapture(str(tmp_path / "v.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    cap.release()

@@ -548,3 +548,21 @@ def test_a_user_error_under_the_launcher_keeps_its_code_and_ends_the_output(
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: train.resume={missing} is not a state folder")
+
+
+def test_launch_refuses_gpu_options_on_a_machine_without_gpus(tmp_path) -> None:
+    from distill.launch import check_gpus
+
+    assert "ask for 8 GPUs; none found" in check_gpus(["--multi_gpu", "--num_processes", "8"], 0)
+    cfg = tmp_path / "8gpu.yaml"
+    cfg.write_text("distributed_type: MULTI_GPU\nnum_processes: 8\n")
+    assert "ask for 8 GPUs; 2 found" in check_gpus(["--config_file", str(cfg)], 2)
+    assert check_gpus(["--multi_gpu", "--num_processes", "8"], 8) is None
+    assert check_gpus(["--cpu"], 0) is None and check_gpus([], 0) is None
+    r = subprocess.run(
+        [sys.executable, "-m", "distill.launch", "--multi_gpu", "--num_processes", "8", "--", "--config", "x.yaml"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )  # fmt: skip
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
+        "error: these launcher options ask"
+    )

@@ -19,7 +19,7 @@ import numpy as np
 from infer.fileio import atomic_path, atomic_write_text
 from infer.meta import ModelMeta
 from infer.runtime.base import output_to_labels
-from infer.video.output import VideoSink, check_display
+from infer.video.output import VideoSink, check_display, screen_size, window_size
 from infer.video.render import VIEWS, draw_legend, draw_stats, legend_entries, render
 from infer.video.sources import FileReader, LatestFrameReader, StreamStopped
 from infer.video.timing import STAGES, StageTimer
@@ -150,6 +150,7 @@ class _Loop:
         self.frames, self.paused_s = 0, 0.0
         self.snapshots: list[str] = []
         self.canvas: np.ndarray | None = None
+        self._window_sized = False
 
     def step(self) -> str | None:
         """Process one frame: read, segment, draw, write, show; the reason to stop, or None to go on."""
@@ -201,6 +202,9 @@ class _Loop:
 
     def handle_keys(self) -> bool:
         """Show the frame and act on the key pressed; False to quit (q, Esc, or the window closed)."""
+        if not self._window_sized:  # open at the frame's size, scaled down only to fit the screen
+            cv2.resizeWindow(_WINDOW, *window_size(self.canvas.shape[1::-1], screen_size()))
+            self._window_sized = True
         cv2.imshow(_WINDOW, self.canvas)
         key = cv2.waitKey(1) & 0xFF
         if key == ord("s"):

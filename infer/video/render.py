@@ -77,7 +77,8 @@ def _text(img: np.ndarray, text: str, org: tuple[int, int], scale: float) -> Non
 
 
 def draw_legend(img: np.ndarray, classes: Sequence[int], meta: ModelMeta) -> None:
-    """Draw a swatch and name per class id in ``classes`` in the top-right corner of ``img`` (in place).
+    """Draw a swatch and name per class id in ``classes`` (largest area first) in the top-right corner of ``img``
+    (in place), in class-id order.
 
     Classes that do not fit the height are summarised as ``+N more``.
     """
@@ -87,7 +88,8 @@ def draw_legend(img: np.ndarray, classes: Sequence[int], meta: ModelMeta) -> Non
     scale = _font_scale(h)
     line = _line_height(scale)
     fit = max((h - 8) // line, 1)
-    shown = list(classes) if len(classes) <= fit else list(classes[: fit - 1])
+    # The largest classes win the room; shown in class-id order, so that rows do not swap from frame to frame.
+    shown = sorted(classes) if len(classes) <= fit else sorted(classes[: fit - 1])
     names = [meta.class_names[c] for c in shown] + (
         [f"+{len(classes) - len(shown)} more"] if shown != list(classes) else []
     )
