@@ -30,11 +30,10 @@ class Command:
     target: str
     help: str
     script: str
-    prefix: tuple[str, ...] = ()  # arguments put before the user's (a subparser name of the script)
 
     def run(self, argv: Sequence[str]) -> int:
         module, func = self.target.split(":")
-        return int(getattr(importlib.import_module(module), func)([*self.prefix, *argv]) or 0)
+        return int(getattr(importlib.import_module(module), func)(list(argv)) or 0)
 
 
 COMMANDS: dict[str, Command] = {

@@ -144,3 +144,16 @@ def test_segkd_front_reports_unknown_subcommands_and_bad_output(ckpt: Path, tmp_
     assert r.returncode == 2 and "is a file" in r.stderr.splitlines()[-1]
     r = _segkd("check", "--help", cwd=tmp_path)  # `segkd check` is the dataset checker's `check` subcommand
     assert r.returncode == 0 and "dataset" in r.stdout
+
+
+def test_segkd_check_runs_without_naming_its_subcommand(tmp_path: Path) -> None:
+    from infer.datasets.__main__ import check_main
+
+    with pytest.raises(SystemExit) as e:  # argparse: --dataset is required, the usage names `check`
+        check_main(["--root", str(tmp_path)])
+    assert e.value.code == 2
+    (tmp_path / "leftImg8bit" / "val").mkdir(parents=True)
+    assert (
+        check_main(["--dataset", "cityscapes", "--root", str(tmp_path), "--split", "val"]) == 1
+    )  # no samples
+    assert check_main(["check", "--dataset", "cityscapes", "--root", str(tmp_path), "--split", "val"]) == 1

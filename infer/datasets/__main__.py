@@ -15,7 +15,7 @@ import cv2
 from infer.datasets import DATASETS
 from infer.datasets.check import check_dataset
 
-__all__ = ["main"]
+__all__ = ["check_main", "main"]
 
 
 def _option(text: str) -> tuple[str, str]:
@@ -54,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
     return 0 if report.ok else 1
+
+
+def check_main(argv: list[str] | None = None) -> int:
+    """``segkd-check ...`` / ``segkd check ...``: the ``check`` subcommand without having to name it."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return main(args if args[:1] == ["check"] else ["check", *args])
 
 
 if __name__ == "__main__":
