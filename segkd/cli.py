@@ -62,12 +62,7 @@ COMMANDS: dict[str, Command] = {
         "infer.run_camera:main", "live segmentation of a camera, file or stream", "infer/run_camera.py"
     ),
     "predict": Command("infer.predict:main", "segment images, folders, globs and videos", "infer/predict.py"),
-    "check": Command(
-        "infer.datasets.__main__:main",
-        "check a dataset before training",
-        "python -m infer.datasets",
-        ("check",),
-    ),
+    "check": Command("infer.datasets.__main__:check_main", "check a dataset before training", "segkd-check"),
 }
 
 
