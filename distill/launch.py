@@ -74,8 +74,22 @@ def check_gpus(options: list[str], available: int) -> str | None:
     )
 
 
+def _print_help() -> None:
+    """This wrapper's usage, then the launcher's options and the trainer's (the two halves of its command line)."""
+    print(__doc__.strip() + "\n")
+    for title, cmd in (
+        ("launcher options (before --)", [sys.executable, "-m", "accelerate.commands.launch", "--help"]),
+        ("trainer options (after --)", [sys.executable, str(TRAIN), "--help"]),
+    ):
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        print(f"== {title} ==\n{res.stdout}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] in (["-h"], ["--help"]):
+        _print_help()
+        return 0
     options = args[: args.index("--")] if "--" in args else []
     import torch
 
