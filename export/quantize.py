@@ -5,6 +5,12 @@ symmetric INT8 weights, per-tensor symmetric INT8 activations (all zero points 0
 (``QuantizeBias=False``: TensorRT rejects INT32 bias DequantizeLinear) and only Conv/Gemm quantized, so
 that no Q/DQ pair lands on Relu, Concat or Resize.
 
+Q/DQ go on the *inputs* of Conv/Gemm only, not on their outputs (``OpTypesToExcludeOutputQuantization``): the
+placement TensorRT documents for explicit quantization (it fuses Conv+Relu and propagates the scales itself). A
+Q/DQ on every Conv output rounds each activation twice (pre-Relu output, then the next Conv's input) and, measured
+on DeepLabV3-R18 at 64x128 with 2 MinMax images, took argmax agreement with FP32 from 97.1 % down to 79.7 %
+(mean |logit error| 0.0017 -> 0.0156; 55 activation quantizers instead of 24).
+
 Entropy calibration is run here rather than inside ``quantize_static``: ONNX Runtime's entropy calibrator
 defaults to as many histogram bins as quantized bins (128/128), which leaves exactly one candidate threshold
 and makes "entropy" identical to min-max. The ranges are computed with :data:`ENTROPY_BINS` bins and handed to
@@ -48,7 +54,12 @@ def quantize_settings(method: str) -> dict[str, Any]:
         "weight_type": QuantType.QInt8,
         "calibrate_method": getattr(CalibrationMethod, CALIB_METHODS[method]),
         "op_types_to_quantize": list(QUANT_OP_TYPES),
-        "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+        "extra_options": {
+            "ActivationSymmetric": True,
+            "WeightSymmetric": True,
+            "QuantizeBias": False,
+            "OpTypesToExcludeOutputQuantization": list(QUANT_OP_TYPES),
+        },
     }
 
 
