@@ -64,11 +64,13 @@ def _tensorrt_settings() -> dict[str, Any]:
     }
 
 
-def _cpu_settings(fmt: str = "qdq", op_types: list[str] | None = None) -> dict[str, Any]:
+def _cpu_settings(fmt: str = "qoperator", op_types: list[str] | None = None) -> dict[str, Any]:
     """u8 asymmetric activations, s8 symmetric per-channel weights, INT32 biases: ONNX Runtime's fast x86 form.
 
     ONNX Runtime's integer GEMM kernels on x86 are written for u8 activations x s8 weights; with s8 activations
-    (the TensorRT form) they fall back to a slow path. ``fmt`` is ``qdq`` or ``qoperator`` (QLinearConv nodes).
+    (the TensorRT form) they fall back to a slow path. ``fmt`` is ``qdq`` or ``qoperator`` (QLinearConv,
+    QLinearAdd, ... nodes). QOperator with Add/Concat/Resize/pooling quantized is the default: on an AVX2-only AMD
+    EPYC at 512x1024, one thread, it measured fastest or level (docs/quantization.md).
     """
     from onnxruntime.quantization import QuantFormat, QuantType
 

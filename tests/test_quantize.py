@@ -75,30 +75,19 @@ def test_targets_have_their_own_file_names_and_metadata(work: Path) -> None:
 
 
 def test_cpu_graph_has_uint8_activations_and_per_channel_int8_weights(work: Path) -> None:
+    """QOperator form: every Conv is a QLinearConv with u8 activations and s8 per-channel symmetric weights."""
     model, inits = _graph(work / "best.int8-cpu.onnx")
-    nodes = model.graph.node
-    act_q = [n for n in nodes if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
-    assert act_q and all(inits[n.input[2]].dtype == np.uint8 for n in act_q)
-    weights = {
-        n.input[0]: n for n in nodes if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None
-    }
-    convs = [n for n in nodes if n.op_type == "Conv"]
-    conv_weights = [weights[producer.input[0]] for producer in _producers(nodes, [c.input[1] for c in convs])]
-    assert len(conv_weights) == len(convs)  # every Conv's weight is an INT8 initializer
-    for dq in conv_weights:
-        w, scale = inits[dq.input[0]], inits[dq.input[1]]
-        assert w.dtype == np.int8 and scale.shape == (w.shape[0],)  # one scale per output channel
-        assert next(a.i for a in dq.attribute if a.name == "axis") == 0
-        assert not inits[dq.input[2]].any()  # symmetric weights
-    # Ops between convolutions run in uint8 too: some Add (residuals) takes dequantized inputs.
-    producer = {o: n for n in nodes for o in n.output}
-    adds = [n for n in nodes if n.op_type == "Add"]
-    assert any(all(producer[i].op_type == "DequantizeLinear" for i in a.input if i in producer) for a in adds)
-
-
-def _producers(nodes: list[onnx.NodeProto], names: list[str]) -> list[onnx.NodeProto]:
-    out = {o: n for n in nodes for o in n.output}
-    return [out[name] for name in names]
+    ops = [n.op_type for n in model.graph.node]
+    assert "Conv" not in ops and ops.count("QLinearConv") > 10
+    for conv in (n for n in model.graph.node if n.op_type == "QLinearConv"):
+        x_zp, w, w_scale, w_zp, y_zp = (inits[conv.input[i]] for i in (2, 3, 4, 5, 7))
+        assert x_zp.dtype == y_zp.dtype == np.uint8  # u8 activations in and out
+        assert w.dtype == np.int8 and w_scale.shape == (w.shape[0],)  # one scale per output channel
+        assert w_zp.dtype == np.int8 and not w_zp.any()  # symmetric weights
+    # The ops between convolutions stay in uint8 too (residual adds, the ASPP concat).
+    assert "QLinearAdd" in ops and "QLinearConcat" in ops
+    entry = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert entry and all(inits[n.input[2]].dtype == np.uint8 for n in entry)
 
 
 def test_tensorrt_graph_keeps_signed_symmetric_activations(work: Path) -> None:
