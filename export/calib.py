@@ -159,19 +159,21 @@ class CalibrationReader:
     def __init__(
         self, samples: Sequence[Sample], meta: ModelMeta, input_name: str, *, batch: int, fused: bool
     ) -> None:
-        self._items = [
-            network_input([s.image for s in group], meta, fused=fused, dtype="float32")
-            for group in batches(samples, batch)
-        ]
+        # Batches are built when asked for: the float inputs of all images are never held at once.
+        self._groups = list(batches(samples, batch))
+        self._meta, self._fused = meta, fused
         self._name = input_name
-        self._it = iter(self._items)
+        self._it = iter(self._groups)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        x = next(self._it, None)
-        return None if x is None else {self._name: x}
+        group = next(self._it, None)
+        if group is None:
+            return None
+        x = network_input([s.image for s in group], self._meta, fused=self._fused, dtype="float32")
+        return {self._name: x}
 
     def rewind(self) -> None:
-        self._it = iter(self._items)
+        self._it = iter(self._groups)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._groups)

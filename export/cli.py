@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from export.formats import CALIB_METHODS, LABEL_DTYPES, PRECISIONS
+from export.formats import CALIB_METHODS, INT8_TARGETS, LABEL_DTYPES, PRECISIONS
 from infer.datasets import dataset_names
 
 __all__ = ["onnx_main", "openvino_main", "trt_main"]
@@ -123,7 +123,11 @@ def onnx_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="self-describing .pth written by distill/train.py")
     p.add_argument(
         "--precision", nargs="+", default=["fp32"], choices=list(PRECISIONS),
-        help="one or more; files <ckpt>.onnx, <ckpt>.fp16.onnx, <ckpt>.int8.onnx",
+        help="one or more; files <ckpt>.onnx, <ckpt>.fp16.onnx, <ckpt>.int8.onnx (<ckpt>.int8-cpu.onnx for --target cpu)",
+    )  # fmt: skip
+    p.add_argument(
+        "--target", default="tensorrt", choices=list(INT8_TARGETS),
+        help="INT8 form: " + "; ".join(f"{k}: {v[1]}" for k, v in INT8_TARGETS.items()) + " (default tensorrt)",
     )  # fmt: skip
     p.add_argument("--out", help="output path (one precision only; default derived from the checkpoint)")
     _add_export_args(p)

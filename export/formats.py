@@ -7,6 +7,11 @@
 | int8      | ``<ckpt>.int8.onnx`` | Q/DQ INT8      | float32 NCHW      | float32       | mIoU within 1.0 point (labelled  |
 |           |                      | (float32 I/O)  |                   |               | data), agreement >= 90 % always  |
 
+INT8 comes in one form per target (:data:`INT8_TARGETS`, ``--target``): ``tensorrt`` (``<ckpt>.int8.onnx``, s8
+symmetric Q/DQ, what TensorRT builds from) and ``cpu`` (``<ckpt>.int8-cpu.onnx``, u8 activations and s8
+per-channel weights, the form ONNX Runtime's x86 integer kernels are fast on). The target is recorded in
+``extra.target``.
+
 With ``--fuse-preprocess`` every precision takes raw BGR uint8 NHWC frames instead. The metadata keys written
 into ``metadata_props`` (as ``extra.<key>``, beside `ModelMeta.to_props`) are listed in :data:`EXTRA_KEYS`.
 Torch-free.
@@ -24,6 +29,7 @@ __all__ = [
     "OUTPUTS",
     "PRECISIONS",
     "CALIB_METHODS",
+    "INT8_TARGETS",
     "Precision",
     "default_onnx_path",
     "get_precision",
@@ -66,6 +72,12 @@ PRECISIONS: dict[str, Precision] = {
     )
 }
 
+# --target choices (INT8 only) -> (file name infix, what the form is for). The tensorrt row is the default.
+INT8_TARGETS: dict[str, tuple[str, str]] = {
+    "tensorrt": (".int8", "s8 symmetric Q/DQ on Conv inputs: what TensorRT builds an INT8 engine from"),
+    "cpu": (".int8-cpu", "u8 activations, s8 per-channel weights: ONNX Runtime on x86 CPUs"),
+}
+
 # What the graph returns: name -> metadata value of ``extra.output``.
 OUTPUTS = {"logits": "(N, K, H, W) scores at input resolution", "labels": "(N, H, W) argmax label map"}
 
@@ -78,6 +90,7 @@ CALIB_METHODS = {"entropy": "Entropy", "minmax": "MinMax", "percentile": "Percen
 # Keys this exporter adds to ModelMeta.extra (ONNX metadata_props ``extra.<key>``, engine sidecar ``meta.extra``).
 EXTRA_KEYS = {
     "precision": "fp32 | fp16 | int8",
+    "target": "tensorrt | cpu: the hardware the INT8 form is for (int8 only)",
     "output": "logits | labels",
     "label_dtype": "uint8 | int32 (labels output only)",
     "fused_preprocess": "true: input is raw BGR uint8 NHWC, normalised inside the graph; false: normalised NCHW",
@@ -102,7 +115,15 @@ def get_precision(name: str) -> Precision:
     return PRECISIONS[name]
 
 
-def default_onnx_path(source: str | os.PathLike[str], precision: str) -> Path:
-    """``runs/x/best.pth`` -> ``runs/x/best.onnx`` / ``best.fp16.onnx`` / ``best.int8.onnx``."""
+def default_onnx_path(source: str | os.PathLike[str], precision: str, target: str = "tensorrt") -> Path:
+    """``runs/x/best.pth`` -> ``runs/x/best.onnx`` / ``best.fp16.onnx`` / ``best.int8.onnx`` / ``best.int8-cpu.onnx``.
+
+    The INT8 name depends on ``target`` so that the two forms never overwrite each other.
+    """
     source = Path(source)
-    return source.with_name(source.stem + get_precision(precision).suffix + ".onnx")
+    suffix = get_precision(precision).suffix
+    if get_precision(precision).calibrated:
+        if target not in INT8_TARGETS:
+            raise ValueError(f"unknown INT8 target {target!r}; choose one of {', '.join(INT8_TARGETS)}")
+        suffix = INT8_TARGETS[target][0]
+    return source.with_name(source.stem + suffix + ".onnx")

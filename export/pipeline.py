@@ -20,7 +20,14 @@ from pathlib import Path
 from torch import nn
 
 from export.calib import CalibrationReader, Sample, dataset_samples, folder_samples, synthetic_samples
-from export.formats import CALIB_METHODS, LABEL_DTYPES, PRECISIONS, default_onnx_path, get_precision
+from export.formats import (
+    CALIB_METHODS,
+    INT8_TARGETS,
+    LABEL_DTYPES,
+    PRECISIONS,
+    default_onnx_path,
+    get_precision,
+)
 from export.onnx_export import (
     DYNAMIC_CHOICES,
     EXPORTERS,
@@ -48,6 +55,14 @@ __all__ = [
 _MIN_SIDE = 32  # below this the stride-8 backbones leave a feature map of 1-2 pixels
 _MAX_SIDE = 16384  # TensorRT's and most kernels' limit per spatial dimension; larger is a typo
 _MAX_BATCH = 1024
+# Said after a successful export of the precision: what the file is (and is not) for.
+_NOTES = {
+    "fp16": (
+        "note: ONNX Runtime on CPUs runs FP16 slower than FP32 (x86 has no FP16 convolution kernels, so it casts "
+        "around FP32 ones); this file is meant for GPUs (TensorRT, ONNX Runtime CUDA). For CPUs use fp32 or "
+        "--precision int8 --target cpu"
+    ),
+}
 # Relative logits tolerance of the dynamic-shape check, per float dtype of the graph.
 _DYNAMIC_RTOL = {"float32": 1e-3, "float16": 2e-2}
 
@@ -73,6 +88,7 @@ class ExportOptions:
     calib_images: str | None = None
     calib_count: int = 32
     calib_method: str = "entropy"
+    target: str = "tensorrt"  # INT8 form: tensorrt | cpu (export.formats.INT8_TARGETS)
     verify: bool = True
     verify_split: str = "val"
     verify_count: int = 8
@@ -106,6 +122,7 @@ def check_options(opts: ExportOptions, meta: ModelMeta, model: nn.Module | None 
     choice(opts.dynamic, DYNAMIC_CHOICES, "--dynamic")
     choice(opts.label_dtype, LABEL_DTYPES, "--label-dtype")
     choice(opts.calib_method, CALIB_METHODS, "--calib-method")
+    choice(opts.target, INT8_TARGETS, "--target")
     choice(opts.exporter, EXPORTERS, "--exporter")
     supported = getattr(model, "export_precisions", None)
     if supported is not None and opts.precision not in supported:
@@ -204,6 +221,8 @@ def _export_meta(
     )
     if opts.argmax:
         extra["label_dtype"] = opts.label_dtype
+    if prec.calibrated:
+        extra["target"] = opts.target
     if source is not None:
         extra.update(source=source.name, source_sha256=sha256_file(source))
     if report is not None:
@@ -245,10 +264,13 @@ def export_model(
         if opts.dynamic != "none":
             check_dynamic_sizes(graph, model, meta, size=size, rtol=_DYNAMIC_RTOL[prec.dtype], **common)
         if prec.calibrated:
-            log(f"calibrating INT8 ({opts.calib_method}) on {len(calib)} images {size[0]}x{size[1]}")
+            log(
+                f"calibrating INT8 for {opts.target} ({opts.calib_method}) on {len(calib)} images "
+                f"{size[0]}x{size[1]}"
+            )
             reader = CalibrationReader(calib, meta, "input", batch=static_batch, fused=opts.fuse_preprocess)
             quantized = tmp / "int8.onnx"
-            quantize_int8(graph, quantized, reader, method=opts.calib_method, log=log)
+            quantize_int8(graph, quantized, reader, method=opts.calib_method, target=opts.target, log=log)
             graph = quantized
         report = None
         if opts.verify:
@@ -258,6 +280,8 @@ def export_model(
         export_meta = _export_meta(meta, opts, model, exporter, Path(source) if source else None, report)
         with atomic_path(out) as dst:
             write_metadata(graph, dst, export_meta)
+    if prec.name in _NOTES:
+        log(_NOTES[prec.name])
     return ExportResult(out, export_meta, report, exporter, time.perf_counter() - t0)
 
 
@@ -273,7 +297,9 @@ def export_checkpoint(
     from distill.checkpoint import load_model
 
     out = opts.out or default_onnx_path(
-        checkpoint, opts.precision if opts.precision in PRECISIONS else "fp32"
+        checkpoint,
+        opts.precision if opts.precision in PRECISIONS else "fp32",
+        opts.target if opts.target in INT8_TARGETS else "tensorrt",
     )
     check_writable(out, "ONNX output")  # before the minutes of loading, exporting and verifying
     model, meta = load_model(checkpoint)

@@ -133,6 +133,14 @@ class OrtRunner(Runner):
             meta = ModelMeta.from_props(dict(sess.get_modelmeta().custom_metadata_map))
         except ValueError as e:
             raise RunnerError(f"{path}: {e}") from e
+        if actual == "CPUExecutionProvider" and _is_tensorrt_int8(meta):
+            warnings.warn(
+                f"{path.name} is INT8 in the TensorRT form (s8 symmetric Q/DQ): ONNX Runtime on CPUs runs it no "
+                "faster than FP32, often slower; for CPUs export `python export/to_onnx.py CKPT --precision int8 "
+                "--target cpu`",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         self.session = sess
         self._ort = ort
         inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
@@ -200,6 +208,13 @@ class OrtRunner(Runner):
 
 def _first_line(e: Exception) -> str:
     return next((line for line in str(e).splitlines() if line.strip()), "no details")[:300]
+
+
+def _is_tensorrt_int8(meta: ModelMeta) -> bool:
+    """An INT8 file not made for CPUs (``extra.target`` other than cpu; files from before targets are s8 Q/DQ)."""
+    if meta.extra.get("precision") != "int8":
+        return False
+    return meta.extra.get("target", "tensorrt") != "cpu"
 
 
 def _guess_precision(path: Path, input_type: str) -> str:
