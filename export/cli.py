@@ -241,6 +241,12 @@ def _trt_body(args: argparse.Namespace) -> int:
                 f"from the graph); export a {args.precision} ONNX with `python export/to_onnx.py CKPT --precision "
                 f"{args.precision}` or build from the checkpoint"
             )
+        if meta.extra.get("target", "tensorrt") != "tensorrt":
+            raise ExportError(
+                f"{source.name} is INT8 in the {meta.extra['target']} form (u8 QOperator nodes TensorRT does not "
+                "build); export the TensorRT form with `python export/to_onnx.py CKPT --precision int8` (--target "
+                "tensorrt, the default) or build from the checkpoint"
+            )
     else:
         if shapes is not None:
             _shape_export_args(args, shapes)

@@ -174,3 +174,13 @@ def test_cli_target_reaches_the_export_options() -> None:
     assert _options(onnx_parser().parse_args(["x.pth"]), "int8", None).target == "tensorrt"
     with pytest.raises(SystemExit):
         onnx_parser().parse_args(["x.pth", "--target", "gpu"])
+
+
+def test_to_trt_refuses_the_cpu_form(work: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.run(
+        [sys.executable, str(REPO / "export/to_trt.py"), str(work / "best.int8-cpu.onnx")],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    assert run.returncode != 0 and "export the TensorRT form" in run.stderr, run.stderr
+    assert not list(work.glob("*.engine"))
