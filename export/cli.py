@@ -82,6 +82,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     )  # fmt: skip
 
 
+def _print_verification(result) -> None:  # noqa: ANN001 (export.pipeline.ExportResult, imported lazily)
+    if result.report is not None:
+        print(f"  verified: {result.report.summary()} [{result.report.gate}]")
+    else:
+        print("  not verified (--no-verify)")
+
+
 def _export(checkpoint: str, args: argparse.Namespace, precision: str, out: str | None) -> Path:
     from export.pipeline import export_checkpoint
 
@@ -93,11 +100,29 @@ def _export(checkpoint: str, args: argparse.Namespace, precision: str, out: str 
         f"wrote {result.path} ({result.path.stat().st_size / 2**20:.1f} MB, {precision}, input {m['input_dtype']} "
         f"{m['input_layout']} {shape}, output {m['output']}, {result.exporter} exporter) in {result.seconds:.1f} s"
     )
-    if result.report is not None:
-        print(f"  verified: {result.report.summary()} [{result.report.gate}]")
-    else:
-        print("  not verified (--no-verify)")
+    _print_verification(result)
     return result.path
+
+
+def _export_openvino(checkpoint: str, args: argparse.Namespace, precision: str, out: str | None) -> Path:
+    from export.openvino_export import export_openvino
+
+    result = export_openvino(checkpoint, _options(args, precision, out))
+    size = result.path.stat().st_size + result.path.with_suffix(".bin").stat().st_size
+    print(f"wrote {result.path} + .bin ({size / 2**20:.1f} MB, {precision}) in {result.seconds:.1f} s")
+    _print_verification(result)
+    return result.path
+
+
+def _each_precision(args: argparse.Namespace, export) -> int:  # noqa: ANN001 (export: _export or _export_openvino)
+    """Run ``export`` once per requested precision (``--out`` names one file, so it takes one precision)."""
+    precisions = list(dict.fromkeys(args.precision))
+    if args.out and len(precisions) > 1:
+        print("error: --out names one file; give one --precision with it", file=sys.stderr)
+        return EXIT_USAGE
+    for precision in precisions:
+        export(args.checkpoint, args, precision, args.out)
+    return 0
 
 
 def _run(fn, *a) -> int:  # noqa: ANN001 (fn: one of the *_main bodies)
@@ -135,13 +160,7 @@ def onnx_parser() -> argparse.ArgumentParser:
 
 
 def _onnx_body(args: argparse.Namespace) -> int:
-    precisions = list(dict.fromkeys(args.precision))
-    if args.out and len(precisions) > 1:
-        print("error: --out names one file; give one --precision with it", file=sys.stderr)
-        return EXIT_USAGE
-    for precision in precisions:
-        _export(args.checkpoint, args, precision, args.out)
-    return 0
+    return _each_precision(args, _export)
 
 
 def onnx_main(argv: Sequence[str] | None = None) -> int:
@@ -307,21 +326,7 @@ def openvino_parser() -> argparse.ArgumentParser:
 
 
 def _openvino_body(args: argparse.Namespace) -> int:
-    from export.openvino_export import export_openvino
-
-    precisions = list(dict.fromkeys(args.precision))
-    if args.out and len(precisions) > 1:
-        print("error: --out names one file; give one --precision with it", file=sys.stderr)
-        return EXIT_USAGE
-    for precision in precisions:
-        result = export_openvino(args.checkpoint, _options(args, precision, args.out))
-        size = result.path.stat().st_size + result.path.with_suffix(".bin").stat().st_size
-        print(f"wrote {result.path} + .bin ({size / 2**20:.1f} MB, {precision}) in {result.seconds:.1f} s")
-        if result.report is not None:
-            print(f"  verified: {result.report.summary()} [{result.report.gate}]")
-        else:
-            print("  not verified (--no-verify)")
-    return 0
+    return _each_precision(args, _export_openvino)
 
 
 def openvino_main(argv: Sequence[str] | None = None) -> int:
