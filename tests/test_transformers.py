@@ -1,0 +1,88 @@
+"""SegFormer and UPerNet-Swin: the output contract, the published sizes, and training through the trainer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip(
+    "transformers", reason="SegFormer/UPerNet need the transformers extra: pip install 'segkd[transformers]'"
+)
+
+from distill.models import build_model  # noqa: E402
+
+# published parameter counts at 150 classes (SegFormer paper Table 1; Swin paper Table 3, with the auxiliary head)
+PUBLISHED = {
+    "segformer_b0": 3.8e6,
+    "segformer_b1": 13.7e6,
+    "segformer_b2": 27.5e6,
+    "segformer_b3": 47.3e6,
+    "segformer_b4": 64.1e6,
+    "segformer_b5": 84.7e6,
+    "upernet_swin_t": 60e6,
+    "upernet_swin_s": 81e6,
+    "upernet_swin_b": 121e6,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_parameter_count_matches_the_paper(name: str) -> None:
+    with torch.device("meta"):
+        model = build_model(name, num_classes=150)
+    count = sum(p.numel() for p in model.parameters())
+    assert abs(count - PUBLISHED[name]) / PUBLISHED[name] < 0.02, f"{name}: {count / 1e6:.2f}M"
+
+
+# small variants: same code path, a fraction of the time
+SMALL = {
+    "segformer_b0": {"depths": [1, 1, 1, 1], "decoder_hidden_size": 32},
+    "segformer_b2": {"depths": [1, 1, 1, 1], "decoder_hidden_size": 32},
+    "upernet_swin_t": {"depths": [1, 1, 1, 1], "head_channels": 32},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("size", [(64, 64), (96, 160)])
+def test_output_contract(name: str, size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=5, **SMALL[name]).eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        d = model(x, return_features=True)
+        plain = model(x)
+    h, w = size
+    assert d["out"].shape == (2, 5, h, w)
+    assert d["logits"].shape == (2, 5, h // 4, w // 4)  # stride 4, not the CNNs' 8
+    assert d["feat"].shape == (2, model.feat_channels, h // 4, w // 4)
+    assert len(d["stages"]) == 4
+    for i, stage in enumerate(d["stages"]):
+        assert stage.ndim == 4 and stage.shape[-2:] == (h // 2 ** (i + 2), w // 2 ** (i + 2))
+    if name.startswith("upernet"):
+        assert d["aux"].shape == (2, 5, h // 16, w // 16)
+    else:
+        assert d["aux"] is None
+    torch.testing.assert_close(plain, d["out"])
+    # the classifier applied to ``feat`` gives ``logits``: feat really is the classifier's input
+    classifier = model.net.decode_head.classifier
+    torch.testing.assert_close(classifier(d["feat"]), d["logits"])
+
+
+def test_align_corners_changes_the_upsampling() -> None:
+    torch.manual_seed(0)
+    a = build_model("segformer_b0", num_classes=3, **SMALL["segformer_b0"]).eval()
+    b = build_model("segformer_b0", num_classes=3, align_corners=True, **SMALL["segformer_b0"]).eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        da, db = a(x, return_features=True), b(x, return_features=True)
+    torch.testing.assert_close(da["logits"], db["logits"])
+    expected = torch.nn.functional.interpolate(
+        db["logits"], size=(64, 64), mode="bilinear", align_corners=True
+    )
+    torch.testing.assert_close(db["out"], expected)
+    assert not torch.allclose(da["out"], db["out"])
+
+
+def test_bad_depths_are_refused() -> None:
+    with pytest.raises(ValueError, match="depths must be 4"):
+        build_model("segformer_b0", num_classes=3, depths=[1, 1])
