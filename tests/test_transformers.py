@@ -86,3 +86,78 @@ def test_align_corners_changes_the_upsampling() -> None:
 def test_bad_depths_are_refused() -> None:
     with pytest.raises(ValueError, match="depths must be 4"):
         build_model("segformer_b0", num_classes=3, depths=[1, 1])
+
+
+def test_r101_teacher_distils_into_segformer_through_train_py(tmp_path) -> None:
+    """A 1/8 CNN teacher and a 1/4 transformer student: KD on the logits, CWD on projected features."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from distill.checkpoint import load_model, save_checkpoint
+    from infer.datasets.demo import generate_demo
+    from infer.meta import ModelMeta
+
+    repo = Path(__file__).resolve().parents[1]
+    root = generate_demo(tmp_path / "demo", {"train": 4, "val": 2}, size=(64, 128), seed=0)
+    torch.manual_seed(1)
+    arch = {"name": "deeplabv3_r101", "num_classes": 19, "width": 0.125}
+    teacher = build_model("deeplabv3_r101", num_classes=19, width=0.125)
+    meta = ModelMeta(
+        arch=arch, class_names=[f"c{i}" for i in range(19)], palette=[[i, i, i] for i in range(19)]
+    )
+    teacher_path = save_checkpoint(tmp_path / "teacher.pth", teacher, meta)
+    cfg = {
+        "data": {
+            "dataset": "demo",
+            "root": str(root),
+            "crop_size": [64, 128],
+            "batch_size": 2,
+            "num_workers": 0,
+        },
+        "student": {"name": "segformer_b0", "options": SMALL["segformer_b0"]},
+        "teacher": {"checkpoint": str(teacher_path)},
+        "losses": [{"name": "kd"}, {"name": "cwd", "source": "feat"}],
+        "optim": {"lr": 0.01},
+        "train": {"max_iters": 2, "eval_every": 2, "log_every": 1, "output_dir": str(tmp_path / "run")},
+    }
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(repo / "distill" / "train.py"), "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    import json
+
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss/total" in r]
+    assert [r["iter"] for r in steps] == [1, 2]
+    for r in steps:
+        assert r["loss/kd/kd"] > 0 and r["loss/kd/cwd_feat"] > 0
+        assert all(torch.isfinite(torch.tensor(v)) for k, v in r.items() if k.startswith("loss/"))
+    student, student_meta = load_model(tmp_path / "run" / "last.pth", torch.device("cpu"))
+    assert student_meta.arch["depths"] == SMALL["segformer_b0"]["depths"]
+    assert student_meta.arch["name"] == "segformer_b0"
+    with torch.no_grad():
+        assert student(torch.randn(1, 3, 64, 64)).shape == (1, 19, 64, 64)
+
+
+def test_logit_loss_resizes_the_teacher_to_the_student() -> None:
+    """Student logits at 1/4 and teacher logits at 1/8: the teacher's map is upsampled, the student's kept."""
+    from distill.losses import build_loss
+
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 4, 16, 16), torch.randn(2, 4, 8, 8)
+    loss = build_loss("kd")
+    t_up = torch.nn.functional.interpolate(t, size=(16, 16), mode="bilinear", align_corners=False)
+    got = loss({"logits": s}, {"logits": t})
+    torch.testing.assert_close(got, loss({"logits": s}, {"logits": t_up}))
+    assert not torch.allclose(got, loss({"logits": s[..., ::2, ::2]}, {"logits": t}))
