@@ -161,3 +161,31 @@ def test_logit_loss_resizes_the_teacher_to_the_student() -> None:
     got = loss({"logits": s}, {"logits": t})
     torch.testing.assert_close(got, loss({"logits": s}, {"logits": t_up}))
     assert not torch.allclose(got, loss({"logits": s[..., ::2, ::2]}, {"logits": t}))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_segformer_b0_exports_to_onnx_fp32_matching_pytorch(tmp_path, exporter: str) -> None:
+    """Full-size SegFormer-B0 (random weights) through the export pipeline, then read back and run here."""
+    np = pytest.importorskip("numpy")
+    ort = pytest.importorskip("onnxruntime")
+    from distill.checkpoint import save_checkpoint
+    from export.pipeline import ExportOptions, export_checkpoint
+    from infer.meta import ModelMeta
+
+    torch.manual_seed(0)
+    model = build_model("segformer_b0", num_classes=19).eval()
+    meta = ModelMeta(
+        arch={"name": "segformer_b0", "num_classes": 19},
+        class_names=[f"c{i}" for i in range(19)],
+        palette=[[i, i, i] for i in range(19)],
+        input_size=[64, 128],
+    )
+    ckpt = save_checkpoint(tmp_path / "segformer.pth", model, meta)
+    result = export_checkpoint(ckpt, ExportOptions(exporter=exporter, verify_count=2), log=lambda _: None)
+    assert result.exporter == exporter and result.report.passed
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    x = torch.randn(1, 3, 64, 128)
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
