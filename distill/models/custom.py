@@ -119,7 +119,7 @@ class ImportedModel(nn.Module):
 @register_model
 def imported(
     *,
-    num_classes: int,
+    num_classes: int = 19,
     import_path: str = "",
     kwargs: Mapping[str, Any] | None = None,
     logits: str = "",

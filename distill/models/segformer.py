@@ -74,7 +74,7 @@ def _segformer(
 def _builder(variant: str, doc: str):
     def build(
         *,
-        num_classes: int = 150,
+        num_classes: int = 19,
         depths: Sequence[int] | None = None,
         decoder_hidden_size: int | None = None,
         drop_path_rate: float = 0.1,

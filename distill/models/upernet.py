@@ -80,7 +80,7 @@ def _upernet(
 def _builder(variant: str, doc: str):
     def build(
         *,
-        num_classes: int = 150,
+        num_classes: int = 19,
         depths: Sequence[int] | None = None,
         head_channels: int = 512,
         aux: bool = True,
