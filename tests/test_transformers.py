@@ -189,3 +189,30 @@ def test_segformer_b0_exports_to_onnx_fp32_matching_pytorch(tmp_path, exporter: 
     with torch.no_grad():
         expected = model(x).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
+
+
+RECIPES = {
+    "configs/ade20k/upernet_swin_t_baseline.yaml": ("upernet_swin_t", []),
+    "configs/ade20k/upernet_swin_t_kd.yaml": ("upernet_swin_t", ["kd"]),
+    "configs/ade20k/upernet_swin_t_cwd.yaml": ("upernet_swin_t", ["cwd"]),
+    "configs/ade20k/upernet_swin_t_lad.yaml": ("upernet_swin_t", ["lad"]),
+    "configs/ade20k/upernet_swin_t_cad.yaml": ("upernet_swin_t", ["cad"]),
+    "configs/cityscapes/segformer_b0_baseline.yaml": ("segformer_b0", []),
+    "configs/cityscapes/segformer_b0_cwd.yaml": ("segformer_b0", ["cwd"]),
+    "configs/cityscapes/segformer_b0_hwd.yaml": ("segformer_b0", ["hwd"]),
+}
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES))
+def test_transformer_recipes_load_with_their_student_and_losses(path: str) -> None:
+    from pathlib import Path
+
+    from distill.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / path)
+    name, losses = RECIPES[path]
+    assert cfg.student.name == name and cfg.student.channel_order == "RGB"
+    assert [spec["name"] for spec in cfg.losses] == losses
+    assert (cfg.teacher.checkpoint is None) == (not losses)
+    if name.startswith("segformer"):
+        assert cfg.train.aux_weight == 0  # SegFormer has no auxiliary head
