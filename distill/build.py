@@ -151,6 +151,7 @@ def _student_meta(cfg: Config, dataset: Any, num_classes: int) -> ModelMeta:
     for key in ("width", "output_stride", "deep_stem", "aux", "align_corners"):
         if getattr(s, key) is not None:
             arch[key] = getattr(s, key)
+    arch.update({k: v for k, v in s.options.items() if k not in arch})
     if cfg.train.aux_weight == 0:
         arch["aux"] = False  # no auxiliary head to train
     method = "+".join(spec["name"] for spec in cfg.losses) if cfg.distill else "plain"

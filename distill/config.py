@@ -102,6 +102,8 @@ class ModelConfig:
             the losses, the runners and the export; CIRKD's recipes use ``true``; ``null`` keeps the builder's
             default (``false``).
         mean, std, channel_order: input normalisation on the 0..255 scale, stored in the checkpoint.
+        options: the builder's own further options (SegFormer's ``depths``, UPerNet's ``head_channels``, ...),
+            stored in the checkpoint's ``arch``; ``build_model`` names the valid ones when one is unknown.
     """
 
     name: str = "deeplabv3_r18"
@@ -115,6 +117,7 @@ class ModelConfig:
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_RGB[0]))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_RGB[1]))
     channel_order: str = "RGB"
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

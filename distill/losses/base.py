@@ -164,6 +164,13 @@ class KDLoss(nn.Module):
     ) -> Tensor:
         s = _pick(student, self.source, "student").float()
         t = _pick(teacher, self.source, "teacher").detach().float()
+        if s.ndim == 4 and t.ndim == 4 and s.shape[-2:] != t.shape[-2:]:
+            # Mixed output strides (a SegFormer student at 1/4, a DeepLabV3 teacher at 1/8): the teacher's map,
+            # which carries no gradient, is resized to the student's, so the student is compared at its own
+            # resolution whichever side is finer.
+            t = F.interpolate(
+                t, size=s.shape[-2:], mode="bilinear", align_corners=False
+            )  # (N, C_t, h_s, w_s)
         return self.weight * self.compute(s, t, target)
 
     def extra_repr(self) -> str:

@@ -6,14 +6,15 @@ Contract (what the trainer, the losses and the exporter rely on)::
     out = model(x)                            # (N, K, H, W) logits at input resolution: what is exported
     d = model(x, return_features=True)        # dict, no hooks needed:
     d["out"]     # (N, K, H, W)   logits at input resolution
-    d["logits"]  # (N, K, h, w)   logits at the output stride (1/8): what logit distillation uses
+    d["logits"]  # (N, K, h, w)   logits at the output stride (1/8 CNNs, 1/4 SegFormer/UPerNet): what KD uses
     d["aux"]     # (N, K, h, w)   auxiliary FCN logits on stage 3, or None
     d["feat"]    # (N, C, h, w)   decoder feature before the classifier (C = model.feat_channels)
     d["stages"]  # 4 backbone stage outputs
 
 Where things live: ``backbones.py`` (``BACKBONES``: resnet18/50/101, mobilenetv2), ``heads.py`` (``HEADS``: aspp,
 psp, fcn), ``segmodel.py`` (the model class and its assembly), and one file per architecture holding its
-``@register_model`` builders (``deeplabv3.py``, ``pspnet.py``). A new architecture is a new file here: every module
+``@register_model`` builders (``deeplabv3.py``, ``pspnet.py``; ``segformer.py`` and ``upernet.py`` wrap Hugging Face
+``transformers`` through ``hf.py``; ``custom.py`` is a user's module by import path, read with forward hooks). A new architecture is a new file here: every module
 of this package is imported below, so its builders register themselves.
 """
 

@@ -1,0 +1,109 @@
+"""UPerNet on a Swin-T/S/B backbone, from Hugging Face ``transformers`` (the mmsegmentation recipe's layout).
+
+Sizes as published (Swin paper, 512x512 ADE20K, with the auxiliary head): Swin-T 60M, Swin-S 81M, Swin-B 121M
+parameters at 150 classes. The logits are at 1/4 of the input; ``aux`` is the FCN head on stage 3 (1/16).
+``depths`` shrinks a model for tests and quick runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from .hf import HFSegModel, require_transformers
+from .registry import register_model
+
+__all__ = ["upernet_swin_t", "upernet_swin_s", "upernet_swin_b"]
+
+# variant -> (embedding width, depths per stage, attention heads per stage), as in the Swin paper
+_VARIANTS: dict[str, tuple[int, list[int], list[int]]] = {
+    "t": (96, [2, 2, 6, 2], [3, 6, 12, 24]),
+    "s": (96, [2, 2, 18, 2], [3, 6, 12, 24]),
+    "b": (128, [2, 2, 18, 2], [4, 8, 16, 32]),
+}
+
+
+def _encode(net: nn.Module, x: Tensor) -> Sequence[Tensor]:
+    return net.backbone(x).feature_maps
+
+
+def _upernet(
+    variant: str,
+    *,
+    num_classes: int,
+    depths: Sequence[int] | None,
+    head_channels: int,
+    aux: bool,
+    drop_path_rate: float,
+    align_corners: bool,
+    pretrained: str | None,
+) -> HFSegModel:
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if pretrained:
+        raise ValueError(
+            f"upernet_swin_{variant}: pretrained={pretrained!r} is not a backbone file for this model; convert the "
+            "public checkpoint with `python -m distill.models.pretrained` and pass it as the model checkpoint"
+        )
+    embed_dim, default_depths, heads = _VARIANTS[variant]
+    depths = list(depths) if depths is not None else default_depths
+    if len(depths) != 4 or min(depths) < 1:
+        raise ValueError(f"upernet_swin_{variant}: depths must be 4 positive integers, got {depths}")
+    transformers = require_transformers()
+    backbone = transformers.SwinConfig(
+        embed_dim=embed_dim,
+        depths=depths,
+        num_heads=heads,
+        window_size=7,
+        drop_path_rate=drop_path_rate,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    config = transformers.UperNetConfig(
+        backbone_config=backbone,
+        hidden_size=head_channels,
+        num_labels=num_classes,
+        use_auxiliary_head=aux,
+        auxiliary_in_channels=embed_dim * 4,  # stage 3
+    )
+    net = transformers.UperNetForSemanticSegmentation(config)
+    return HFSegModel(
+        net,
+        _encode,
+        net.decode_head,
+        net.auxiliary_head,
+        feat_channels=head_channels,
+        align_corners=align_corners,
+    )
+
+
+def _builder(variant: str, doc: str):
+    def build(
+        *,
+        num_classes: int = 19,
+        depths: Sequence[int] | None = None,
+        head_channels: int = 512,
+        aux: bool = True,
+        drop_path_rate: float = 0.3,
+        align_corners: bool = False,
+        pretrained: str | None = None,
+    ) -> HFSegModel:
+        return _upernet(
+            variant,
+            num_classes=num_classes,
+            depths=depths,
+            head_channels=head_channels,
+            aux=aux,
+            drop_path_rate=drop_path_rate,
+            align_corners=align_corners,
+            pretrained=pretrained,
+        )
+
+    build.__name__ = build.__qualname__ = f"upernet_swin_{variant}"
+    build.__doc__ = doc
+    return register_model(build)
+
+
+upernet_swin_t = _builder("t", "UPerNet-Swin-T (60M parameters at 150 classes), seed 003's student.")
+upernet_swin_s = _builder("s", "UPerNet-Swin-S (81M parameters at 150 classes).")
+upernet_swin_b = _builder("b", "UPerNet-Swin-B (121M parameters at 150 classes), seed 003's teacher.")

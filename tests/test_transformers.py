@@ -1,0 +1,218 @@
+"""SegFormer and UPerNet-Swin: the output contract, the published sizes, and training through the trainer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip(
+    "transformers", reason="SegFormer/UPerNet need the transformers extra: pip install 'segkd[transformers]'"
+)
+
+from distill.models import build_model  # noqa: E402
+
+# published parameter counts at 150 classes (SegFormer paper Table 1; Swin paper Table 3, with the auxiliary head)
+PUBLISHED = {
+    "segformer_b0": 3.8e6,
+    "segformer_b1": 13.7e6,
+    "segformer_b2": 27.5e6,
+    "segformer_b3": 47.3e6,
+    "segformer_b4": 64.1e6,
+    "segformer_b5": 84.7e6,
+    "upernet_swin_t": 60e6,
+    "upernet_swin_s": 81e6,
+    "upernet_swin_b": 121e6,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_parameter_count_matches_the_paper(name: str) -> None:
+    with torch.device("meta"):
+        model = build_model(name, num_classes=150)
+    count = sum(p.numel() for p in model.parameters())
+    assert abs(count - PUBLISHED[name]) / PUBLISHED[name] < 0.02, f"{name}: {count / 1e6:.2f}M"
+
+
+# small variants: same code path, a fraction of the time
+SMALL = {
+    "segformer_b0": {"depths": [1, 1, 1, 1], "decoder_hidden_size": 32},
+    "segformer_b2": {"depths": [1, 1, 1, 1], "decoder_hidden_size": 32},
+    "upernet_swin_t": {"depths": [1, 1, 1, 1], "head_channels": 32},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("size", [(64, 64), (96, 160)])
+def test_output_contract(name: str, size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=5, **SMALL[name]).eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        d = model(x, return_features=True)
+        plain = model(x)
+    h, w = size
+    assert d["out"].shape == (2, 5, h, w)
+    assert d["logits"].shape == (2, 5, h // 4, w // 4)  # stride 4, not the CNNs' 8
+    assert d["feat"].shape == (2, model.feat_channels, h // 4, w // 4)
+    assert len(d["stages"]) == 4
+    for i, stage in enumerate(d["stages"]):
+        assert stage.ndim == 4 and stage.shape[-2:] == (h // 2 ** (i + 2), w // 2 ** (i + 2))
+    if name.startswith("upernet"):
+        assert d["aux"].shape == (2, 5, h // 16, w // 16)
+    else:
+        assert d["aux"] is None
+    torch.testing.assert_close(plain, d["out"])
+    # the classifier applied to ``feat`` gives ``logits``: feat really is the classifier's input
+    classifier = model.net.decode_head.classifier
+    torch.testing.assert_close(classifier(d["feat"]), d["logits"])
+
+
+def test_align_corners_changes_the_upsampling() -> None:
+    torch.manual_seed(0)
+    a = build_model("segformer_b0", num_classes=3, **SMALL["segformer_b0"]).eval()
+    b = build_model("segformer_b0", num_classes=3, align_corners=True, **SMALL["segformer_b0"]).eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        da, db = a(x, return_features=True), b(x, return_features=True)
+    torch.testing.assert_close(da["logits"], db["logits"])
+    expected = torch.nn.functional.interpolate(
+        db["logits"], size=(64, 64), mode="bilinear", align_corners=True
+    )
+    torch.testing.assert_close(db["out"], expected)
+    assert not torch.allclose(da["out"], db["out"])
+
+
+def test_bad_depths_are_refused() -> None:
+    with pytest.raises(ValueError, match="depths must be 4"):
+        build_model("segformer_b0", num_classes=3, depths=[1, 1])
+
+
+def test_r101_teacher_distils_into_segformer_through_train_py(tmp_path) -> None:
+    """A 1/8 CNN teacher and a 1/4 transformer student: KD on the logits, CWD on projected features."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from distill.checkpoint import load_model, save_checkpoint
+    from infer.datasets.demo import generate_demo
+    from infer.meta import ModelMeta
+
+    repo = Path(__file__).resolve().parents[1]
+    root = generate_demo(tmp_path / "demo", {"train": 4, "val": 2}, size=(64, 128), seed=0)
+    torch.manual_seed(1)
+    arch = {"name": "deeplabv3_r101", "num_classes": 19, "width": 0.125}
+    teacher = build_model("deeplabv3_r101", num_classes=19, width=0.125)
+    meta = ModelMeta(
+        arch=arch, class_names=[f"c{i}" for i in range(19)], palette=[[i, i, i] for i in range(19)]
+    )
+    teacher_path = save_checkpoint(tmp_path / "teacher.pth", teacher, meta)
+    cfg = {
+        "data": {
+            "dataset": "demo",
+            "root": str(root),
+            "crop_size": [64, 128],
+            "batch_size": 2,
+            "num_workers": 0,
+        },
+        "student": {"name": "segformer_b0", "options": SMALL["segformer_b0"]},
+        "teacher": {"checkpoint": str(teacher_path)},
+        "losses": [{"name": "kd"}, {"name": "cwd", "source": "feat"}],
+        "optim": {"lr": 0.01},
+        "train": {"max_iters": 2, "eval_every": 2, "log_every": 1, "output_dir": str(tmp_path / "run")},
+    }
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(repo / "distill" / "train.py"), "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    import json
+
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss/total" in r]
+    assert [r["iter"] for r in steps] == [1, 2]
+    for r in steps:
+        assert r["loss/kd/kd"] > 0 and r["loss/kd/cwd_feat"] > 0
+        assert all(torch.isfinite(torch.tensor(v)) for k, v in r.items() if k.startswith("loss/"))
+    student, student_meta = load_model(tmp_path / "run" / "last.pth", torch.device("cpu"))
+    assert student_meta.arch["depths"] == SMALL["segformer_b0"]["depths"]
+    assert student_meta.arch["name"] == "segformer_b0"
+    with torch.no_grad():
+        assert student(torch.randn(1, 3, 64, 64)).shape == (1, 19, 64, 64)
+
+
+def test_logit_loss_resizes_the_teacher_to_the_student() -> None:
+    """Student logits at 1/4 and teacher logits at 1/8: the teacher's map is upsampled, the student's kept."""
+    from distill.losses import build_loss
+
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 4, 16, 16), torch.randn(2, 4, 8, 8)
+    loss = build_loss("kd")
+    t_up = torch.nn.functional.interpolate(t, size=(16, 16), mode="bilinear", align_corners=False)
+    got = loss({"logits": s}, {"logits": t})
+    torch.testing.assert_close(got, loss({"logits": s}, {"logits": t_up}))
+    assert not torch.allclose(got, loss({"logits": s[..., ::2, ::2]}, {"logits": t}))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_segformer_b0_exports_to_onnx_fp32_matching_pytorch(tmp_path, exporter: str) -> None:
+    """Full-size SegFormer-B0 (random weights) through the export pipeline, then read back and run here."""
+    np = pytest.importorskip("numpy")
+    ort = pytest.importorskip("onnxruntime")
+    from distill.checkpoint import save_checkpoint
+    from export.pipeline import ExportOptions, export_checkpoint
+    from infer.meta import ModelMeta
+
+    torch.manual_seed(0)
+    model = build_model("segformer_b0", num_classes=19).eval()
+    meta = ModelMeta(
+        arch={"name": "segformer_b0", "num_classes": 19},
+        class_names=[f"c{i}" for i in range(19)],
+        palette=[[i, i, i] for i in range(19)],
+        input_size=[64, 128],
+    )
+    ckpt = save_checkpoint(tmp_path / "segformer.pth", model, meta)
+    result = export_checkpoint(ckpt, ExportOptions(exporter=exporter, verify_count=2), log=lambda _: None)
+    assert result.exporter == exporter and result.report.passed
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    x = torch.randn(1, 3, 64, 128)
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
+
+
+RECIPES = {
+    "configs/ade20k/upernet_swin_t_baseline.yaml": ("upernet_swin_t", []),
+    "configs/ade20k/upernet_swin_t_kd.yaml": ("upernet_swin_t", ["kd"]),
+    "configs/ade20k/upernet_swin_t_cwd.yaml": ("upernet_swin_t", ["cwd"]),
+    "configs/ade20k/upernet_swin_t_lad.yaml": ("upernet_swin_t", ["lad"]),
+    "configs/ade20k/upernet_swin_t_cad.yaml": ("upernet_swin_t", ["cad"]),
+    "configs/cityscapes/segformer_b0_baseline.yaml": ("segformer_b0", []),
+    "configs/cityscapes/segformer_b0_cwd.yaml": ("segformer_b0", ["cwd"]),
+    "configs/cityscapes/segformer_b0_hwd.yaml": ("segformer_b0", ["hwd"]),
+}
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES))
+def test_transformer_recipes_load_with_their_student_and_losses(path: str) -> None:
+    from pathlib import Path
+
+    from distill.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / path)
+    name, losses = RECIPES[path]
+    assert cfg.student.name == name and cfg.student.channel_order == "RGB"
+    assert [spec["name"] for spec in cfg.losses] == losses
+    assert (cfg.teacher.checkpoint is None) == (not losses)
+    if name.startswith("segformer"):
+        assert cfg.train.aux_weight == 0  # SegFormer has no auxiliary head
