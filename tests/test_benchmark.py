@@ -300,3 +300,64 @@ def test_a_format_added_to_the_table_alone_is_run_benchmarked_and_plotted(dummy_
     assert row["aacc"] == pytest.approx(100 * (labels[valid] == 0).mean())  # everything predicted road
     plot = cv2.imread(str(written["png"]))
     assert (np.abs(plot.astype(int) - (3, 250, 7)).sum(-1) < 10).sum() > 50  # its point and legend swatch
+
+
+def test_round_statistics_ratios_and_spread_flag():
+    from infer.bench.rounds import _stats, ratios_to
+
+    s = _stats(np.array([10.0, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]))
+    assert s["latency_median_ms"] == 15 and s["latency_p10_ms"] == 11 and s["latency_p90_ms"] == 19
+    assert s["spread"] == pytest.approx(8 / 15) and s["unreliable"] is True  # 8 / 15 > 0.5
+    steady = _stats(np.array([10.0] * 9 + [30.0]))  # p90 = 10 + 0.1 x 20 = 12: spread 0.2
+    assert steady["spread"] == pytest.approx(0.2) and steady["unreliable"] is False
+    assert _stats(np.array([10.0, 10, 30, 30]))["unreliable"] is True
+    rows = [
+        {"model": "a.onnx", "path": "/x/a.onnx", "latency_median_ms": 20.0},
+        {"model": "b", "path": "b.xml"},
+    ]
+    rows[1]["latency_median_ms"] = 5.0
+    assert [r["ratio"] for r in ratios_to(rows, "a.onnx")] == [1.0, 0.25]
+    with pytest.raises(ValueError, match="names no measured row; rows: a.onnx, b"):
+        ratios_to(rows, "c")
+
+
+def test_gemm_peak_is_a_rate():
+    from infer.bench.rounds import gemm_peak_gflops, load_average
+
+    assert gemm_peak_gflops(n=64, repeats=2) > 0
+    load = load_average()
+    assert load is None or (len(load) == 3 and all(v >= 0 for v in load))
+
+
+def test_interleaved_rounds_and_compare_to(models, demo_root, tmp_path):
+    args = [str(models["onnx"]), str(models["int8"]), "--runs", "2", "--warmup", "1", "--rounds", "5"]
+    args += ["--compare-to", "tiny.onnx", "--out", str(tmp_path), "--in-process", "--no-progress"]
+    assert main(args) == 0
+    doc = json.loads((tmp_path / "benchmark.json").read_text())
+    rows, facts = doc["results"], doc["environment"]["interleaved"]
+    assert facts["rounds"] == 5 and facts["peak_gflops"] > 0 and len(facts["load_start"]) == 3
+    assert [r["rounds"] for r in rows] == [5, 5] and rows[0]["ratio"] == 1.0
+    assert rows[1]["ratio"] == pytest.approx(rows[1]["latency_median_ms"] / rows[0]["latency_median_ms"])
+    for r in rows:
+        assert r["latency_p10_ms"] <= r["latency_median_ms"] <= r["latency_p90_ms"]
+        expect = 2 * r["gmacs"] / (r["latency_median_ms"] / 1000) / facts["peak_gflops"]
+        assert r["peak_fraction"] == pytest.approx(expect)
+    md = (tmp_path / "benchmark.md").read_text()
+    assert "| Ratio |" in md and "Peak frac." in md and "Load average" in md
+    assert main([str(models["onnx"]), "--compare-to", "nope", "--out", str(tmp_path), "--in-process"]) == 2
+
+
+def test_rows_evaluated_at_other_sizes_are_flagged():
+    from infer.bench.run import _flag_eval_sizes
+
+    rows = [
+        {"eval_resolution": "64x128"},
+        {"eval_resolution": "64x128"},
+        {"eval_resolution": "32x64", "note": "n"},
+    ]
+    _flag_eval_sizes(rows)
+    assert (
+        "note" not in rows[0]
+        and rows[2]["note"] == "n; evaluated at 32x64, others at 64x128: mIoU not comparable"
+    )
+    assert "Eval size" in format_table([{**r, "status": "ok"} for r in rows])
