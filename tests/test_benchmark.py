@@ -361,3 +361,28 @@ def test_rows_evaluated_at_other_sizes_are_flagged():
         and rows[2]["note"] == "n; evaluated at 32x64, others at 64x128: mIoU not comparable"
     )
     assert "Eval size" in format_table([{**r, "status": "ok"} for r in rows])
+
+
+def test_pth_runner_bf16_autocast_is_reported_and_close_to_fp32(tmp_path):
+    pytest.importorskip("torch")
+    from distill.checkpoint import save_checkpoint
+    from infer.runtime import RunnerError, load_runner
+
+    model, meta = _tiny_model([np.random.default_rng(0).integers(0, 256, (*SIZE, 3), dtype=np.uint8)])
+    path = save_checkpoint(tmp_path / "tiny.pth", model, meta)
+    x = np.random.default_rng(1).standard_normal((1, 3, *SIZE)).astype(np.float32)
+    fp32, bf16 = load_runner(path), load_runner(path, provider="bf16")
+    assert (fp32.precision, bf16.precision, bf16.provider) == ("fp32", "bf16", "torch-cpu-autocast")
+    a, b = fp32._run(x), bf16._run(x)
+    assert b.dtype == np.float32 and a.shape == b.shape
+    corr = np.corrcoef(a.ravel(), b.ravel())[0, 1]
+    assert np.abs(a - b).max() > 0 and corr > 0.95, corr  # rounded to bf16, not another network
+    with pytest.raises(RunnerError, match="fp32 or bf16, not 'fp16'"):
+        load_runner(path, provider="fp16")
+    cfg = BenchConfig(models=[str(path)], cpu_precision="bf16")
+    from infer.bench.measure import runner_provider
+
+    assert runner_provider(Path("m.pth"), cfg) == "bf16" and runner_provider(Path("m.xml"), cfg) == "bf16"
+    assert runner_provider(Path("m.onnx"), cfg) is None
+    cfg.cpu_precision = "fp32"
+    assert runner_provider(Path("m.xml"), cfg) == "f32"

@@ -63,6 +63,7 @@ def interleaved_rounds(rows: list[dict[str, Any]], cfg: Any, rounds: int) -> dic
 
     Returns the run-level facts: rounds, load average at start and end, the GEMM peak.
     """
+    from infer.bench.measure import runner_provider
     from infer.runtime import load_runner
 
     facts: dict[str, Any] = {"rounds": rounds, "load_start": load_average()}
@@ -74,7 +75,7 @@ def interleaved_rounds(rows: list[dict[str, Any]], cfg: Any, rounds: int) -> dic
             runner = load_runner(
                 Path(row["path"]),
                 device=cfg.device,
-                provider=cfg.provider,
+                provider=runner_provider(Path(row["path"]), cfg),
                 cuda_lib=cfg.cuda_lib,
                 threads=cfg.threads,
             )
