@@ -386,3 +386,33 @@ def test_pth_runner_bf16_autocast_is_reported_and_close_to_fp32(tmp_path):
     assert runner_provider(Path("m.onnx"), cfg) is None
     cfg.cpu_precision = "fp32"
     assert runner_provider(Path("m.xml"), cfg) == "f32"
+
+
+def _gpu_check(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_gpu_check_plan_lists_every_step_for_every_size():
+    done = _gpu_check("--plan", env={"SIZES": "512x1024 1024x2048", "OUT": "o"})
+    assert done.returncode == 0, done.stderr
+    steps = done.stdout.splitlines()
+    # install, then per size: demo data, 4 x (checkpoint, onnx, fp16 engine, int8 engine), 2 benchmark runs
+    assert len(steps) == 1 + 2 * (1 + 4 * 4 + 2) and steps[0].startswith("1. python -m pip install")
+    assert sum("--precision int8" in s and "o/1024x2048/" in s for s in steps) == 4
+    assert sum("--device cuda" in s and "--rounds 20" in s for s in steps) == 4
+
+
+def test_gpu_check_without_a_gpu_says_so(tmp_path):
+    (tmp_path / "nvidia-smi").write_text("#!/bin/sh\nexit 9\n")  # the driver tool present, no GPU behind it
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    done = _gpu_check(env={"PATH": f"{tmp_path}:/usr/bin:/bin", "OUT": str(tmp_path / "out")})
+    assert done.returncode == 3 and "no NVIDIA GPU" in done.stderr
+    assert not (tmp_path / "out").exists()  # nothing was started
