@@ -416,3 +416,18 @@ def test_gpu_check_without_a_gpu_says_so(tmp_path):
     done = _gpu_check(env={"PATH": f"{tmp_path}:/usr/bin:/bin", "OUT": str(tmp_path / "out")})
     assert done.returncode == 3 and "no NVIDIA GPU" in done.stderr
     assert not (tmp_path / "out").exists()  # nothing was started
+
+
+def test_plot_legend_lists_only_present_formats_outside_the_axes(tmp_path):
+    rows = [
+        {"model": f"m{i}", "format": "onnx", "precision": "fp32", "latency_median_ms": 10.0, "miou": 50.0}
+        for i in range(3)
+    ]  # three points at one spot: their labels must not be drawn on top of one another
+    img = cv2.imread(str(plot_latency_vs_miou(rows, tmp_path / "p.png")))
+    margin = img[:, 960 - 170 + 1 :]  # right of the axes' frame
+    legend_rows = np.flatnonzero((margin != 255).any(axis=(1, 2)))
+    assert legend_rows.size and legend_rows.max() - legend_rows.min() < 22  # one legend entry: onnx only
+    # the point sits at x = 90 + 700 x 10 / 11.5 = 698, mid-height; labels start 9 px right of it
+    ink = (img[240:380, 708 : 960 - 171] < 128).all(axis=2).any(axis=1)
+    starts = np.count_nonzero(np.diff(ink.astype(int)) == 1) + int(ink[0])
+    assert starts >= 3  # three separate label lines, not one blot
