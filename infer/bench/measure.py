@@ -33,6 +33,10 @@ def runner_provider(path: Path, cfg: BenchConfig) -> str | None:
 def _file_size(path: Path) -> int:
     """Bytes on disk, with an ONNX file's external weight files."""
     size = path.stat().st_size
+    if (
+        path.suffix.lower() == ".xml" and path.with_suffix(".bin").is_file()
+    ):  # OpenVINO IR: weights in the .bin
+        size += path.with_suffix(".bin").stat().st_size
     if path.suffix.lower() == ".onnx":
         import onnx
 

@@ -52,6 +52,7 @@ def _stats(times_ms: np.ndarray) -> dict[str, Any]:
         "latency_median_ms": median,
         "latency_p10_ms": p10,
         "latency_p90_ms": p90,
+        "latency_p99_ms": float(np.percentile(times_ms, 99)),
         "latency_mean_ms": float(times_ms.mean()),
         "spread": spread,
         "unreliable": bool(spread > UNRELIABLE_SPREAD),
