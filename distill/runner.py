@@ -8,6 +8,7 @@ the row itself imports without it.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,15 @@ def torch_macs_and_params(model: Any, size: tuple[int, int], device: str = "cpu"
     return int(flops) // 2, int(params)
 
 
+_PRECISIONS = (None, "fp32", "bf16")
+
+
 class TorchRunner(Runner):
-    """A ``.pth`` written by ``distill.checkpoint.save_checkpoint``, run in FP32 on CPU or CUDA."""
+    """A ``.pth`` written by ``distill.checkpoint.save_checkpoint``, run on CPU or CUDA.
+
+    ``provider`` picks the precision: None or ``"fp32"`` (default), ``"bf16"`` (autocast to bfloat16: matrix
+    products and convolutions in bf16, the rest in FP32; on a CPU without native bf16 PyTorch emulates it).
+    """
 
     format = "pytorch"
 
@@ -85,6 +93,11 @@ class TorchRunner(Runner):
         torch = _import_torch()
         from distill.checkpoint import CheckpointError, load_model
 
+        if provider not in _PRECISIONS:
+            raise RunnerError(
+                f"a .pth runs with precision {' or '.join(p for p in _PRECISIONS if p)}, not {provider!r}"
+            )
+        self._autocast = provider == "bf16"
         if device == "cuda" and not torch.cuda.is_available():
             raise RunnerError("--device cuda asked for, but this PyTorch sees no CUDA GPU")
         if threads:
@@ -101,12 +114,26 @@ class TorchRunner(Runner):
         self.model = model
         self._counts: dict[tuple[int, int], tuple[int, int]] = {}
         super().__init__(
-            path, meta, precision="fp32", provider=f"torch-{device}", device=device, input_size=None
+            path,
+            meta,
+            precision="bf16" if self._autocast else "fp32",
+            provider=f"torch-{device}" + ("-autocast" if self._autocast else ""),
+            device=device,
+            input_size=None,
         )
+
+    def _context(self) -> Any:
+        """Inference mode, with bf16 autocast when asked for."""
+        torch = self._torch
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        if self._autocast:
+            stack.enter_context(torch.autocast(self._device.type, dtype=torch.bfloat16))
+        return stack
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         torch = self._torch
-        with torch.inference_mode():
+        with self._context():
             out = self.model(torch.from_numpy(x).to(self._device))
             if isinstance(out, dict):
                 out = out["out"]
@@ -121,7 +148,7 @@ class TorchRunner(Runner):
         events = [
             (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(runs)
         ]
-        with torch.inference_mode():
+        with self._context():
             for _ in range(warmup):
                 self.model(xt)
             torch.cuda.synchronize()
@@ -160,7 +187,7 @@ PYTORCH = Format(
     runner=TorchRunner,
     exporter="python distill/train.py CONFIG",
     gpu_timing="device tensors, CUDA events",
-    precisions=("fp32",),
+    precisions=("fp32", "bf16"),
     color=(180, 119, 31),
     description="training checkpoint, run with PyTorch",
 )

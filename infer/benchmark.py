@@ -52,6 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/benchmark", help="output folder (default runs/benchmark)")
     p.add_argument("--provider", help="ONNX Runtime provider to force, e.g. CUDAExecutionProvider")
     p.add_argument("--cuda-lib", choices=sorted(CUDA_LIBS), default="cuda-python", help="TensorRT buffers")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="re-time all models interleaved in N rounds (median, p10-p90, spread flag, load, peak fraction)",
+    )
+    p.add_argument(
+        "--compare-to", metavar="ROW", help="print latency ratios to this row (model label or file)"
+    )
+    p.add_argument(
+        "--cpu-precision",
+        choices=["fp32", "bf16"],
+        help="precision of .pth rows (bf16 = autocast) and OpenVINO rows (inference precision hint)",
+    )
     p.add_argument("--threads", type=int, help="CPU threads (default: OMP_NUM_THREADS, else library default)")
     ev = p.add_argument_group("evaluation")
     ev.add_argument("--mode", choices=MODES, default="whole", help="whole image or sliding window")

@@ -300,3 +300,134 @@ def test_a_format_added_to_the_table_alone_is_run_benchmarked_and_plotted(dummy_
     assert row["aacc"] == pytest.approx(100 * (labels[valid] == 0).mean())  # everything predicted road
     plot = cv2.imread(str(written["png"]))
     assert (np.abs(plot.astype(int) - (3, 250, 7)).sum(-1) < 10).sum() > 50  # its point and legend swatch
+
+
+def test_round_statistics_ratios_and_spread_flag():
+    from infer.bench.rounds import _stats, ratios_to
+
+    s = _stats(np.array([10.0, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]))
+    assert s["latency_median_ms"] == 15 and s["latency_p10_ms"] == 11 and s["latency_p90_ms"] == 19
+    assert s["spread"] == pytest.approx(8 / 15) and s["unreliable"] is True  # 8 / 15 > 0.5
+    steady = _stats(np.array([10.0] * 9 + [30.0]))  # p90 = 10 + 0.1 x 20 = 12: spread 0.2
+    assert steady["spread"] == pytest.approx(0.2) and steady["unreliable"] is False
+    assert _stats(np.array([10.0, 10, 30, 30]))["unreliable"] is True
+    rows = [
+        {"model": "a.onnx", "path": "/x/a.onnx", "latency_median_ms": 20.0},
+        {"model": "b", "path": "b.xml"},
+    ]
+    rows[1]["latency_median_ms"] = 5.0
+    assert [r["ratio"] for r in ratios_to(rows, "a.onnx")] == [1.0, 0.25]
+    with pytest.raises(ValueError, match="names no measured row; rows: a.onnx, b"):
+        ratios_to(rows, "c")
+
+
+def test_gemm_peak_is_a_rate():
+    from infer.bench.rounds import gemm_peak_gflops, load_average
+
+    assert gemm_peak_gflops(n=64, repeats=2) > 0
+    load = load_average()
+    assert load is None or (len(load) == 3 and all(v >= 0 for v in load))
+
+
+def test_interleaved_rounds_and_compare_to(models, demo_root, tmp_path):
+    args = [str(models["onnx"]), str(models["int8"]), "--runs", "2", "--warmup", "1", "--rounds", "5"]
+    args += ["--compare-to", "tiny.onnx", "--out", str(tmp_path), "--in-process", "--no-progress"]
+    assert main(args) == 0
+    doc = json.loads((tmp_path / "benchmark.json").read_text())
+    rows, facts = doc["results"], doc["environment"]["interleaved"]
+    assert facts["rounds"] == 5 and facts["peak_gflops"] > 0 and len(facts["load_start"]) == 3
+    assert [r["rounds"] for r in rows] == [5, 5] and rows[0]["ratio"] == 1.0
+    assert rows[1]["ratio"] == pytest.approx(rows[1]["latency_median_ms"] / rows[0]["latency_median_ms"])
+    for r in rows:
+        assert r["latency_p10_ms"] <= r["latency_median_ms"] <= r["latency_p90_ms"]
+        expect = 2 * r["gmacs"] / (r["latency_median_ms"] / 1000) / facts["peak_gflops"]
+        assert r["peak_fraction"] == pytest.approx(expect)
+    md = (tmp_path / "benchmark.md").read_text()
+    assert "| Ratio |" in md and "Peak frac." in md and "Load average" in md
+    assert main([str(models["onnx"]), "--compare-to", "nope", "--out", str(tmp_path), "--in-process"]) == 2
+
+
+def test_rows_evaluated_at_other_sizes_are_flagged():
+    from infer.bench.run import _flag_eval_sizes
+
+    rows = [
+        {"eval_resolution": "64x128"},
+        {"eval_resolution": "64x128"},
+        {"eval_resolution": "32x64", "note": "n"},
+    ]
+    _flag_eval_sizes(rows)
+    assert (
+        "note" not in rows[0]
+        and rows[2]["note"] == "n; evaluated at 32x64, others at 64x128: mIoU not comparable"
+    )
+    assert "Eval size" in format_table([{**r, "status": "ok"} for r in rows])
+
+
+def test_pth_runner_bf16_autocast_is_reported_and_close_to_fp32(tmp_path):
+    pytest.importorskip("torch")
+    from distill.checkpoint import save_checkpoint
+    from infer.runtime import RunnerError, load_runner
+
+    model, meta = _tiny_model([np.random.default_rng(0).integers(0, 256, (*SIZE, 3), dtype=np.uint8)])
+    path = save_checkpoint(tmp_path / "tiny.pth", model, meta)
+    x = np.random.default_rng(1).standard_normal((1, 3, *SIZE)).astype(np.float32)
+    fp32, bf16 = load_runner(path), load_runner(path, provider="bf16")
+    assert (fp32.precision, bf16.precision, bf16.provider) == ("fp32", "bf16", "torch-cpu-autocast")
+    a, b = fp32._run(x), bf16._run(x)
+    assert b.dtype == np.float32 and a.shape == b.shape
+    corr = np.corrcoef(a.ravel(), b.ravel())[0, 1]
+    assert np.abs(a - b).max() > 0 and corr > 0.95, corr  # rounded to bf16, not another network
+    with pytest.raises(RunnerError, match="fp32 or bf16, not 'fp16'"):
+        load_runner(path, provider="fp16")
+    cfg = BenchConfig(models=[str(path)], cpu_precision="bf16")
+    from infer.bench.measure import runner_provider
+
+    assert runner_provider(Path("m.pth"), cfg) == "bf16" and runner_provider(Path("m.xml"), cfg) == "bf16"
+    assert runner_provider(Path("m.onnx"), cfg) is None
+    cfg.cpu_precision = "fp32"
+    assert runner_provider(Path("m.xml"), cfg) == "f32"
+
+
+def _gpu_check(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_gpu_check_plan_lists_every_step_for_every_size():
+    done = _gpu_check("--plan", env={"SIZES": "512x1024 1024x2048", "OUT": "o"})
+    assert done.returncode == 0, done.stderr
+    steps = done.stdout.splitlines()
+    # install, then per size: demo data, 4 x (checkpoint, onnx, fp16 engine, int8 engine), 2 benchmark runs
+    assert len(steps) == 1 + 2 * (1 + 4 * 4 + 2) and steps[0].startswith("1. python -m pip install")
+    assert sum("--precision int8" in s and "o/1024x2048/" in s for s in steps) == 4
+    assert sum("--device cuda" in s and "--rounds 20" in s for s in steps) == 4
+
+
+def test_gpu_check_without_a_gpu_says_so(tmp_path):
+    (tmp_path / "nvidia-smi").write_text("#!/bin/sh\nexit 9\n")  # the driver tool present, no GPU behind it
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    done = _gpu_check(env={"PATH": f"{tmp_path}:/usr/bin:/bin", "OUT": str(tmp_path / "out")})
+    assert done.returncode == 3 and "no NVIDIA GPU" in done.stderr
+    assert not (tmp_path / "out").exists()  # nothing was started
+
+
+def test_plot_legend_lists_only_present_formats_outside_the_axes(tmp_path):
+    rows = [
+        {"model": f"m{i}", "format": "onnx", "precision": "fp32", "latency_median_ms": 10.0, "miou": 50.0}
+        for i in range(3)
+    ]  # three points at one spot: their labels must not be drawn on top of one another
+    img = cv2.imread(str(plot_latency_vs_miou(rows, tmp_path / "p.png")))
+    margin = img[:, 960 - 170 + 1 :]  # right of the axes' frame
+    legend_rows = np.flatnonzero((margin != 255).any(axis=(1, 2)))
+    assert legend_rows.size and legend_rows.max() - legend_rows.min() < 22  # one legend entry: onnx only
+    # the point sits at x = 90 + 700 x 10 / 11.5 = 698, mid-height; labels start 9 px right of it
+    ink = (img[240:380, 708 : 960 - 171] < 128).all(axis=2).any(axis=1)
+    starts = np.count_nonzero(np.diff(ink.astype(int)) == 1) + int(ink[0])
+    assert starts >= 3  # three separate label lines, not one blot

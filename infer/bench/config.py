@@ -33,6 +33,9 @@ class BenchConfig:
     flip: bool = False
     scales: list[float] = field(default_factory=lambda: [1.0])
     limit: int | None = None
+    rounds: int = 0
+    cpu_precision: str | None = None
+    compare_to: str | None = None
     isolate: bool = True
     progress: bool = True
 
@@ -42,6 +45,10 @@ class BenchConfig:
             problems.append("give at least one model file")
         if self.threads is not None and self.threads < 1:
             problems.append(f"--threads must be >= 1, got {self.threads}")
+        if self.cpu_precision not in (None, "fp32", "bf16"):
+            problems.append(f"--cpu-precision must be fp32 or bf16, not {self.cpu_precision!r}")
+        if self.rounds < 0:
+            problems.append(f"--rounds must be >= 0, got {self.rounds}")
         if self.limit is not None and self.limit < 1:
             problems.append(f"--limit must be >= 1, got {self.limit}")
         for name in ("size", "crop", "stride", "eval_size"):

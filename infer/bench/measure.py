@@ -15,12 +15,28 @@ from infer.bench.config import BenchConfig
 from infer.bench.memory import PeakRSS
 from infer.formats import format_for_path
 
-__all__ = ["benchmark_model", "format_name", "hw_text"]
+__all__ = ["benchmark_model", "format_name", "hw_text", "runner_provider"]
+
+# --cpu-precision as each format's runner spells it; formats not listed keep --provider.
+_PRECISION_PROVIDERS = {
+    "pytorch": {"fp32": "fp32", "bf16": "bf16"},
+    "openvino": {"fp32": "f32", "bf16": "bf16"},
+}
+
+
+def runner_provider(path: Path, cfg: BenchConfig) -> str | None:
+    """The ``provider`` argument for ``path``'s runner: the precision for PyTorch/OpenVINO, else --provider."""
+    spelled = _PRECISION_PROVIDERS.get(format_name(path), {})
+    return spelled.get(cfg.cpu_precision, cfg.provider) if cfg.cpu_precision else cfg.provider
 
 
 def _file_size(path: Path) -> int:
     """Bytes on disk, with an ONNX file's external weight files."""
     size = path.stat().st_size
+    if (
+        path.suffix.lower() == ".xml" and path.with_suffix(".bin").is_file()
+    ):  # OpenVINO IR: weights in the .bin
+        size += path.with_suffix(".bin").stat().st_size
     if path.suffix.lower() == ".onnx":
         import onnx
 
@@ -132,7 +148,11 @@ def benchmark_model(
             format_for_path(path).load_runner().import_library()  # its memory is not the model's
         rss = PeakRSS().start()
         runner = load_runner(
-            path, device=cfg.device, provider=cfg.provider, cuda_lib=cfg.cuda_lib, threads=cfg.threads
+            path,
+            device=cfg.device,
+            provider=runner_provider(path, cfg),
+            cuda_lib=cfg.cuda_lib,
+            threads=cfg.threads,
         )
         del row["load_failed"]
         row.update(

@@ -43,7 +43,7 @@ def plot_latency_vs_miou(rows: list[dict[str, Any]], path: str | os.PathLike[str
     """
     pts = plottable(rows)
     colors = {f.name: f.color for f in formats()}  # BGR, from the format table
-    width, height, left, right, top, bottom = 960, 640, 90, 30, 50, 70
+    width, height, left, right, top, bottom = 960, 640, 90, 170, 50, 70  # legend in the right margin
     img = np.full((height, width, 3), 255, np.uint8)
     font = cv2.FONT_HERSHEY_SIMPLEX
     cv2.putText(img, "mIoU vs latency (batch 1, median)", (left, 32), font, 0.7, (0, 0, 0), 2, cv2.LINE_AA)
@@ -69,18 +69,27 @@ def plot_latency_vs_miou(rows: list[dict[str, Any]], path: str | os.PathLike[str
         cv2.putText(img, f"{ty:g}", (px - 50, py + 5), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, "latency (ms)", (width // 2 - 50, height - 20), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, "mIoU (%)", (10, top - 8), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    placed: list[tuple[int, int, int, int]] = []  # label boxes drawn so far: x0, y0, x1, y1
     for r in pts:
         px, py = to_px(r["latency_median_ms"], r["miou"])
         color = colors.get(r.get("format", ""), _OTHER_COLOR)
         cv2.circle(img, (px, py), 6, color, -1, cv2.LINE_AA)
         label = f"{r['model']} ({r.get('precision', '?')})"
-        (tw, _), _ = cv2.getTextSize(label, font, 0.42, 1)
-        tx = px + 9 if px + 9 + tw < width - 5 else px - 9 - tw  # keep labels inside the image
-        cv2.putText(img, label, (tx, py - 6), font, 0.42, (40, 40, 40), 1, cv2.LINE_AA)
-    for i, (fmt, color) in enumerate(colors.items()):
+        (tw, th), _ = cv2.getTextSize(label, font, 0.42, 1)
+        tx = px + 9 if px + 9 + tw < width - right else px - 9 - tw  # keep labels inside the axes
+        # greedy: the first baseline offset (above, below, further out) whose box overlaps no earlier label
+        for dy in (-6, 16, -20, 30, -34, 44, -48, 58):
+            box = (tx, py + dy - th, tx + tw, py + dy + 2)
+            if not any(b[0] < box[2] and box[0] < b[2] and b[1] < box[3] and box[1] < b[3] for b in placed):
+                break
+        placed.append(box)
+        cv2.putText(img, label, (tx, box[3] - 2), font, 0.42, (40, 40, 40), 1, cv2.LINE_AA)
+    present = [f for f in colors if any(r.get("format") == f for r in pts)]
+    present += sorted({r.get("format", "?") for r in pts} - set(colors))  # formats outside the table
+    for i, fmt in enumerate(present):  # only formats that have a point, outside the axes
         y = top + 20 + 22 * i
-        cv2.circle(img, (width - right - 110, y - 4), 6, color, -1, cv2.LINE_AA)
-        cv2.putText(img, fmt, (width - right - 96, y), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.circle(img, (width - right + 20, y - 4), 6, colors.get(fmt, _OTHER_COLOR), -1, cv2.LINE_AA)
+        cv2.putText(img, fmt, (width - right + 34, y), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     path = Path(path)
     with atomic_path(path) as tmp:
         ok, png = cv2.imencode(".png", img)

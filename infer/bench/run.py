@@ -15,6 +15,7 @@ from tqdm import tqdm
 from infer.bench.config import BenchConfig
 from infer.bench.environment import environment
 from infer.bench.measure import benchmark_model, format_name
+from infer.bench.rounds import interleaved_rounds, ratios_to
 from infer.bench.writers import format_table, write_results
 from infer.fileio import check_writable_dir
 
@@ -59,6 +60,18 @@ def _benchmark_isolated(path: Path, cfg: BenchConfig, name: str) -> dict[str, An
             return row
 
 
+def _flag_eval_sizes(rows: list[dict[str, Any]]) -> None:
+    """Note rows whose accuracy was measured at another size than the others' (their mIoU is not comparable)."""
+    sizes = [r.get("eval_resolution") for r in rows if r.get("eval_resolution")]
+    if len(set(sizes)) < 2:
+        return
+    common = max(set(sizes), key=sizes.count)
+    for r in rows:
+        if r.get("eval_resolution") and r["eval_resolution"] != common:
+            note = f"evaluated at {r['eval_resolution']}, others at {common}: mIoU not comparable"
+            r["note"] = f"{r['note']}; {note}" if r.get("note") else note
+
+
 def run_benchmark(
     cfg: BenchConfig, command: str | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, Path]]:
@@ -80,6 +93,11 @@ def run_benchmark(
             _benchmark_isolated(path, cfg, name) if cfg.isolate else benchmark_model(path, cfg, dataset, name)
         )
     env = environment(cfg.threads)
+    if cfg.rounds:  # the per-model timings above ran one after another; these run side by side
+        env["interleaved"] = interleaved_rounds(rows, cfg, cfg.rounds)
+    if cfg.compare_to:
+        ratios_to(rows, cfg.compare_to)
+    _flag_eval_sizes(rows)
     command = command or "python infer/benchmark.py " + " ".join(shlex.quote(m) for m in cfg.models)
     written = write_results(rows, env, cfg, cfg.out, command)
     print(format_table(rows))

@@ -44,18 +44,41 @@ _EXTRA_KEYS = (
     "batch",
     "mem_method",
     "timing",
-    "eval_resolution",
     "eval_images",
     "eval_seconds",
     "note",
     "error",
+    "rounds",
+    "unreliable",
 )
+# Shown only when some row has them (interleaved rounds, --compare-to, evaluation), each after the column named.
+_OPTIONAL = {
+    "latency_p10_ms": ("p10 (ms)", "latency_median_ms"),
+    "spread": ("Spread", "latency_p90_ms"),
+    "ratio": ("Ratio", "spread"),
+    "peak_fraction": ("Peak frac.", "ratio"),
+    "eval_resolution": ("Eval size", "peak_mem_mb"),
+}
+
+
+def _display_columns() -> dict[str, str]:
+    """COLUMNS with the optional columns inserted where they read best."""
+    out = dict(COLUMNS)
+    for key, (title, after) in _OPTIONAL.items():
+        items = list(out.items())
+        i = [k for k, _ in items].index(after) + 1
+        out = dict([*items[:i], (key, title), *items[i:]])
+    return out
 
 
 def _cell(key: str, value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if isinstance(value, float):
+        if key == "spread":
+            return f"{value:.2f}"
+        if key == "peak_fraction":
+            return f"{100 * value:.1f}%"
         digits = {"size_mb": 1, "params_m": 2, "gmacs": 2, "fps": 1, "throughput_ips": 1, "peak_mem_mb": 0}
         return f"{value:.{digits.get(key, 2)}f}"
     return str(value)
@@ -63,15 +86,19 @@ def _cell(key: str, value: Any) -> str:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of the rows (failed rows show their reason in the Status column)."""
-    keys = [k for k in COLUMNS if k != "throughput_ips" or any(r.get(k) is not None for r in rows)]
+    columns = _display_columns()
+    keys = [k for k in columns if k not in _OPTIONAL or any(r.get(k) is not None for r in rows)]
+    keys = [k for k in keys if k != "throughput_ips" or any(r.get(k) is not None for r in rows)]
     keys = [k for k in keys if k not in ("miou", "macc", "aacc") or any(r.get(k) is not None for r in rows)]
-    lines = ["| " + " | ".join(COLUMNS[k] for k in keys) + " |", "|" + "|".join("---" for _ in keys) + "|"]
+    lines = ["| " + " | ".join(columns[k] for k in keys) + " |", "|" + "|".join("---" for _ in keys) + "|"]
     for r in rows:
         status = (
             f"failed: {r.get('error', '')}"
             if r["status"] != "ok"
             else "ok" + (f" ({r['note']})" if r.get("note") else "")
         )
+        if r.get("unreliable"):
+            status += " (unreliable: p10-p90 spread > 0.5 x median)"
         cells = [_cell(k, status if k == "status" else r.get(k)) for k in keys]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)
@@ -97,6 +124,18 @@ def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], cfg: BenchConfig,
             settings += ", whole images at their own size (fixed-size models: resized to their input)"
         settings += ", with flip" if cfg.flip else ""
         settings += f", scales {cfg.scales}" if list(cfg.scales) != [1.0] else ""
+    timing = ""
+    if env.get("interleaved"):
+        f = env["interleaved"]
+        peak = (
+            f"{f['peak_gflops']:.1f} GFLOP/s ({f['peak_method']})" if f.get("peak_gflops") else "not measured"
+        )
+        timing = (
+            f"Timing: latency re-measured in {f['rounds']} interleaved rounds (one call of every model per round); "
+            f"median, p10, p90, spread = (p90 - p10) / median, unreliable when spread > 0.5. Load average "
+            f"(1/5/15 min) at start {f['load_start']}, at end {f['load_end']}. Peak frac. = 2 x GMACs per second "
+            f"(FLOP/s) / measured peak {peak}; int8 and bf16 rows are compared with that FP32 peak too.\n"
+        )
     return "\n".join(
         [
             "# Benchmark",
@@ -112,6 +151,7 @@ def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], cfg: BenchConfig,
             f"Settings: {settings}. GMACs = multiply-accumulates of convolutions and matrix products (FLOPs = 2 x "
             "MACs); FPS = 1000 / mean latency; peak memory = peak RSS growth on CPU.",
             "",
+            timing,
             format_table(rows),
             "",
         ]
@@ -132,7 +172,7 @@ def write_results(
     doc = {"command": command, "environment": env, "settings": settings, "results": rows}
     atomic_write_text(paths["json"], to_json(doc, indent=2, default=str) + "\n")
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=[*COLUMNS, *_EXTRA_KEYS], extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=[*COLUMNS, *_OPTIONAL, *_EXTRA_KEYS], extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(paths["csv"], buf.getvalue())
