@@ -33,16 +33,17 @@ import numpy as np
 from tqdm import tqdm
 
 from infer.cliargs import hw_arg
-from infer.datasets.cityscapes import LABEL_ID
+from infer.datasets.cityscapes import DEMO_CLASS_SETS, LABEL_ID
 from infer.datasets.reading import write_png
 from infer.fileio import atomic_write_text
 from infer.video.output import VideoSink
 
-__all__ = ["GENERATOR_VERSION", "generate_demo", "main", "render_scene", "write_demo_video"]
+__all__ = ["CLASS_SETS", "GENERATOR_VERSION", "generate_demo", "main", "render_scene", "write_demo_video"]
 
 GENERATOR_VERSION = 1
 _CITY = "demo"
 _MANIFEST = "demo.json"
+CLASS_SETS = DEMO_CLASS_SETS  # class set name -> the reader's label_type
 _SHIFT = 4  # fixed-point bits of the polygon coordinates: sub-pixel accuracy for thin, far objects
 _ONE = 1 << _SHIFT
 
@@ -897,6 +898,7 @@ def generate_demo(
     size: tuple[int, int] = (256, 512),
     seed: int = 0,
     *,
+    classes: str = "categories",
     progress: bool = False,
     overwrite: bool = False,
 ) -> Path:
@@ -907,6 +909,10 @@ def generate_demo(
         splits: frames per split, default ``{"train": 200, "val": 50}``.
         size: (height, width) of every frame.
         seed: base seed; frame i of a split depends only on (seed, split, i).
+        classes: the class set the reader evaluates, recorded in the manifest: ``"categories"`` (the 7
+            Cityscapes categories: flat, construction, object, nature, sky, human, vehicle; what the demo
+            recipes train) or ``"cityscapes"`` (the 19 classes). The label files are Cityscapes labelIds
+            either way; only the reader's mapping differs.
         progress: show a progress bar.
         overwrite: regenerate even when ``root`` already holds exactly this data.
 
@@ -916,8 +922,10 @@ def generate_demo(
 
     Raises:
         FileExistsError: ``root`` holds a Cityscapes-like layout that this function did not write.
-        ValueError: a size below 16x16 or a negative count.
+        ValueError: a size below 16x16, a negative count or an unknown class set.
     """
+    if classes not in CLASS_SETS:
+        raise ValueError(f"classes must be one of {sorted(CLASS_SETS)}, got {classes!r}")
     root = Path(root).expanduser()
     splits = dict(splits if splits is not None else {"train": 200, "val": 50})
     size = (int(size[0]), int(size[1]))
@@ -925,8 +933,12 @@ def generate_demo(
         raise ValueError(f"need size >= 16x16 and non-negative counts, got size={size}, splits={splits}")
     wanted = {"generator_version": GENERATOR_VERSION, "seed": seed, "size": list(size), "splits": splits}
     manifest = root / _MANIFEST
-    if manifest.is_file() and not overwrite and json.loads(manifest.read_text()) == wanted:
+    old = json.loads(manifest.read_text()) if manifest.is_file() else None
+    if old is not None and not overwrite and {k: v for k, v in old.items() if k != "classes"} == wanted:
+        if old.get("classes", "cityscapes") != classes:  # same frames, another class set: only the manifest
+            atomic_write_text(manifest, json.dumps({**wanted, "classes": classes}, indent=2) + "\n")
         return root
+    wanted["classes"] = classes
     if not manifest.is_file() and ((root / "leftImg8bit").exists() or (root / "gtFine").exists()):
         raise FileExistsError(f"{root} holds leftImg8bit/ or gtFine/ but no {_MANIFEST}; not writing into it")
     manifest.unlink(missing_ok=True)  # the folder is incomplete until the new manifest is written
@@ -980,16 +992,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val", type=int, default=50, help="frames in split val")
     parser.add_argument("--size", type=hw_arg, default=(256, 512), help="HEIGHTxWIDTH (default 256x512)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--classes",
+        choices=sorted(CLASS_SETS),
+        default="categories",
+        help="class set the reader evaluates: the 7 Cityscapes categories (default, what the demo recipes "
+        "train) or the 19 Cityscapes classes",
+    )
+    parser.add_argument(
+        "--video-size", type=hw_arg, metavar="HxW", help="size of the --video frames (default: --size)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if up to date")
     parser.add_argument(
         "--video", metavar="PATH", help="also write a short street video (mp4) for the camera demo"
     )
     args = parser.parse_args(argv)
     splits = {"train": args.train, "val": args.val}
-    root = generate_demo(args.root, splits, args.size, args.seed, progress=True, overwrite=args.overwrite)
-    print(f"demo data in {root}: {splits} frames of {args.size[0]}x{args.size[1]}")
+    root = generate_demo(
+        args.root, splits, args.size, args.seed, classes=args.classes, progress=True, overwrite=args.overwrite
+    )
+    print(f"demo data in {root}: {splits} frames of {args.size[0]}x{args.size[1]}, classes: {args.classes}")
     if args.video:
-        print(f"demo video: {write_demo_video(args.video, size=args.size, seed=args.seed)}")
+        size = args.video_size or args.size
+        print(f"demo video: {write_demo_video(args.video, size=size, seed=args.seed)}")
 
 
 if __name__ == "__main__":

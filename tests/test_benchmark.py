@@ -52,7 +52,13 @@ def _tiny_model(images: list[np.ndarray]):
 def demo_root(tmp_path_factory) -> Path:
     from scenes.street import generate_demo
 
-    return generate_demo(tmp_path_factory.mktemp("demo"), splits={"train": 2, "val": 3}, size=SIZE, seed=0)
+    return generate_demo(
+        tmp_path_factory.mktemp("demo"),
+        splits={"train": 2, "val": 3},
+        size=SIZE,
+        seed=0,
+        classes="cityscapes",
+    )
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,9 @@ def test_user_module_distils_saves_its_import_path_and_exports(tmp_path: Path) -
     from export.pipeline import ExportOptions, export_checkpoint
     from infer.datasets.demo import generate_demo
 
-    root = generate_demo(tmp_path / "demo", {"train": 4, "val": 2}, size=(64, 128), seed=0)
+    root = generate_demo(
+        tmp_path / "demo", {"train": 4, "val": 2}, size=(64, 128), seed=0, classes="cityscapes"
+    )
     torch.manual_seed(1)
     arch = {"name": "deeplabv3_r101", "num_classes": 19, "width": 0.125}
     teacher = build_model("deeplabv3_r101", num_classes=19, width=0.125)

@@ -29,6 +29,7 @@ from infer.datasets import (
 )
 from infer.datasets.check import check_dataset
 from infer.datasets.cityscapes import LABELS
+from infer.datasets.reading import write_png
 from scenes.street import generate_demo, render_scene
 
 REPO = Path(__file__).resolve().parents[1]
@@ -389,7 +390,7 @@ SIZE = (64, 128)
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_demo(tmp_path_factory.mktemp("demo"), SPLITS, SIZE, seed=0)
+    return generate_demo(tmp_path_factory.mktemp("demo"), SPLITS, SIZE, seed=0, classes="cityscapes")
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -438,7 +439,7 @@ def test_demo_scene_has_small_and_thin_classes() -> None:
 
 def test_demo_manifest_and_refusals(demo_root: Path, tmp_path: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in demo_root.rglob("*.png")}
-    generate_demo(demo_root, SPLITS, SIZE, seed=0)  # up to date: nothing rewritten
+    generate_demo(demo_root, SPLITS, SIZE, seed=0, classes="cityscapes")  # up to date: nothing rewritten
     assert {p: p.stat().st_mtime_ns for p in demo_root.rglob("*.png")} == before
     assert json.loads((demo_root / "demo.json").read_text())["splits"] == SPLITS
     (tmp_path / "real" / "gtFine").mkdir(parents=True)  # somebody's Cityscapes copy
@@ -446,6 +447,40 @@ def test_demo_manifest_and_refusals(demo_root: Path, tmp_path: Path) -> None:
         generate_demo(tmp_path / "real", SPLITS, SIZE)
     with pytest.raises(DatasetError, match="python -m infer.datasets.demo"):
         build_dataset("demo", tmp_path / "none", "train")
+
+
+def test_category_level_labels_follow_the_official_categories(tmp_path: Path) -> None:
+    # labelIds -> categories by hand: road 7 and sidewalk 8 are flat (0), parking 9 stays ignored as in the
+    # 19-class evaluation, building 11 / fence 13 construction (1), pole 17 / sign 20 object (2), vegetation 21
+    # nature (3), sky 23 (4), person 24 / rider 25 human (5), car 26 / bicycle 33 vehicle (6), guard rail 14 and
+    # the ego vehicle 1 ignored.
+    raw = np.array([[7, 8, 9, 11, 13, 17, 20, 21], [23, 24, 25, 26, 33, 14, 1, 0]], np.uint8)
+    want = np.array([[0, 0, 255, 1, 1, 2, 2, 3], [4, 5, 5, 6, 6, 255, 255, 255]], np.uint8)
+    for split in ("train", "val"):
+        write_png(tmp_path / f"leftImg8bit/{split}/x/x_0_0_leftImg8bit.png", np.zeros((2, 8, 3), np.uint8))
+        write_png(tmp_path / f"gtFine/{split}/x/x_0_0_gtFine_labelIds.png", raw)
+    ds = build_dataset("cityscapes", tmp_path, "val", label_type="categories")
+    assert ds.class_names == ["flat", "construction", "object", "nature", "sky", "human", "vehicle"]
+    assert ds.num_classes == 7 and len(ds.palette) == 7
+    np.testing.assert_array_equal(ds[0][1], want)
+    assert build_dataset("cityscapes", tmp_path, "val").num_classes == 19  # the default is unchanged
+
+
+def test_demo_class_set_comes_from_its_manifest(tmp_path: Path) -> None:
+    root = generate_demo(tmp_path / "d", {"val": 1}, (32, 64), seed=0)  # default: the 7 categories
+    assert json.loads((root / "demo.json").read_text())["classes"] == "categories"
+    cats = build_dataset("demo", root, "val")
+    assert cats.num_classes == 7 and cats.class_names[0] == "flat"
+    full = build_dataset("demo", root, "val", label_type="labelIds")  # an explicit choice wins
+    assert full.num_classes == 19
+    # the same frames with the other class set: only the manifest changes, the files stay
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*.png")}
+    generate_demo(root, {"val": 1}, (32, 64), seed=0, classes="cityscapes")
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*.png")} == before
+    assert build_dataset("demo", root, "val").num_classes == 19
+    np.testing.assert_array_equal(cats.read_raw_label(0), full.read_raw_label(0))
+    with pytest.raises(ValueError, match="classes must be one of"):
+        generate_demo(root, {"val": 1}, (32, 64), classes="coarse")
 
 
 def test_demo_cli_then_check_cli(tmp_path: Path) -> None:

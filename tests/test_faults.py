@@ -57,7 +57,9 @@ def _all_finite(path: Path) -> bool:
 def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from infer.datasets.demo import generate_demo
 
-    root = generate_demo(tmp_path_factory.mktemp("demo"), {"train": 4, "val": 2}, size=(64, 128), seed=0)
+    root = generate_demo(
+        tmp_path_factory.mktemp("demo"), {"train": 4, "val": 2}, size=(64, 128), seed=0, classes="cityscapes"
+    )
     cfg = {
         "data": {
             "dataset": "demo",

@@ -97,7 +97,7 @@ SCRIPT = textwrap.dedent(
 
     root, onnx_file, pth_file, image_file, out = sys.argv[1:6]
     # datasets, their check command and the metrics
-    scenes.street.generate_demo(root + "/gen", {"val": 1}, (32, 64), seed=0)
+    scenes.street.generate_demo(root + "/gen", {"val": 1}, (32, 64), seed=0, classes="cityscapes")
     ds = infer.datasets.build_dataset("demo", root + "/gen", "val")
     image, label = ds[0]
     cm = infer.metrics.ConfusionMatrix(ds.num_classes)
@@ -144,7 +144,7 @@ def deploy_files(tmp_path_factory) -> dict[str, Path]:
     from scenes.street import generate_demo
 
     d = tmp_path_factory.mktemp("deploy")
-    demo = generate_demo(d / "bench", splits={"val": 2}, size=SIZE, seed=0)
+    demo = generate_demo(d / "bench", splits={"val": 2}, size=SIZE, seed=0, classes="cityscapes")
     torch.manual_seed(0)
     model = build_model("deeplabv3_mbv2", num_classes=K, width=0.25).eval()
     meta = ModelMeta(

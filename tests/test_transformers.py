@@ -102,7 +102,9 @@ def test_r101_teacher_distils_into_segformer_through_train_py(tmp_path) -> None:
     from infer.meta import ModelMeta
 
     repo = Path(__file__).resolve().parents[1]
-    root = generate_demo(tmp_path / "demo", {"train": 4, "val": 2}, size=(64, 128), seed=0)
+    root = generate_demo(
+        tmp_path / "demo", {"train": 4, "val": 2}, size=(64, 128), seed=0, classes="cityscapes"
+    )
     torch.manual_seed(1)
     arch = {"name": "deeplabv3_r101", "num_classes": 19, "width": 0.125}
     teacher = build_model("deeplabv3_r101", num_classes=19, width=0.125)

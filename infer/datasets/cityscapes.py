@@ -7,11 +7,15 @@ Layout under the root::
     gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_labelTrainIds.png   (label_type="trainIds")
 
 labelIds (0..33) are mapped to the 19 evaluation classes by the official table below; every other label
-becomes 255 (ignore).
+becomes 255 (ignore). ``label_type="categories"`` reads the same labelIds files and evaluates the 7 official
+categories instead (flat, construction, object, nature, sky, human, vehicle: each of the 19 classes counts as
+its category; the labels ignored in the 19-class evaluation stay ignored), the coarse level of the Cityscapes
+benchmark.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import ClassVar, NamedTuple
@@ -20,7 +24,15 @@ import numpy as np
 
 from infer.datasets.base import DATASETS, DatasetError, SegDataset, pair_by_stem, train_id_table, value_ranges
 
-__all__ = ["LABELS", "LABEL_ID", "CityscapesDataset", "CityscapesLabel", "DemoDataset"]
+__all__ = [
+    "CATEGORIES",
+    "DEMO_CLASS_SETS",
+    "LABELS",
+    "LABEL_ID",
+    "CityscapesDataset",
+    "CityscapesLabel",
+    "DemoDataset",
+]
 
 
 class CityscapesLabel(NamedTuple):
@@ -79,12 +91,27 @@ LABEL_ID: dict[str, int] = {lab.name: lab.id for lab in LABELS if lab.id >= 0}
 _TRAIN = sorted((lab for lab in LABELS if 0 <= lab.train_id < 255), key=lambda lab: lab.train_id)
 _NUM_IDS = 34  # labelIds 0..33 can appear in the files
 
+# The 7 evaluated categories, in cityscapesScripts' categoryId order, each drawn in the colour of its most
+# common class.
+CATEGORIES: tuple[str, ...] = ("flat", "construction", "object", "nature", "sky", "human", "vehicle")
+_CATEGORY_COLOR = {"flat": (128, 64, 128), "construction": (70, 70, 70), "object": (220, 220, 0),
+                   "nature": (107, 142, 35), "sky": (70, 130, 180), "human": (220, 20, 60),
+                   "vehicle": (0, 0, 142)}  # fmt: skip
+
 
 def _label_id_table() -> np.ndarray:
     lut = np.full(256, 255, np.uint8)
     for lab in LABELS:
         if lab.id >= 0:
             lut[lab.id] = lab.train_id
+    return lut
+
+
+def _category_table() -> np.ndarray:
+    lut = np.full(256, 255, np.uint8)
+    for lab in LABELS:
+        if lab.id >= 0 and 0 <= lab.train_id < 255:
+            lut[lab.id] = CATEGORIES.index(lab.category)
     return lut
 
 
@@ -102,16 +129,18 @@ _LABEL_TYPES: dict[str, tuple[str, np.ndarray, np.ndarray]] = {
         train_id_table(len(_TRAIN)),
         _mask([*range(len(_TRAIN)), 255]),
     ),
+    "categories": ("_gtFine_labelIds.png", _category_table(), _mask(list(range(_NUM_IDS)))),
 }
 
 
 @DATASETS.register("cityscapes")
 class CityscapesDataset(SegDataset):
-    """Cityscapes fine annotations, 19 classes.
+    """Cityscapes fine annotations, 19 classes (or the 7 categories with ``label_type="categories"``).
 
     Example:
         >>> ds = CityscapesDataset("data/cityscapes", "val")   # labelIds mapped by the official table
         >>> ds = CityscapesDataset("data/cityscapes", "val", label_type="trainIds")
+        >>> ds = CityscapesDataset("data/cityscapes", "val", label_type="categories")  # 7 classes
     """
 
     name: ClassVar[str] = "cityscapes"
@@ -125,10 +154,14 @@ class CityscapesDataset(SegDataset):
     def __init__(
         self, root: str | os.PathLike[str], split: str, *, label_type: str = "labelIds", **kwargs: object
     ) -> None:
-        """See `SegDataset`; ``label_type`` is ``"labelIds"`` (mapped by the table) or ``"trainIds"``."""
+        """See `SegDataset`; ``label_type``: ``"labelIds"`` (mapped by the table), ``"trainIds"`` or
+        ``"categories"`` (labelIds files, the 7 categories evaluated)."""
         if label_type not in _LABEL_TYPES:
             raise DatasetError(f"label_type must be one of {sorted(_LABEL_TYPES)}, got {label_type!r}")
         self.label_type = label_type
+        if label_type == "categories":
+            self.class_names = list(CATEGORIES)
+            self.palette = [list(_CATEGORY_COLOR[c]) for c in CATEGORIES]
         self._suffix, self.raw_to_train, self.valid_raw = _LABEL_TYPES[label_type]
         super().__init__(root, split, **kwargs)  # type: ignore[arg-type]
 
@@ -153,14 +186,35 @@ class CityscapesDataset(SegDataset):
 
 @DATASETS.register("demo")
 class DemoDataset(CityscapesDataset):
-    """The generated street scenes of `infer.datasets.demo`, read through the Cityscapes reader."""
+    """The generated street scenes of `infer.datasets.demo`, read through the Cityscapes reader.
+
+    The class set is the one the generator recorded in ``<root>/demo.json`` (``"classes"``: ``categories``, the
+    7 Cityscapes categories, or ``cityscapes``, the 19 classes); an explicit ``label_type`` overrides it.
+    """
 
     name: ClassVar[str] = "demo"
 
-    def __init__(self, root: str | os.PathLike[str], split: str, **kwargs: object) -> None:
-        if not Path(root).expanduser().is_dir():
+    def __init__(
+        self, root: str | os.PathLike[str], split: str, *, label_type: str | None = None, **kwargs: object
+    ) -> None:
+        path = Path(root).expanduser()
+        if not path.is_dir():
             raise DatasetError(
                 f"demo data not found at {root}; generate it with "
                 f"`python -m infer.datasets.demo --root {root} --train 200 --val 50`"
             )
-        super().__init__(root, split, **kwargs)  # type: ignore[arg-type]
+        if label_type is None:
+            label_type = DEMO_CLASS_SETS.get(_demo_classes(path), "labelIds")
+        super().__init__(root, split, label_type=label_type, **kwargs)  # type: ignore[arg-type]
+
+
+# The demo generator's class sets (recorded in demo.json) -> label_type; a manifest without one is "cityscapes".
+DEMO_CLASS_SETS = {"categories": "categories", "cityscapes": "labelIds"}
+
+
+def _demo_classes(root: Path) -> str:
+    """The class set recorded by the generator in ``root/demo.json`` ("cityscapes" when it records none)."""
+    try:
+        return str(json.loads((root / "demo.json").read_text()).get("classes", "cityscapes"))
+    except (OSError, ValueError, AttributeError):
+        return "cityscapes"
