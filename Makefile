@@ -1,5 +1,5 @@
 # The two commands the README opens with. Both use one virtual environment (.venv, created on first use with
-# the CPU torch pinned first and the test, openvino and transformers extras), unless one is already active.
+# the CPU torch pinned first and the test, openvino, transformers and plot extras), unless one is already active.
 VENV ?= .venv
 ifdef VIRTUAL_ENV
 PY ?= python
@@ -17,7 +17,7 @@ $(VENV)/.segkd-installed: pyproject.toml
 	[ -x $(VENV)/bin/python ] || python3 -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -c "import torch" 2>/dev/null || $(VENV)/bin/python -m pip install -q "torch==2.13.0"
-	$(VENV)/bin/python -m pip install -q -e ".[test,openvino,transformers]"
+	$(VENV)/bin/python -m pip install -q -e ".[test,openvino,transformers,plot]"
 	touch $@
 
 demo: $(STAMP)

@@ -28,6 +28,7 @@ from torch import nn
 
 from distill.build import Run, build_run
 from distill.config import Config
+from distill.curves import plot_curves
 from distill.evaluation import evaluate
 from distill.run_dir import (
     check_finite,
@@ -233,6 +234,8 @@ def _eval_and_keep_best(run: Run, log: MetricsLog) -> None:
         check_finite(run)
         p.best_miou, p.best_iter = (miou if math.isfinite(miou) else -math.inf), p.iteration
         save_checkpoints(run, "best.pth")
+    if run.accelerator.is_main_process:
+        plot_curves(run.run_dir / "metrics.jsonl")  # curves.png beside it (nothing without matplotlib)
     tag = " (best)" if improved else f" (best {p.best_miou:.2f} at {p.best_iter})"
     say(run.accelerator, f"iteration {p.iteration}: mIoU {miou:.2f}  mAcc {metrics['mAcc']:.2f}  "
                          f"aAcc {metrics['aAcc']:.2f}{tag}")  # fmt: skip

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -54,7 +56,9 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from infer.datasets.demo import generate_demo
 
     # 5 validation images: an odd count, so two processes get 3 and 2.
-    return generate_demo(tmp_path_factory.mktemp("demo"), {"train": 6, "val": 5}, size=(64, 128), seed=0)
+    return generate_demo(
+        tmp_path_factory.mktemp("demo"), {"train": 6, "val": 5}, size=(64, 128), seed=0, classes="cityscapes"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +135,11 @@ def test_plain_run_writes_a_complete_run_folder(tiny_config: Path, tmp_path: Pat
     assert load_checkpoint(run / "last.pth").provenance["iteration"] == 6
     assert f"python export/to_trt.py {run / 'best.pth'}" in proc.stdout
     assert "best mIoU" in proc.stdout
+    if (
+        importlib.util.find_spec("matplotlib") is not None
+    ):  # the plot extra draws the curves at each evaluation
+        curves = cv2.imread(str(run / "curves.png"))
+        assert curves is not None and curves.shape[1] > curves.shape[0] > 200
 
 
 @pytest.mark.slow
