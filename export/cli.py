@@ -58,6 +58,12 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
     )
     c.add_argument("--verify-split", default="val", help="labelled split to verify on with --calib-dataset")
     c.add_argument("--verify-count", type=int, default=8, help="verification images (default 8)")
+    c.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing output that was exported with other options (size, precision, target, "
+        "dynamic axes, argmax, fused preprocessing); without it such a file is kept and the export stops",
+    )
 
 
 def _options(args: argparse.Namespace, precision: str, out: str | None):  # noqa: ANN202 (lazy import)

@@ -33,6 +33,7 @@ from export.onnx_export import (
     EXPORTERS,
     ExportError,
     check_dynamic_sizes,
+    read_metadata,
     resolve_exporter,
     torch_to_onnx,
     write_metadata,
@@ -50,6 +51,7 @@ __all__ = [
     "check_options",
     "export_checkpoint",
     "export_model",
+    "refuse_other_options",
 ]
 
 _MIN_SIDE = 32  # below this the stride-8 backbones leave a feature map of 1-2 pixels
@@ -93,6 +95,7 @@ class ExportOptions:
     verify_split: str = "val"
     verify_count: int = 8
     out: str | None = None
+    force: bool = False  # replace an existing file that was exported with other options
 
     def size(self, meta: ModelMeta) -> tuple[int, int]:
         """(H, W) of the export: the options', else the checkpoint's input size."""
@@ -230,6 +233,57 @@ def _export_meta(
     return dataclasses.replace(meta, input_size=list(opts.size(meta)), extra=extra)
 
 
+def _identity(precision: str, target: str | None, size: str, dynamic: str, output: str, fused: str) -> dict:
+    """What makes two exports of one checkpoint different files (and what names them apart)."""
+    return {"precision": precision, "INT8 target": target or "-", "input size": size, "dynamic axes": dynamic or "none",
+            "output": output, "fused preprocessing": fused}  # fmt: skip
+
+
+def _planned_identity(opts: ExportOptions, meta: ModelMeta) -> dict:
+    prec = get_precision(opts.precision)
+    return _identity(
+        prec.name, opts.target if prec.calibrated else None, "x".join(map(str, opts.size(meta))),
+        ",".join(DYNAMIC_CHOICES[opts.dynamic]), "labels" if opts.argmax else "logits",
+        str(opts.fuse_preprocess).lower(),
+    )  # fmt: skip
+
+
+def refuse_other_options(out: Path, opts: ExportOptions, meta: ModelMeta) -> None:
+    """Stop before an export replaces ``out`` when ``out`` was exported with other options (``--force`` lets it).
+
+    Raises:
+        ExportError: names each option that differs, and the two ways on (another ``--out``, or ``--force``).
+    """
+    if opts.force or not out.is_file():
+        return
+    try:
+        old = read_metadata(out)
+    except ValueError:
+        return  # not one of ours (or damaged): check_writable already let it be replaced
+    e = old.extra
+    before = _identity(e.get("precision", "?"), e.get("target"), "x".join(map(str, old.input_size)),
+                       e.get("dynamic", ""), e.get("output", "?"), e.get("fused_preprocess", "false"))  # fmt: skip
+    wanted = _planned_identity(opts, meta)
+    diff = [f"{k} {before[k]} -> {wanted[k]}" for k in wanted if before[k] != wanted[k]]
+    if diff:
+        raise ExportError(
+            f"{out} already holds an export with other options ({'; '.join(diff)}); not replacing it. "
+            f"Name this one with --out (e.g. {out.with_name(out.stem + '.' + _tag(wanted) + '.onnx')}) to keep "
+            "both, or pass --force to replace it"
+        )
+
+
+def _tag(identity: dict) -> str:
+    parts = [identity["input size"]]
+    if identity["dynamic axes"] != "none":
+        parts.append("dynamic")
+    if identity["fused preprocessing"] == "true":
+        parts.append("fused")
+    if identity["output"] == "labels":
+        parts.append("argmax")
+    return "-".join(parts)
+
+
 def export_model(
     model: nn.Module,
     meta: ModelMeta,
@@ -250,6 +304,7 @@ def export_model(
     model = copy.deepcopy(model).float().eval()  # the caller's model keeps its dtype, mode and device
     check_options(opts, meta, model)
     prec, size, out = get_precision(opts.precision), opts.size(meta), check_writable(out, "ONNX output")
+    refuse_other_options(out, opts, meta)
     # Read the images first: a bad calibration folder fails before minutes of export.
     calib = calibration_samples(opts, meta, size) if prec.calibrated else []
     checks, check_source = verification_samples(opts, meta, size, log) if opts.verify else ([], "")
