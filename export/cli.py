@@ -54,6 +54,12 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
     c.add_argument("--calib-count", type=int, default=32, help="calibration images (default 32)")
     c.add_argument("--calib-method", default="entropy", choices=list(CALIB_METHODS), help="default entropy")
     c.add_argument(
+        "--calib-percentile",
+        type=float,
+        default=99.999,
+        help="with --calib-method percentile: percent of each activation histogram the range keeps (default 99.999)",
+    )
+    c.add_argument(
         "--no-verify", dest="verify", action="store_false", help="write without checking against PyTorch"
     )
     c.add_argument("--verify-split", default="val", help="labelled split to verify on with --calib-dataset")

@@ -38,7 +38,7 @@ from export.onnx_export import (
     torch_to_onnx,
     write_metadata,
 )
-from export.quantize import quantize_int8
+from export.quantize import DEFAULT_PERCENTILE, quantize_int8
 from export.verify import VerificationError, VerifyReport, verify_onnx
 from infer import __version__
 from infer.fileio import atomic_path, check_writable, sha256_file, work_dir
@@ -90,6 +90,7 @@ class ExportOptions:
     calib_images: str | None = None
     calib_count: int = 32
     calib_method: str = "entropy"
+    calib_percentile: float = DEFAULT_PERCENTILE  # --calib-method percentile: percent of each histogram kept
     target: str = "tensorrt"  # INT8 form: tensorrt | cpu (export.formats.INT8_TARGETS)
     verify: bool = True
     verify_split: str = "val"
@@ -325,7 +326,8 @@ def export_model(
             )
             reader = CalibrationReader(calib, meta, "input", batch=static_batch, fused=opts.fuse_preprocess)
             quantized = tmp / "int8.onnx"
-            quantize_int8(graph, quantized, reader, method=opts.calib_method, target=opts.target, log=log)
+            quantize_int8(graph, quantized, reader, method=opts.calib_method, target=opts.target,
+                          percentile=opts.calib_percentile, log=log)  # fmt: skip
             graph = quantized
         report = None
         if opts.verify:

@@ -43,6 +43,8 @@ CPU_OP_TYPES = [*QUANT_OP_TYPES, "Add", "Concat", "Resize", "MaxPool", "AverageP
 # Histogram bins of the entropy search (TensorRT's own calibrator uses 2048; the search is pure Python in ONNX
 # Runtime and costs ~0.05 s per tensor at 512 bins, ~0.4 s at 2048).
 ENTROPY_BINS = 512
+# The share of each activation's histogram that the percentile method keeps (ONNX Runtime's default).
+DEFAULT_PERCENTILE = 99.999
 
 
 def _tensorrt_settings() -> dict[str, Any]:
@@ -122,7 +124,15 @@ class _OneBatch:
 
 
 def _calibrate(
-    model: Path, reader: Any, method: str, target: str, cache: Path, workdir: Path, *, progress: bool
+    model: Path,
+    reader: Any,
+    method: str,
+    target: str,
+    cache: Path,
+    workdir: Path,
+    *,
+    progress: bool,
+    percentile: float = DEFAULT_PERCENTILE,
 ) -> None:
     """Collect activation ranges over ``reader`` and save them as an ONNX Runtime calibration cache.
 
@@ -134,7 +144,11 @@ def _calibrate(
     from tqdm import tqdm
 
     settings = quantize_settings(method, target)
-    options = {"num_bins": ENTROPY_BINS, "num_quantized_bins": 128} if method == "entropy" else {}
+    options: dict[str, Any] = {}
+    if method == "entropy":
+        options = {"num_bins": ENTROPY_BINS, "num_quantized_bins": 128}
+    elif method == "percentile":
+        options = {"percentile": float(percentile)}
     calibrator = create_calibrator(
         str(model),
         settings["op_types_to_quantize"],
@@ -161,6 +175,7 @@ def quantize_int8(
     *,
     method: str = "entropy",
     target: str = "tensorrt",
+    percentile: float = DEFAULT_PERCENTILE,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> None:
@@ -171,6 +186,8 @@ def quantize_int8(
             :class:`export.calib.CalibrationReader`.
         method: ``entropy``, ``minmax`` or ``percentile``.
         target: ``tensorrt`` (s8 symmetric Q/DQ) or ``cpu`` (u8 activations, for ONNX Runtime on x86).
+        percentile: with ``method="percentile"``, the percent of each activation histogram kept (the range
+            clips the rest), e.g. 99.99.
         progress: show a progress bar over the calibration batches (on stderr).
     """
     from onnxruntime.quantization import quantize_static
@@ -179,7 +196,9 @@ def quantize_int8(
     with work_dir("int8") as work:
         pre, cache = work / "pre.onnx", work / "ranges.json"
         _pre_process(Path(src), pre, log)
-        _calibrate(pre, reader, method, target, cache, work, progress=progress)
+        if method == "percentile" and not 50.0 < percentile <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100], got {percentile}")
+        _calibrate(pre, reader, method, target, cache, work, progress=progress, percentile=percentile)
         with contextlib.redirect_stdout(io.StringIO()):
             quantize_static(
                 str(pre),

@@ -184,3 +184,31 @@ def test_to_trt_refuses_the_cpu_form(work: Path) -> None:
     )  # fmt: skip
     assert run.returncode != 0 and "export the TensorRT form" in run.stderr, run.stderr
     assert not list(work.glob("*.engine"))
+
+
+def test_calibration_method_table_runs_on_demo_data(tmp_path: Path) -> None:
+    """benchmarks/calib_methods.py end to end on generated demo data and a 7-class checkpoint."""
+    from infer.datasets import build_dataset
+    from scenes.street import generate_demo
+
+    root = generate_demo(tmp_path / "demo", {"train": 3, "val": 2}, (64, 128), seed=0)
+    ds = build_dataset("demo", root, "val")
+    torch.manual_seed(0)
+    arch = {"name": "deeplabv3_r18", "num_classes": 7, "width": 0.125, "output_stride": 16}
+    meta = ModelMeta(arch=arch, class_names=ds.class_names, palette=ds.palette, input_size=[64, 128])
+    ckpt = save_checkpoint(tmp_path / "m.pth", build_model(**arch), meta)
+    table = tmp_path / "table.md"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(REPO / "benchmarks" / "calib_methods.py"), str(ckpt), "--data-root", str(root),
+           "--counts", "1", "3", "--methods", "minmax", "percentile", "--percentiles", "99.9",
+           "--targets", "cpu", "--out", str(table)]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    rows = [line.split("|")[1:-1] for line in table.read_text().splitlines() if line.startswith(f"| {ckpt}")]
+    assert [r[1].strip() for r in rows] == ["–", "cpu", "cpu", "cpu", "cpu"]
+    assert [r[2].strip() for r in rows[1:]] == ["minmax", "percentile 99.9"] * 2
+    assert [r[3].strip() for r in rows[1:]] == ["1", "1", "3", "3"]
+    assert rows[0][6].strip() == "100" and all(0 < float(r[6]) <= 100 for r in rows[1:])
+    assert all(
+        abs(float(r[4]) - float(rows[0][4]) - float(r[5])) < 0.011 for r in rows[1:]
+    )  # Δ = INT8 - FP32
