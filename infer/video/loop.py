@@ -281,7 +281,8 @@ def run_demo(runner: Any, reader: FileReader | LatestFrameReader, opts: DemoOpti
         reader.close()
         raise
     if not opts.headless:
-        cv2.namedWindow(_WINDOW, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO)  # resizable, for large frames
+        # resizable (large frames), without the Qt toolbar and status bar that would take height from the frame
+        cv2.namedWindow(_WINDOW, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
     summary = Summary(
         reader.info.describe(), _describe_runner(runner), saved=str(opts.save) if opts.save else None
     )
