@@ -27,7 +27,15 @@ from infer import __version__
 from infer.fileio import atomic_path
 from infer.meta import ModelMeta
 
-__all__ = ["FORMAT", "Checkpoint", "save_checkpoint", "load_checkpoint", "load_model", "CheckpointError"]
+__all__ = [
+    "FORMAT",
+    "Checkpoint",
+    "CheckpointError",
+    "half_copy",
+    "load_checkpoint",
+    "load_model",
+    "save_checkpoint",
+]
 
 FORMAT = "segkd-checkpoint"
 FORMAT_VERSION = 1
@@ -99,6 +107,15 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if not isinstance(blob.get("state_dict"), dict):
         raise CheckpointError(f"{path} has no state_dict; {_FIX}")
     return Checkpoint(meta, blob["state_dict"], blob.get("provenance", {}))
+
+
+def half_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Write ``src`` again with its floating-point weights in float16: half the file, for checkpoints shipped
+    as assets. Loading casts them back into the model's float32 parameters; everything else is kept."""
+    ckpt = load_checkpoint(src)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in ckpt.state_dict.items()}
+    prov = {**ckpt.provenance, "weights_dtype": "float16", "half_copy_of": Path(src).name}
+    return save_checkpoint(dst, state, ckpt.meta, prov)
 
 
 _FIX = "pass a .pth written by distill/train.py, or convert foreign weights with `python -m distill.models.pretrained`"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from distill.checkpoint import CheckpointError, half_copy, load_checkpoint, load_model, save_checkpoint
 from distill.models import build_model
 from infer.meta import ModelMeta
 
@@ -84,3 +84,20 @@ def test_atomic_writes_get_normal_permissions(tmp_path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_half_copy_stores_float16_weights_that_load_back_as_float32(tmp_path) -> None:
+    model = build_model("pspnet_mbv2", num_classes=3, width=0.25).eval()
+    src = save_checkpoint(tmp_path / "m.pth", model, _meta(), {"iteration": 7})
+    dst = half_copy(src, tmp_path / "m.half.pth")
+    state = load_checkpoint(dst).state_dict
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
+    assert any(v.dtype == torch.int64 for v in state.values())  # BatchNorm's counters stay integers
+    assert dst.stat().st_size < 0.6 * src.stat().st_size
+    prov = load_checkpoint(dst).provenance
+    assert prov["iteration"] == 7 and prov["weights_dtype"] == "float16" and prov["half_copy_of"] == "m.pth"
+    loaded, meta = load_model(dst)
+    assert meta == _meta() and next(loaded.parameters()).dtype == torch.float32
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=2e-2, atol=2e-2)
