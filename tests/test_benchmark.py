@@ -433,7 +433,30 @@ def test_plot_legend_lists_only_present_formats_outside_the_axes(tmp_path):
     margin = img[:, 960 - 170 + 1 :]  # right of the axes' frame
     legend_rows = np.flatnonzero((margin != 255).any(axis=(1, 2)))
     assert legend_rows.size and legend_rows.max() - legend_rows.min() < 22  # one legend entry: onnx only
-    # the point sits at x = 90 + 700 x 10 / 11.5 = 698, mid-height; labels start 9 px right of it
-    ink = (img[240:380, 708 : 960 - 171] < 128).all(axis=2).any(axis=1)
-    starts = np.count_nonzero(np.diff(ink.astype(int)) == 1) + int(ink[0])
+    # the point sits at x = 90 + 700 x 10 / 11.5 = 698, mid-height; labels go right or left of it
+    starts = 0
+    for band in (img[200:420, 92:688], img[200:420, 709 : 960 - 171]):  # left of the point, right of it
+        ink = (band < 128).all(axis=2).any(axis=1)
+        starts += np.count_nonzero(np.diff(ink.astype(int)) == 1) + int(ink[0])
     assert starts >= 3  # three separate label lines, not one blot
+
+
+def test_plot_labels_avoid_points_and_each_other():
+    from infer.bench.plot import _label_box, _overlaps
+
+    frame = (90, 50, 790, 570)
+    pts = [
+        (600, 300),
+        (606, 304),
+        (300, 400),
+        (303, 398),
+        (700, 60),
+    ]  # two close pairs, one near the top edge
+    dots = [(x - 8, y - 8, x + 8, y + 8) for x, y in pts]
+    placed: list[tuple[int, int, int, int]] = []
+    for x, y in pts:
+        box = _label_box(x, y, 120, 12, frame, dots + placed)
+        assert frame[0] <= box[0] and box[2] <= frame[2] and frame[1] <= box[1] and box[3] <= frame[3]
+        assert not any(_overlaps(box, d) for d in dots), (box, (x, y))
+        assert not any(_overlaps(box, p) for p in placed), (box, (x, y))
+        placed.append(box)

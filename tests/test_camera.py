@@ -567,6 +567,14 @@ def test_legend_rows_keep_class_order_whatever_the_areas(tmp_path) -> None:
     # largest-area-first input in two different orders -> the same rows, in class-id order (BGR swatches)
     assert swatch_colors([2, 0, 1]) == swatch_colors([1, 2, 0]) == [(0, 0, 255), (0, 255, 0), (255, 0, 0)]
 
+    # every class fits: three rows and no "+0 more" row below them
+    def panel_bottom(classes):  # the legend's shaded panel darkens a white image
+        img = np.full((200, 300, 3), 255, np.uint8)
+        draw_legend(img, classes, meta)
+        return np.flatnonzero((img[:, -2] < 250).any(axis=1)).max()
+
+    assert panel_bottom([2, 0, 1]) == panel_bottom([0, 1, 2]) > panel_bottom([0, 1])
+
 
 def test_video_sink_names_its_codec_and_the_file_plays(tmp_path) -> None:
     from infer.video.output import CODECS, VideoSink

@@ -32,6 +32,34 @@ def plottable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if _finite(r.get("miou")) and _finite(r.get("latency_median_ms"))]
 
 
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _label_box(
+    px: int,
+    py: int,
+    tw: int,
+    th: int,
+    frame: tuple[int, int, int, int],
+    taken: list[tuple[int, int, int, int]],
+) -> tuple[int, int, int, int]:
+    """The first free (x0, y0, x1, y1) text box near point (px, py); the least crowded one if none is free."""
+    candidates = []
+    for dy in (th // 2, -4, th + 10, -th - 2, 2 * th + 16, -2 * th - 8):  # baseline offsets from the point
+        for x0 in (px + 11, px - 11 - tw):
+            candidates.append((x0, py + dy - th, x0 + tw, py + dy + 3))
+    inside = [
+        b
+        for b in candidates
+        if b[0] >= frame[0] and b[1] >= frame[1] and b[2] <= frame[2] and b[3] <= frame[3]
+    ]
+    for box in inside or candidates:
+        if not any(_overlaps(box, t) for t in taken):
+            return box
+    return min(inside or candidates, key=lambda b: sum(_overlaps(b, t) for t in taken))
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
@@ -69,21 +97,20 @@ def plot_latency_vs_miou(rows: list[dict[str, Any]], path: str | os.PathLike[str
         cv2.putText(img, f"{ty:g}", (px - 50, py + 5), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, "latency (ms)", (width // 2 - 50, height - 20), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, "mIoU (%)", (10, top - 8), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
-    placed: list[tuple[int, int, int, int]] = []  # label boxes drawn so far: x0, y0, x1, y1
-    for r in pts:
-        px, py = to_px(r["latency_median_ms"], r["miou"])
-        color = colors.get(r.get("format", ""), _OTHER_COLOR)
-        cv2.circle(img, (px, py), 6, color, -1, cv2.LINE_AA)
+    points = [(r, *to_px(r["latency_median_ms"], r["miou"])) for r in pts]
+    for r, px, py in points:
+        cv2.circle(img, (px, py), 6, colors.get(r.get("format", ""), _OTHER_COLOR), -1, cv2.LINE_AA)
+    # Every label goes where its box overlaps no point, no earlier label and nothing outside the axes: the
+    # candidates are right/left of its point, level, above and below, then further out.
+    dots = [(px - 8, py - 8, px + 8, py + 8) for _, px, py in points]
+    frame = (left + 2, top + 2, width - right - 2, height - bottom - 2)
+    placed: list[tuple[int, int, int, int]] = []
+    for r, px, py in points:
         label = f"{r['model']} ({r.get('precision', '?')})"
         (tw, th), _ = cv2.getTextSize(label, font, 0.42, 1)
-        tx = px + 9 if px + 9 + tw < width - right else px - 9 - tw  # keep labels inside the axes
-        # greedy: the first baseline offset (above, below, further out) whose box overlaps no earlier label
-        for dy in (-6, 16, -20, 30, -34, 44, -48, 58):
-            box = (tx, py + dy - th, tx + tw, py + dy + 2)
-            if not any(b[0] < box[2] and box[0] < b[2] and b[1] < box[3] and box[1] < b[3] for b in placed):
-                break
+        box = _label_box(px, py, tw, th, frame, dots + placed)
         placed.append(box)
-        cv2.putText(img, label, (tx, box[3] - 2), font, 0.42, (40, 40, 40), 1, cv2.LINE_AA)
+        cv2.putText(img, label, (box[0], box[3] - 2), font, 0.42, (40, 40, 40), 1, cv2.LINE_AA)
     present = [f for f in colors if any(r.get("format") == f for r in pts)]
     present += sorted({r.get("format", "?") for r in pts} - set(colors))  # formats outside the table
     for i, fmt in enumerate(present):  # only formats that have a point, outside the axes

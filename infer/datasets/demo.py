@@ -1,6 +1,6 @@
 """The documented command that generates the demo dataset; the renderer itself lives in `scenes.street`.
 
-    python -m infer.datasets.demo --root data/demo --train 200 --val 50 --size 256x512 --seed 0
+    python -m infer.datasets.demo --root data/demo --train 200 --val 50 --size 128x256 --seed 0
 
 Nothing in `infer` imports this module: it only keeps the command (and ``from infer.datasets.demo import
 generate_demo``) working where the generator used to live.

@@ -91,7 +91,7 @@ def draw_legend(img: np.ndarray, classes: Sequence[int], meta: ModelMeta) -> Non
     # The largest classes win the room; shown in class-id order, so that rows do not swap from frame to frame.
     shown = sorted(classes) if len(classes) <= fit else sorted(classes[: fit - 1])
     names = [meta.class_names[c] for c in shown] + (
-        [f"+{len(classes) - len(shown)} more"] if shown != list(classes) else []
+        [f"+{len(classes) - len(shown)} more"] if len(shown) < len(classes) else []
     )
     text_w = max(cv2.getTextSize(n, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] for n in names)
     sw = line - 6  # swatch side
