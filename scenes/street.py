@@ -1,6 +1,6 @@
 """Procedurally generated street scenes in the Cityscapes layout, for demos and tests without a download.
 
-    python -m infer.datasets.demo --root data/demo --train 200 --val 50 --size 256x512 --seed 0
+    python -m infer.datasets.demo --root data/demo --train 200 --val 50 --size 128x256 --seed 0
 
 Each frame is a perspective street seen from a car: road with markings and crossings, curbs, sidewalks, grass
 verges, facades with windows, side streets, walls, fences, trees, street lights, signs, traffic lights, parked
@@ -895,7 +895,7 @@ def _frame_paths(root: Path, split: str, index: int) -> tuple[Path, Path]:
 def generate_demo(
     root: str | os.PathLike[str],
     splits: dict[str, int] | None = None,
-    size: tuple[int, int] = (256, 512),
+    size: tuple[int, int] = (128, 256),
     seed: int = 0,
     *,
     classes: str = "categories",
@@ -990,7 +990,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", required=True, help="output folder")
     parser.add_argument("--train", type=int, default=200, help="frames in split train")
     parser.add_argument("--val", type=int, default=50, help="frames in split val")
-    parser.add_argument("--size", type=hw_arg, default=(256, 512), help="HEIGHTxWIDTH (default 256x512)")
+    parser.add_argument(
+        "--size",
+        type=hw_arg,
+        default=(128, 256),
+        help="HEIGHTxWIDTH (default 128x256, what the demo recipes train at)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--classes",
