@@ -3,7 +3,8 @@
 | precision | file                 | graph          | input (unfused)   | output logits | verification gate                |
 |-----------|----------------------|----------------|-------------------|---------------|----------------------------------|
 | fp32      | ``<ckpt>.onnx``      | float32        | float32 NCHW      | float32       | argmax agreement >= 99.9 %       |
-| fp16      | ``<ckpt>.fp16.onnx`` | float16        | float16 NCHW      | float16       | argmax agreement >= 99.5 %       |
+| fp16      | ``<ckpt>.fp16.onnx`` | float16        | float16 NCHW      | float16       | agreement >= 99.0 %, mIoU within |
+|           |                      |                |                   |               | 0.1 point (labelled data)        |
 | int8      | ``<ckpt>.int8.onnx`` | Q/DQ INT8      | float32 NCHW      | float32       | mIoU within 1.0 point (labelled  |
 |           |                      | (float32 I/O)  |                   |               | data), agreement >= 90 % always  |
 
@@ -65,7 +66,8 @@ PRECISIONS: dict[str, Precision] = {
     p.name: p
     for p in (
         Precision("fp32", "", "float32", False, 99.9, None, "float32 graph"),
-        Precision("fp16", ".fp16", "float16", False, 99.5, None, "float16 graph, float16 input/output"),
+        # FP16 gate from the demo-trained students: 99.96-99.98 % agreement, mIoU within 0.01 (docs/quantization.md)
+        Precision("fp16", ".fp16", "float16", False, 99.0, 0.1, "float16 graph, float16 input/output"),
         Precision(
             "int8", ".int8", "float32", True, 90.0, 1.0, "INT8 Q/DQ graph calibrated with ONNX Runtime"
         ),

@@ -1,7 +1,7 @@
 """Prove an exported ONNX file faithful: ONNX Runtime (CPU) against the PyTorch float32 model on the same images.
 
 Measured: max and mean absolute logits difference, argmax pixel agreement, and with labelled images the mIoU of
-both. The gates come from `export.formats.PRECISIONS`: FP32 agreement >= 99.9 %, FP16 >= 99.5 %, INT8 mIoU
+both. The gates come from `export.formats.PRECISIONS`: FP32 agreement >= 99.9 %, FP16 >= 99.0 % and mIoU within 0.1 point, INT8 mIoU
 within 1.0 point of PyTorch (plus an agreement floor of 90 % that also holds without labels).
 """
 

@@ -321,8 +321,10 @@ def test_entropy_calibration_differs_from_minmax(tmp_path: Path) -> None:
     [
         ("fp32", 99.95, None, True),
         ("fp32", 99.85, None, False),
-        ("fp16", 99.6, None, True),
-        ("fp16", 99.4, None, False),
+        ("fp16", 99.4, None, True),
+        ("fp16", 98.9, None, False),
+        ("fp16", 99.9, (60.0, 59.95), True),
+        ("fp16", 99.9, (60.0, 59.85), False),  # agreement alone would pass: the mIoU gate catches it
         ("int8", 97.0, (60.0, 59.2), True),
         ("int8", 97.0, (60.0, 58.9), False),
         ("int8", 95.0, None, True),  # no labels: only the agreement floor

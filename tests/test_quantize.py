@@ -117,6 +117,15 @@ def test_fp16_export_says_it_is_for_gpus(work: Path, tmp_path: Path) -> None:
         work / "best.pth", ExportOptions(out=str(tmp_path / "f.onnx"), **FAST), log=lines.append
     )
     assert not [line for line in lines if "slower than FP32" in line]
+    from infer.runtime.ort_runner import OrtRunner
+
+    with pytest.warns(
+        RuntimeWarning, match="FP16 is meant for GPUs"
+    ):  # benchmark, predict, camera load it so
+        OrtRunner(tmp_path / "h.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        OrtRunner(tmp_path / "f.onnx")
 
 
 # --------------------------------------------------------------------------------------------- memory
