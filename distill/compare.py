@@ -52,6 +52,7 @@ __all__ = [
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_METHODS = "baseline,kd,cwd,cwd_feat,hwd,lad,cad,cirkd"
 QUICK_METHODS = "baseline,cwd,hwd"
+QUICK_SCHEDULE = ["train.max_iters=200", "train.eval_every=100"]
 _TIME_FILE = "compare_time.json"  # per run folder: seconds spent training it, over every invocation
 
 # Two-sided 95 % critical values of Student's t for 1..30 degrees of freedom; beyond that, the normal's 1.96.
@@ -276,7 +277,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help=f"a first look: methods {QUICK_METHODS}, 3 seeds (explicit --methods/--seeds still win)",
+        help=f"a first look: methods {QUICK_METHODS}, 3 seeds, {' '.join(QUICK_SCHEDULE)} (explicit --methods, "
+        "--seeds and train.max_iters= still win)",
     )
     p.add_argument(
         "--jobs",
@@ -289,6 +291,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     a.methods = a.methods or (QUICK_METHODS if a.quick else DEFAULT_METHODS)
     a.seeds = a.seeds or (3 if a.quick else 5)
+    if a.quick and not any(o.startswith("train.max_iters=") for o in a.overrides):
+        a.overrides = [*QUICK_SCHEDULE, *a.overrides]  # the short schedule of docs/compare_demo.md
     if a.seeds < 1 or a.jobs < 1:
         p.error("--seeds and --jobs must be at least 1")
     a.out = a.out or REPO / "runs" / "compare" / (a.config_dir.name + ("_quick" if a.quick else ""))

@@ -131,3 +131,12 @@ def test_cli_pairs_runs_and_times_them_with_a_stand_in_trainer(tmp_path: Path, m
     assert all(r["train_s"] > 0 for r in blob["runs"])
     md = (out / "compare.md").read_text()
     assert "| kd | 12.50 ± 1.00 | +1.50 | [+1.50, +1.50] *" in md and "--seeds 3" in md
+
+
+def test_quick_mode_takes_three_methods_three_seeds_and_the_short_schedule() -> None:
+    a = compare._parse(["--quick"])
+    assert a.methods == "baseline,cwd,hwd" and a.seeds == 3
+    assert a.overrides == ["train.max_iters=200", "train.eval_every=100"] and a.out.name == "demo_quick"
+    b = compare._parse(["--quick", "--seeds", "5", "train.max_iters=50"])
+    assert b.seeds == 5 and b.overrides == ["train.max_iters=50"]
+    assert compare._parse([]).seeds == 5 and compare._parse([]).methods == compare.DEFAULT_METHODS
