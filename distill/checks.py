@@ -69,6 +69,9 @@ def check_inputs(cfg: Config, num_processes: int) -> Inputs:
     return Inputs(train_set, val_set, teacher_meta, micro)
 
 
+_DEMO_TEACHER = Path("assets", "demo_teacher.pth")  # configs/demo/_base.yaml's teacher
+
+
 def _teacher_hint(path: Path) -> str:
     """The command that makes ``runs/<x>/best.pth`` when ``configs/<x>.yaml`` exists."""
     parts = path.parts
@@ -76,6 +79,12 @@ def _teacher_hint(path: Path) -> str:
         recipe = Path("configs", *parts[1:-1]).with_suffix(".yaml")
         if recipe.is_file() or (_REPO / recipe).is_file():
             return f"; train it first with: accelerate launch distill/train.py --config {recipe}"
+    if path == _DEMO_TEACHER:  # shipped with the project; the relative path needs the repository as cwd
+        return (
+            f"; it ships with the project as {_REPO / path}: run from {_REPO}, pass "
+            f"teacher.checkpoint={_REPO / path}, or train one with: accelerate launch distill/train.py --config "
+            "configs/demo/teacher.yaml"
+        )
     return "; set teacher.checkpoint to a teacher .pth written by distill/train.py"
 
 
