@@ -67,6 +67,14 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
         help="with --calib-method percentile: percent of each activation histogram the range keeps (default 99.99)",
     )
     c.add_argument(
+        "--calib-group-mb",
+        type=float,
+        default=512.0,
+        help="ONNX Runtime calibration: megabytes of one batch's activations held at once (default 512); more are "
+        "calibrated in further passes over the images, so memory stays bounded at any resolution (lower it on a "
+        "small machine; each pass costs one more inference per image)",
+    )
+    c.add_argument(
         "--no-verify", dest="verify", action="store_false", help="write without checking against PyTorch"
     )
     c.add_argument("--verify-split", default="val", help="labelled split to verify on with --calib-dataset")

@@ -38,7 +38,7 @@ from export.onnx_export import (
     torch_to_onnx,
     write_metadata,
 )
-from export.quantize import DEFAULT_PERCENTILE, quantize_int8
+from export.quantize import CALIB_GROUP_MB, DEFAULT_PERCENTILE, quantize_int8
 from export.verify import VerificationError, VerifyReport, verify_onnx
 from infer import __version__
 from infer.fileio import atomic_path, check_writable, sha256_file, work_dir
@@ -91,6 +91,7 @@ class ExportOptions:
     calib_count: int = 32
     calib_method: str = "percentile"  # chosen by measurement: docs/quantization.md
     calib_percentile: float = DEFAULT_PERCENTILE  # --calib-method percentile: percent of each histogram kept
+    calib_group_mb: float = CALIB_GROUP_MB  # activations per image one calibration pass holds (bounds memory)
     target: str = "tensorrt"  # INT8 form: tensorrt | cpu (export.formats.INT8_TARGETS)
     verify: bool = True
     verify_split: str = "val"
@@ -142,6 +143,8 @@ def check_options(opts: ExportOptions, meta: ModelMeta, model: nn.Module | None 
         problems.append(f"export size {h}x{w} is too large (height and width must be <= {_MAX_SIDE})")
     if opts.batch < 1 or opts.calib_count < 1 or opts.verify_count < 1:
         problems.append("--batch, --calib-count and --verify-count must be >= 1")
+    if not opts.calib_group_mb > 0:
+        problems.append(f"--calib-group-mb must be > 0, got {opts.calib_group_mb}")
     if opts.batch > _MAX_BATCH:
         problems.append(f"--batch {opts.batch} is too large (at most {_MAX_BATCH})")
     if opts.calib_dataset and opts.calib_images:
@@ -327,7 +330,7 @@ def export_model(
             reader = CalibrationReader(calib, meta, "input", batch=static_batch, fused=opts.fuse_preprocess)
             quantized = tmp / "int8.onnx"
             quantize_int8(graph, quantized, reader, method=opts.calib_method, target=opts.target,
-                          percentile=opts.calib_percentile, log=log)  # fmt: skip
+                          percentile=opts.calib_percentile, group_mb=opts.calib_group_mb, log=log)  # fmt: skip
             graph = quantized
         report = None
         if opts.verify:

@@ -22,14 +22,25 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from export.formats import CALIB_METHODS
 from infer.fileio import work_dir
 
-__all__ = ["CPU_OP_TYPES", "ENTROPY_BINS", "QUANT_OP_TYPES", "quantize_int8", "quantize_settings"]
+__all__ = [
+    "CALIB_GROUP_MB",
+    "CPU_OP_TYPES",
+    "ENTROPY_BINS",
+    "calibrated_tensor_bytes",
+    "tensor_groups",
+    "QUANT_OP_TYPES",
+    "quantize_int8",
+    "quantize_settings",
+]
 
 # MatMul stays float: in the registered models the only MatMuls are the PSP head's pooling matrices
 # (``P_h @ x @ P_w^T``, fixed averaging weights, not learnt), which INT8 would turn into biased averages of
@@ -46,6 +57,9 @@ ENTROPY_BINS = 512
 # The share of each activation's histogram the percentile method keeps: 99.99, chosen with the default method by
 # measurement on the demo students (docs/quantization.md; ONNX Runtime's own default is 99.999).
 DEFAULT_PERCENTILE = 99.99
+# Megabytes of calibrated tensors per batch that one calibration pass holds (histogram methods); more tensors
+# than that are calibrated in several passes over the images (see `_calibrate`).
+CALIB_GROUP_MB = 512.0
 
 
 def _tensorrt_settings() -> dict[str, Any]:
@@ -124,6 +138,82 @@ class _OneBatch:
         return item
 
 
+def _calibrator(model: Path, op_types: list[str], method: str, percentile: float, augmented: Path) -> Any:
+    """An ONNX Runtime calibrator for ``method``, not yet augmented (the same settings as ``create_calibrator``)."""
+    from onnxruntime.quantization.calibrate import EntropyCalibrater, MinMaxCalibrater, PercentileCalibrater
+
+    if method == "minmax":
+        return MinMaxCalibrater(str(model), op_types, str(augmented))
+    if method == "entropy":
+        return EntropyCalibrater(
+            str(model), op_types, str(augmented), num_bins=ENTROPY_BINS, num_quantized_bins=128
+        )
+    # ONNX Runtime's percentile default: a symmetric histogram of |x| over 2048 bins.
+    return PercentileCalibrater(
+        str(model), op_types, str(augmented), symmetric=True, num_bins=2048, percentile=float(percentile)
+    )
+
+
+def calibrated_tensor_bytes(
+    model: Path, op_types: list[str], input_shape: Sequence[int]
+) -> dict[str, int | None]:
+    """Bytes of one batch of each tensor the calibration records, from shape inference at ``input_shape``.
+
+    A tensor whose shape does not resolve to numbers maps to None.
+    """
+    import onnx
+    from onnxruntime.quantization.calibrate import CalibraterBase
+
+    m = onnx.load(str(model))
+    graph_input = next(i for i in m.graph.input if i.name not in {t.name for t in m.graph.initializer})
+    for dim, size in zip(graph_input.type.tensor_type.shape.dim, input_shape, strict=True):
+        dim.ClearField("dim_param")
+        dim.dim_value = int(size)
+    del m.graph.value_info[:]
+    m = onnx.shape_inference.infer_shapes(m)
+    probe = CalibraterBase.__new__(CalibraterBase)
+    probe.op_types_to_calibrate = op_types
+    tensors, infos = probe.select_tensors_to_calibrate(m)
+    itemsize = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2}
+    out: dict[str, int | None] = {}
+    for name in sorted(tensors):
+        t = infos[name].type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        out[name] = None if None in dims or not dims else int(np.prod(dims)) * itemsize[t.elem_type]
+    return out
+
+
+def tensor_groups(sizes: dict[str, int | None], budget: int) -> list[set[str]]:
+    """Split the calibrated tensors into groups of at most ``budget`` bytes per batch (one pass each).
+
+    Tensors are packed largest first into the first group with room (first-fit decreasing); a tensor larger than
+    the budget, or of unknown size, gets a group of its own.
+    """
+    groups: list[tuple[int, set[str]]] = []
+    known = sorted(((b, n) for n, b in sizes.items() if b is not None), key=lambda t: (-t[0], t[1]))
+    for size, name in known:
+        for i, (used, members) in enumerate(groups):
+            if used + size <= budget:
+                members.add(name)
+                groups[i] = (used + size, members)
+                break
+        else:
+            groups.append((size, {name}))
+    return [members for _, members in groups] + [{n} for n, b in sorted(sizes.items()) if b is None]
+
+
+def _only(
+    select: Callable[[Any], tuple[set[str], dict]], group: set[str]
+) -> Callable[[Any], tuple[set, dict]]:
+    """A calibrator's tensor selection narrowed to ``group``."""
+
+    def narrowed(model: Any) -> tuple[set[str], dict]:
+        tensors, infos = select(model)
+        return tensors & group, infos
+
+    return narrowed
+
+
 def _calibrate(
     model: Path,
     reader: Any,
@@ -134,39 +224,70 @@ def _calibrate(
     *,
     progress: bool,
     percentile: float = DEFAULT_PERCENTILE,
-) -> None:
+    group_mb: float = CALIB_GROUP_MB,
+    log: Callable[[str], None] = print,
+) -> int:
     """Collect activation ranges over ``reader`` and save them as an ONNX Runtime calibration cache.
 
-    ONNX Runtime's calibrators keep every intermediate tensor of every batch they are given until the end of a
-    ``collect_data`` call; its min-max ranges and histograms merge across calls. So each batch goes in its own
-    call: resident memory is one batch's tensors plus the histograms, whatever the number of images.
+    ONNX Runtime's histogram calibrators turn every calibrated tensor into a graph output and keep each batch's
+    outputs until the end of a ``collect_data`` call; ranges and histograms merge across calls. So each batch
+    goes in its own call, and the tensors are split into groups of at most ``group_mb`` megabytes per batch,
+    each group calibrated in its own pass over the images: resident memory is bounded by one group's tensors
+    plus the histograms, whatever the image count and resolution. MinMax reduces every tensor inside the graph
+    and needs a single pass. Returns the number of passes.
     """
-    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
     from tqdm import tqdm
 
-    settings = quantize_settings(method, target)
-    options: dict[str, Any] = {}
-    if method == "entropy":
-        options = {"num_bins": ENTROPY_BINS, "num_quantized_bins": 128}
-    elif method == "percentile":
-        options = {"percentile": float(percentile)}
-    calibrator = create_calibrator(
-        str(model),
-        settings["op_types_to_quantize"],
-        augmented_model_path=str(workdir / "augmented.onnx"),
-        calibrate_method=settings["calibrate_method"],
-        providers=["CPUExecutionProvider"],
-        extra_options=options,
-    )
-    total = len(reader) if hasattr(reader, "__len__") else None
-    bar = tqdm(total=total, desc="calibration", unit="batch", disable=not progress, leave=False)
-    with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print their own progress
-        while (item := reader.get_next()) is not None:
-            calibrator.collect_data(_OneBatch(item))
-            bar.update(1)
-        bar.close()
-        ranges = calibrator.compute_data()
-    save_tensors_data(ranges, cache)
+    op_types = quantize_settings(method, target)["op_types_to_quantize"]
+    first = reader.get_next()
+    if first is None:
+        raise ValueError("the calibration reader yielded no batch")
+    if method == "minmax":
+        groups: list[set[str] | None] = [None]
+    else:
+        shape = next(iter(first.values())).shape
+        sizes = calibrated_tensor_bytes(model, op_types, shape)
+        groups = list(tensor_groups(sizes, int(group_mb * 2**20)))
+        if len(groups) > 1:
+            total = sum(b or 0 for b in sizes.values()) / 2**20
+            log(f"calibrating {len(sizes)} tensors ({total:.0f} MB per batch) in {len(groups)} passes of at most "
+                f"{group_mb:g} MB")  # fmt: skip
+    batches = len(reader) if hasattr(reader, "__len__") else None
+    bar = tqdm(total=None if batches is None else batches * len(groups), desc="calibration", unit="batch",
+               disable=not progress, leave=False)  # fmt: skip
+    data: dict[str, Any] = {}
+    calibration_method = None
+    for i, group in enumerate(groups):
+        calibrator = _calibrator(model, op_types, method, percentile, workdir / "augmented.onnx")
+        if group is not None:
+            select = calibrator.select_tensors_to_calibrate
+            calibrator.select_tensors_to_calibrate = _only(select, group)
+        calibrator.augment_graph()
+        if group is not None:
+            del (
+                calibrator.select_tensors_to_calibrate
+            )  # the narrowing refers back to the calibrator: no cycle
+        calibrator.create_inference_session()
+        if len(groups) > 1:
+            bar.set_description(f"calibration pass {i + 1}/{len(groups)}")
+        if i > 0:
+            reader.rewind()
+            first = reader.get_next()
+        item = first
+        with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print their own progress
+            while item is not None:
+                calibrator.collect_data(_OneBatch(item))
+                bar.update(1)
+                item = reader.get_next()
+            ranges = calibrator.compute_data()
+        data.update(ranges.data)
+        calibration_method = ranges.calibration_method
+        calibrator.infer_session = calibrator.collector = None  # this pass's session and histograms go now
+        del calibrator, ranges
+    bar.close()
+    save_tensors_data(TensorsData(calibration_method, data), cache)
+    return len(groups)
 
 
 def quantize_int8(
@@ -177,6 +298,7 @@ def quantize_int8(
     method: str = "percentile",
     target: str = "tensorrt",
     percentile: float = DEFAULT_PERCENTILE,
+    group_mb: float = CALIB_GROUP_MB,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> None:
@@ -194,12 +316,15 @@ def quantize_int8(
     from onnxruntime.quantization import quantize_static
 
     settings = quantize_settings(method, target)
+    if not group_mb > 0:
+        raise ValueError(f"group_mb must be > 0, got {group_mb}")
     with work_dir("int8") as work:
         pre, cache = work / "pre.onnx", work / "ranges.json"
         _pre_process(Path(src), pre, log)
         if method == "percentile" and not 50.0 < percentile <= 100.0:
             raise ValueError(f"percentile must be in (50, 100], got {percentile}")
-        _calibrate(pre, reader, method, target, cache, work, progress=progress, percentile=percentile)
+        _calibrate(pre, reader, method, target, cache, work, progress=progress, percentile=percentile,
+                   group_mb=group_mb, log=log)  # fmt: skip
         with contextlib.redirect_stdout(io.StringIO()):
             quantize_static(
                 str(pre),

@@ -139,14 +139,18 @@ count, h, w = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 meta = ModelMeta(arch={"name": "deeplabv3_r18", "num_classes": 19}, class_names=[str(i) for i in range(19)],
                  palette=[[i, i, i] for i in range(19)], input_size=[h, w])
 reader = CalibrationReader(synthetic_samples(count, (h, w)), meta, "input", batch=1, fused=False)
-quantize_int8(graph, out, reader, method=method, progress=False, log=lambda _: None)
+group_mb = float(sys.argv[7]) if len(sys.argv) > 7 else 1e9
+quantize_int8(graph, out, reader, method=method, group_mb=group_mb, progress=False, log=lambda _: None)
 print(json.dumps({"peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """
 
 
-def _peak_rss_mb(graph: Path, out: Path, count: int, size: tuple[int, int], method: str) -> float:
+def _peak_rss_mb(
+    graph: Path, out: Path, count: int, size: tuple[int, int], method: str, group_mb: float = 1e9
+) -> float:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     args = [sys.executable, "-c", _CALIBRATE, str(graph), str(out), method, str(count), *map(str, size)]
+    args.append(str(group_mb))
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_kb"] / 1024
@@ -171,6 +175,99 @@ def test_calibration_memory_does_not_grow_with_the_number_of_images(tmp_path: Pa
     few = _peak_rss_mb(graph, tmp_path / "few.onnx", 2, size, method)
     many = _peak_rss_mb(graph, tmp_path / "many.onnx", 10, size, method)
     assert many < few + 200, (few, many)
+
+
+def test_calibration_in_groups_bounds_memory_by_the_group(tmp_path: Path) -> None:
+    """Tensors calibrated in passes of 16 MB hold far less than all of one image's tensors at once.
+
+    At 512x1024 this model's calibrated tensors take ~150 MB per image (see ``calibrated_tensor_bytes``); held
+    all at once the peak carries them, in groups of 16 MB it carries one group plus the largest tensor's copies.
+    """
+    from export.quantize import QUANT_OP_TYPES, calibrated_tensor_bytes
+
+    size = (512, 1024)
+    torch.manual_seed(0)
+    model = build_model("deeplabv3_r18", num_classes=K, width=0.25).eval()
+    graph = tmp_path / "g.onnx"
+    torch_to_onnx(
+        model, _meta("deeplabv3_r18", size), graph, size=size, exporter="torchscript", log=lambda _: None
+    )
+    held = sum(calibrated_tensor_bytes(graph, QUANT_OP_TYPES, (1, 3, *size)).values()) / 2**20
+    assert held > 120
+    whole = _peak_rss_mb(graph, tmp_path / "whole.onnx", 1, size, "percentile")
+    grouped = _peak_rss_mb(graph, tmp_path / "grouped.onnx", 1, size, "percentile", group_mb=16)
+    assert grouped < whole - held / 2, (whole, grouped, held)
+
+
+def _tiny_graph(path: Path) -> Path:
+    """input (1, 3, h, w) -> Conv 3->4 (3x3, pad 1) -> Relu -> Conv 4->2 (1x1) -> output, h and w dynamic."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w1, w2 = (
+        rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
+        rng.normal(size=(2, 4, 1, 1)).astype(np.float32),
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["input", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c1"], ["r1"]),
+            helper.make_node("Conv", ["r1", "w2"], ["output"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, "h", "w"])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 2, "h", "w"])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+    return path
+
+
+def test_calibrated_tensor_bytes_resolve_dynamic_sizes(tmp_path: Path) -> None:
+    from export.quantize import calibrated_tensor_bytes
+
+    sizes = calibrated_tensor_bytes(_tiny_graph(tmp_path / "t.onnx"), ["Conv"], (1, 3, 8, 10))
+    # Conv inputs and outputs: input 3x8x10, c1 4x8x10 (output of the first Conv only: Relu is not calibrated),
+    # r1 4x8x10 (input of the second), output 2x8x10; float32.
+    assert sizes == {"input": 960, "c1": 1280, "r1": 1280, "output": 640}
+
+
+def test_tensor_groups_pack_within_the_budget() -> None:
+    from export.quantize import tensor_groups
+
+    sizes = {"a": 600, "b": 500, "c": 400, "d": 300, "e": 100, "big": 2000, "unknown": None}
+    groups = tensor_groups(sizes, 1000)
+    # first-fit decreasing: big alone (over budget), a+c (600+400), b+d+e (500+300+100), unknown alone.
+    assert groups == [{"big"}, {"a", "c"}, {"b", "d", "e"}, {"unknown"}]
+    assert tensor_groups(sizes, 10**9) == [set(sizes) - {"unknown"}, {"unknown"}]
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_calibration_in_groups_gives_the_ranges_of_one_pass(tmp_path: Path, method: str) -> None:
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    from export.calib import CalibrationReader
+    from export.quantize import _calibrate
+
+    size = (64, 128)
+    torch.manual_seed(0)
+    model = build_model("deeplabv3_r18", num_classes=K, width=0.25).eval()
+    graph = tmp_path / "g.onnx"
+    meta = _meta("deeplabv3_r18", size)
+    torch_to_onnx(model, meta, graph, size=size, exporter="torchscript", log=lambda _: None)
+    caches, passes = [], []
+    for group_mb in (1e9, 0.25):
+        reader = CalibrationReader(synthetic_samples(3, size, seed=1), meta, "input", batch=1, fused=False)
+        cache = tmp_path / f"ranges-{group_mb:g}.json"
+        passes.append(_calibrate(graph, reader, method, "tensorrt", cache, tmp_path, progress=False,
+                                 group_mb=group_mb, log=lambda _: None))  # fmt: skip
+        caches.append(load_tensors_data(cache))
+    assert passes[0] == 1 and passes[1] > 3
+    one, grouped = caches
+    assert set(one.keys()) == set(grouped.keys()) and len(one.keys()) > 20
+    for name in one:
+        assert np.array_equal(one[name].range_value, grouped[name].range_value), name
 
 
 def test_cli_target_reaches_the_export_options() -> None:
