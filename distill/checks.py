@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,11 +55,10 @@ def check_inputs(cfg: Config, num_processes: int) -> Inputs:
                 teacher_meta = load_checkpoint(tpath).meta
             except CheckpointError as e:
                 problems.append(f"teacher.checkpoint: {e}")
-    if cfg.student.pretrained and not Path(cfg.student.pretrained).is_file():
-        problems.append(
-            f"student.pretrained file {cfg.student.pretrained} does not exist; download the ImageNet backbone "
-            "(see the README) or set student.pretrained=null to start from random weights"
-        )
+    if cfg.student.pretrained:
+        problem = _pretrained_problem(cfg.student.name, cfg.student.pretrained)
+        if problem:
+            problems.append(problem)
     try:
         micro = micro_batch(cfg, num_processes)
     except ConfigError as e:
@@ -193,3 +193,27 @@ def micro_batch(cfg: Config, num_processes: int) -> int:
             "steps): raise data.batch_size or lower the processes / grad_accum"
         )
     return micro
+
+
+def _pretrained_problem(arch: str, pretrained: str) -> str | None:
+    """Why ``student.pretrained`` cannot be used, or None.
+
+    The CNNs take an ImageNet backbone file; SegFormer and UPerNet-Swin take a Hugging Face model id (downloaded
+    on first use) or a local folder of one.
+    """
+    from distill.models.pretrained import HF_ARCH_PREFIXES
+
+    path = Path(pretrained).expanduser()
+    if arch.startswith(HF_ARCH_PREFIXES):
+        if path.is_dir() or (not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", pretrained)):
+            return None
+        return (
+            f"student.pretrained {pretrained!r} is neither a folder nor a Hugging Face model id; {arch} takes "
+            "e.g. nvidia/mit-b0 (SegFormer) or microsoft/swin-tiny-patch4-window7-224 (Swin), or a folder of one"
+        )
+    if not path.is_file():
+        return (
+            f"student.pretrained file {pretrained} does not exist; download the ImageNet backbone "
+            "(see the README) or set student.pretrained=null to start from random weights"
+        )
+    return None

@@ -96,7 +96,8 @@ class ModelConfig:
     Attributes:
         name: registry name in ``distill.models.MODELS`` (e.g. ``deeplabv3_r18``).
         num_classes: output classes; ``null`` takes the dataset's count (a different value is an error).
-        pretrained: ImageNet backbone weights file (torchvision or CIRKD layout), or null for random init.
+        pretrained: ImageNet backbone weights file (torchvision or CIRKD layout), or null for random init; for
+            SegFormer and UPerNet-Swin a Hugging Face model id (``nvidia/mit-b0``) or a local folder of one.
         width, output_stride, deep_stem, aux: model options; ``null`` keeps the builder's default.
         align_corners: the model's bilinear upsampling of its logits, stored in the checkpoint and followed by
             the losses, the runners and the export; CIRKD's recipes use ``true``; ``null`` keeps the builder's

@@ -60,7 +60,8 @@ def build_model(name: str, *, num_classes: int, pretrained: str | None = None, *
     Args:
         name: registry name, e.g. ``deeplabv3_r18``; see ``MODELS.names()``.
         num_classes: output classes.
-        pretrained: optional ImageNet backbone file (torchvision or CIRKD deep-stem layout).
+        pretrained: optional ImageNet backbone file (torchvision or CIRKD deep-stem layout); for SegFormer and
+            UPerNet-Swin a Hugging Face model id or folder (``nvidia/mit-b0``, ``openmmlab/upernet-swin-tiny``).
         **kw: the builder's options, e.g. ``width`` (channel multiplier), ``output_stride`` (8/16/32),
             ``deep_stem`` (ResNet), ``aux``; each builder's signature shows its own and their defaults.
     """

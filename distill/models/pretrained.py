@@ -6,10 +6,18 @@ Supported layouts:
 - CIRKD v1 segmentation checkpoints (``pretrained.*``, ``head.aspp.*``/``head.psp.*``, ``auxlayer.*``), e.g. its
   released DeepLabV3-ResNet101 Cityscapes teacher.
 
-Convert a CIRKD checkpoint into a self-describing one::
+- Hugging Face SegFormer / UPerNet-Swin models, by model id or from a local folder of one (read by the library's
+  ``from_pretrained``: safetensors or weights-only files, older key layouts mapped): see ``distill.models.hf``.
+
+Convert a CIRKD checkpoint, or a public Hugging Face model, into a self-describing one::
 
     python -m distill.models.pretrained deeplabv3_resnet101_citys_best_model.pth --arch deeplabv3_r101 \
         --dataset cityscapes --out teacher_r101_citys.pth
+    python -m distill.models.pretrained openmmlab/upernet-swin-base --arch upernet_swin_b --dataset ade20k \
+        --crop 512x512 --out teacher_upernet_swin_b_ade.pth
+
+An ImageNet encoder (``nvidia/mit-b0``, ``microsoft/swin-tiny-patch4-window7-224``) is not converted: it is a
+student's starting point, given as ``student.pretrained`` in the training config.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,7 +44,9 @@ __all__ = [
     "load_mapped",
     "load_backbone_weights",
     "convert_cirkd_checkpoint",
+    "convert_hf_checkpoint",
     "CIRKD_ARCHS",
+    "HF_ARCH_PREFIXES",
 ]
 
 
@@ -289,24 +300,113 @@ def convert_cirkd_checkpoint(
     return report
 
 
+# Registered models whose weights come in the Hugging Face layout (distill.models.hf).
+HF_ARCH_PREFIXES = ("segformer_", "upernet_swin_")
+
+
+def _file_classes(src: str) -> int | None:
+    """The class count a Hugging Face model's own config.json declares (None when it cannot be read)."""
+    try:
+        from transformers import AutoConfig
+
+        return len(AutoConfig.from_pretrained(src).id2label)
+    except Exception:  # only used to word an error better
+        return None
+
+
+def convert_hf_checkpoint(
+    src: str | Path,
+    arch: str,
+    dataset: str,
+    out: str | Path,
+    *,
+    crop: tuple[int, int] = (512, 1024),
+    arch_kwargs: dict[str, Any] | None = None,
+) -> list[str]:
+    """Turn a whole Hugging Face SegFormer / UPerNet-Swin model into a self-describing checkpoint.
+
+    ``src`` is a model id (``openmmlab/upernet-swin-tiny``, ``nvidia/segformer-b0-finetuned-ade-512-512``) or a
+    local folder of one. Every weight must load, the classifier included (the dataset's class count); otherwise
+    a :class:`WeightsError` says what is missing and nothing is written. Normalisation is the ImageNet mean/std on
+    RGB, what these models' image processors apply. Returns the names of the weights that did not come from the
+    file (none but BatchNorm counters).
+    """
+    from distill.checkpoint import save_checkpoint
+    from distill.models import build_model
+    from infer.datasets import dataset_info
+    from infer.meta import ModelMeta
+
+    if not arch.startswith(HF_ARCH_PREFIXES):
+        raise WeightsError(
+            f"--arch {arch} is not a Hugging Face model family ({', '.join(HF_ARCH_PREFIXES)}*)"
+        )
+    class_names, palette = dataset_info(dataset)
+    spec = {"name": arch, "num_classes": len(class_names), **(arch_kwargs or {})}
+    model = build_model(**spec, pretrained=str(src))
+    gaps = [k for k in model.not_pretrained if not k.endswith("num_batches_tracked")]
+    if gaps:
+        file_classes = _file_classes(str(src))
+        only_classifiers = all(
+            ".classifier." in f".{k}" for k in gaps
+        )  # the heads loaded, the class count differs
+        if only_classifiers and file_classes is not None and file_classes != len(class_names):
+            fix = f"its classifier predicts {file_classes} classes: pass a --dataset with {file_classes} classes"
+        else:
+            fix = (
+                "an ImageNet encoder is a student's starting point (set student.pretrained to it in the training "
+                "config), not a model to convert"
+            )
+        raise WeightsError(
+            f"{src} is not a whole {arch} for --dataset {dataset} ({len(class_names)} classes): {len(gaps)} "
+            f"weights did not load from it (e.g. {_short(gaps, 3)}); {fix}"
+        )
+    meta = ModelMeta(
+        arch=spec, class_names=list(class_names), palette=[list(c) for c in palette], input_size=list(crop)
+    )
+    save_checkpoint(out, model, meta, {"converted_from": str(src), "source_layout": "huggingface"})
+    return list(model.not_pretrained)
+
+
+def _model_arg(text: str) -> tuple[str, Any]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        description="Convert a CIRKD v1 segmentation checkpoint (e.g. its DeepLabV3-R101 "
-        "Cityscapes teacher) into a self-describing checkpoint."
+        description="Convert a CIRKD v1 segmentation checkpoint (e.g. its DeepLabV3-R101 Cityscapes teacher), or a "
+        "Hugging Face SegFormer / UPerNet-Swin model (id or local folder), into a self-describing checkpoint."
     )
-    p.add_argument("src", help="CIRKD .pth file")
-    p.add_argument("--arch", required=True, help="model name, e.g. deeplabv3_r101")
+    p.add_argument(
+        "src", help="CIRKD .pth file; or a Hugging Face model id / folder for segformer_* and upernet_swin_*"
+    )
+    p.add_argument(
+        "--arch", required=True, help="model name, e.g. deeplabv3_r101, upernet_swin_b, segformer_b0"
+    )
     p.add_argument("--dataset", default="cityscapes", help="dataset whose classes the model predicts")
     p.add_argument("--out", required=True, help="output .pth")
     p.add_argument("--crop", default="512x1024", help="training crop HxW recorded in the metadata")
+    p.add_argument(
+        "--model-arg", action="append", type=_model_arg, default=[], metavar="KEY=VALUE",
+        help="builder option of a Hugging Face family, e.g. window_size=12 (repeatable)",
+    )  # fmt: skip
     a = p.parse_args(argv)
     h, w = parse_hw(a.crop)
     try:
-        report = convert_cirkd_checkpoint(a.src, a.arch, a.dataset, a.out, crop=(h, w))
-    except (WeightsError, KeyError) as e:
+        if a.arch.startswith(HF_ARCH_PREFIXES):
+            convert_hf_checkpoint(a.src, a.arch, a.dataset, a.out, crop=(h, w), arch_kwargs=dict(a.model_arg))
+            print(f"loaded every weight of {a.arch} from {a.src}")
+        else:
+            if a.model_arg:
+                p.error("--model-arg is for the Hugging Face families (segformer_*, upernet_swin_*)")
+            print(convert_cirkd_checkpoint(a.src, a.arch, a.dataset, a.out, crop=(h, w)))
+    except (WeightsError, KeyError, ImportError) as e:
         print(f"error: {e}")
         return 1
-    print(report)
     print(f"wrote {a.out}")
     return 0
 

@@ -3,6 +3,10 @@
 Sizes follow the SegFormer paper (Xie et al., 2021): B0 3.8M parameters at 150 classes, B1 13.7M, B2 27.5M, B3
 47.3M, B4 64.1M, B5 84.7M. The logits are at 1/4 of the input (the CNNs' are at 1/8); ``aux`` is None.
 ``depths`` and ``decoder_hidden_size`` shrink a model for tests and quick runs.
+
+``pretrained``: a Hugging Face model id or a local folder of one: an ImageNet MiT encoder (``nvidia/mit-b0`` ...
+``nvidia/mit-b5``: the decoder starts from scratch) or a whole SegFormer (``nvidia/segformer-b0-finetuned-ade-512-
+512``: the decoder loads too when its class count matches). The encoder must fit entirely.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from .hf import HFSegModel, require_transformers
+from .hf import HFSegModel, load_pretrained, require_transformers, unloaded, unused
 from .registry import register_model
 
 __all__ = ["segformer_b0", "segformer_b1", "segformer_b2", "segformer_b3", "segformer_b4", "segformer_b5"]
@@ -43,11 +47,6 @@ def _segformer(
 ) -> HFSegModel:
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if pretrained:
-        raise ValueError(
-            f"segformer_{variant}: pretrained={pretrained!r} is not a backbone file for this model; convert the "
-            "public checkpoint with `python -m distill.models.pretrained` and pass it as the model checkpoint"
-        )
     hidden_sizes, default_depths, default_decoder = _VARIANTS[variant]
     depths = list(depths) if depths is not None else default_depths
     if len(depths) != 4 or min(depths) < 1:
@@ -60,8 +59,15 @@ def _segformer(
         num_labels=num_classes,
         drop_path_rate=drop_path_rate,
     )
-    net = transformers.SegformerForSemanticSegmentation(config)
-    return HFSegModel(
+    cls = transformers.SegformerForSemanticSegmentation
+    not_pretrained = None
+    if pretrained:
+        net, info = load_pretrained(cls, str(pretrained), config)
+        not_pretrained = unloaded(info)
+        _require_encoder(f"segformer_{variant}", str(pretrained), not_pretrained + unused(info))
+    else:
+        net = cls(config)
+    model = HFSegModel(
         net,
         _encode,
         net.decode_head,
@@ -69,6 +75,22 @@ def _segformer(
         feat_channels=config.decoder_hidden_size,
         align_corners=align_corners,
     )
+    if not_pretrained is not None:
+        model.not_pretrained = not_pretrained
+    return model
+
+
+def _require_encoder(arch: str, source: str, not_loaded: list[str]) -> None:
+    """Refuse weights that leave part of the encoder at random or hold more of it: another MiT size."""
+    from .pretrained import WeightsError
+
+    encoder = [k for k in not_loaded if k.startswith("segformer.")]
+    if encoder:
+        raise WeightsError(
+            f"{source} does not fit {arch}'s encoder: {len(encoder)} weights are missing, extra or shaped "
+            f"differently (e.g. {', '.join(encoder[:3])}); use the matching size "
+            f"(nvidia/mit-{arch.rsplit('_', 1)[1]} for {arch}) or another segformer_b*"
+        )
 
 
 def _builder(variant: str, doc: str):

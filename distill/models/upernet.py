@@ -2,7 +2,13 @@
 
 Sizes as published (Swin paper, 512x512 ADE20K, with the auxiliary head): Swin-T 60M, Swin-S 81M, Swin-B 121M
 parameters at 150 classes. The logits are at 1/4 of the input; ``aux`` is the FCN head on stage 3 (1/16).
-``depths`` shrinks a model for tests and quick runs.
+``depths`` shrinks a model for tests and quick runs; ``window_size`` is Swin's attention window (7 for the
+ImageNet-1k 224 models, 12 for the 384 ones).
+
+``pretrained``: a Hugging Face model id or a local folder of one: an ImageNet Swin
+(``microsoft/swin-tiny-patch4-window7-224``: the UPerNet heads start from scratch) or a whole UPerNet
+(``openmmlab/upernet-swin-tiny``: the heads load too when the class count matches). The backbone must fit
+entirely.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from .hf import HFSegModel, require_transformers
+from .hf import HFSegModel, load_pretrained, pretrained_model_type, require_transformers, unloaded, unused
 from .registry import register_model
 
 __all__ = ["upernet_swin_t", "upernet_swin_s", "upernet_swin_b"]
@@ -34,6 +40,7 @@ def _upernet(
     num_classes: int,
     depths: Sequence[int] | None,
     head_channels: int,
+    window_size: int,
     aux: bool,
     drop_path_rate: float,
     align_corners: bool,
@@ -41,11 +48,6 @@ def _upernet(
 ) -> HFSegModel:
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if pretrained:
-        raise ValueError(
-            f"upernet_swin_{variant}: pretrained={pretrained!r} is not a backbone file for this model; convert the "
-            "public checkpoint with `python -m distill.models.pretrained` and pass it as the model checkpoint"
-        )
     embed_dim, default_depths, heads = _VARIANTS[variant]
     depths = list(depths) if depths is not None else default_depths
     if len(depths) != 4 or min(depths) < 1:
@@ -55,7 +57,7 @@ def _upernet(
         embed_dim=embed_dim,
         depths=depths,
         num_heads=heads,
-        window_size=7,
+        window_size=window_size,
         drop_path_rate=drop_path_rate,
         out_features=["stage1", "stage2", "stage3", "stage4"],
     )
@@ -66,8 +68,23 @@ def _upernet(
         use_auxiliary_head=aux,
         auxiliary_in_channels=embed_dim * 4,  # stage 3
     )
-    net = transformers.UperNetForSemanticSegmentation(config)
-    return HFSegModel(
+    cls = transformers.UperNetForSemanticSegmentation
+    not_pretrained = None
+    if not pretrained:
+        net = cls(config)
+    elif pretrained_model_type(str(pretrained)) == "swin":  # an ImageNet Swin: the backbone only
+        net = cls(config)
+        backbone, info = load_pretrained(transformers.SwinBackbone, str(pretrained), config.backbone_config)
+        net.backbone = backbone
+        heads = sorted(k for k, _ in net.named_parameters() if not k.startswith("backbone."))
+        not_pretrained = sorted(heads + [f"backbone.{k}" for k in unloaded(info)])
+        extra = [f"backbone.{k}" for k in unused(info) if not k.startswith("classifier.")]  # ImageNet head
+    else:
+        net, info = load_pretrained(cls, str(pretrained), config)
+        not_pretrained, extra = unloaded(info), unused(info)
+    if not_pretrained is not None:
+        _require_backbone(f"upernet_swin_{variant}", str(pretrained), not_pretrained + extra)
+    model = HFSegModel(
         net,
         _encode,
         net.decode_head,
@@ -75,6 +92,22 @@ def _upernet(
         feat_channels=head_channels,
         align_corners=align_corners,
     )
+    if not_pretrained is not None:
+        model.not_pretrained = not_pretrained
+    return model
+
+
+def _require_backbone(arch: str, source: str, not_loaded: list[str]) -> None:
+    """Refuse weights that leave part of the Swin backbone at random or hold more of it (another size/window)."""
+    from .pretrained import WeightsError
+
+    backbone = [k for k in not_loaded if k.startswith("backbone.") and ".hidden_states_norms." not in f".{k}"]
+    if backbone:
+        raise WeightsError(
+            f"{source} does not fit {arch}'s Swin backbone: {len(backbone)} weights are missing, extra or shaped "
+            f"differently (e.g. {', '.join(backbone[:3])}); use the matching Swin size, and window_size= the "
+            "file's window (12 for the 384x384 ImageNet-22k models)"
+        )
 
 
 def _builder(variant: str, doc: str):
@@ -83,6 +116,7 @@ def _builder(variant: str, doc: str):
         num_classes: int = 19,
         depths: Sequence[int] | None = None,
         head_channels: int = 512,
+        window_size: int = 7,
         aux: bool = True,
         drop_path_rate: float = 0.3,
         align_corners: bool = False,
@@ -93,6 +127,7 @@ def _builder(variant: str, doc: str):
             num_classes=num_classes,
             depths=depths,
             head_channels=head_channels,
+            window_size=window_size,
             aux=aux,
             drop_path_rate=drop_path_rate,
             align_corners=align_corners,
