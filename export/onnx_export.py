@@ -222,7 +222,9 @@ def torch_to_onnx(
         with torch.no_grad():
             _EXPORT_FNS[exporter](module, x, path, _dynamic_axes(dynamic, fuse_preprocess), out_name, opset)
     except Exception as e:
-        hint = " (try --exporter torchscript)" if exporter == "dynamo" else ""
+        hint = " (try --exporter torchscript)" if exporter == "dynamo" else " (try --exporter dynamo)"
+        if "adaptive_avg_pool2d" in str(e):  # UPerNet's pyramid pooling at a size its bins do not divide
+            hint = " (the dynamo exporter handles adaptive pooling at any size: --exporter dynamo)"
         raise ExportError(f"{exporter} ONNX export failed: {type(e).__name__}: {str(e)[:500]}{hint}") from e
     if path.stat().st_size > _MAX_SINGLE_FILE:
         raise ExportError(

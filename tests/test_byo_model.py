@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from torch import nn
 
-from distill.checkpoint import load_model, save_checkpoint
+from distill.checkpoint import load_model
 from distill.models import build_model
-from infer.meta import ModelMeta
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,52 +66,17 @@ def test_bad_names_are_refused_with_the_valid_ones() -> None:
         build_model("imported", num_classes=19, import_path="test_byo_model.build")
 
 
-def test_user_module_distils_saves_its_import_path_and_exports(tmp_path: Path) -> None:
+def test_user_module_distils_saves_its_import_path_and_exports(
+    tmp_path: Path, distill_run, tiny_r101_teacher: Path
+) -> None:
     pytest.importorskip("onnxruntime")
     from export.pipeline import ExportOptions, export_checkpoint
-    from infer.datasets.demo import generate_demo
 
-    root = generate_demo(
-        tmp_path / "demo", {"train": 4, "val": 2}, size=(64, 128), seed=0, classes="cityscapes"
-    )
-    torch.manual_seed(1)
-    arch = {"name": "deeplabv3_r101", "num_classes": 19, "width": 0.125}
-    teacher = build_model("deeplabv3_r101", num_classes=19, width=0.125)
-    meta = ModelMeta(
-        arch=arch, class_names=[f"c{i}" for i in range(19)], palette=[[i, i, i] for i in range(19)]
-    )
-    teacher_path = save_checkpoint(tmp_path / "teacher.pth", teacher, meta)
-    cfg = {
-        "data": {
-            "dataset": "demo",
-            "root": str(root),
-            "crop_size": [64, 128],
-            "batch_size": 2,
-            "num_workers": 0,
-        },
-        "student": {"name": "imported", "options": OPTIONS},
-        "teacher": {"checkpoint": str(teacher_path)},
-        "losses": [{"name": "kd"}, {"name": "cwd", "source": "feat"}],
-        "optim": {"lr": 0.01},
-        "train": {
-            "max_iters": 2,
-            "eval_every": 2,
-            "log_every": 1,
-            "aux_weight": 0,
-            "output_dir": str(tmp_path / "run"),
-        },
-    }
-    config = tmp_path / "cfg.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    here = str(Path(__file__).resolve().parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), here]), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "distill" / "train.py"), "--config", str(config)],
-        env=env, capture_output=True, text=True, timeout=300,
+    steps = distill_run(
+        {"name": "imported", "options": OPTIONS}, tiny_r101_teacher,
+        [{"name": "kd"}, {"name": "cwd", "source": "feat"}],
+        aux_weight=0, pythonpath=str(Path(__file__).resolve().parent),
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in records if "loss/total" in r]
     assert [r["iter"] for r in steps] == [1, 2] and all(r["loss/kd/cwd_feat"] > 0 for r in steps)
 
     ckpt = tmp_path / "run" / "last.pth"

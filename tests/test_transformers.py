@@ -88,59 +88,16 @@ def test_bad_depths_are_refused() -> None:
         build_model("segformer_b0", num_classes=3, depths=[1, 1])
 
 
-def test_r101_teacher_distils_into_segformer_through_train_py(tmp_path) -> None:
+def test_r101_teacher_distils_into_segformer_through_train_py(
+    tmp_path, distill_run, tiny_r101_teacher
+) -> None:
     """A 1/8 CNN teacher and a 1/4 transformer student: KD on the logits, CWD on projected features."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from distill.checkpoint import load_model
 
-    import yaml
-
-    from distill.checkpoint import load_model, save_checkpoint
-    from infer.datasets.demo import generate_demo
-    from infer.meta import ModelMeta
-
-    repo = Path(__file__).resolve().parents[1]
-    root = generate_demo(
-        tmp_path / "demo", {"train": 4, "val": 2}, size=(64, 128), seed=0, classes="cityscapes"
-    )
-    torch.manual_seed(1)
-    arch = {"name": "deeplabv3_r101", "num_classes": 19, "width": 0.125}
-    teacher = build_model("deeplabv3_r101", num_classes=19, width=0.125)
-    meta = ModelMeta(
-        arch=arch, class_names=[f"c{i}" for i in range(19)], palette=[[i, i, i] for i in range(19)]
-    )
-    teacher_path = save_checkpoint(tmp_path / "teacher.pth", teacher, meta)
-    cfg = {
-        "data": {
-            "dataset": "demo",
-            "root": str(root),
-            "crop_size": [64, 128],
-            "batch_size": 2,
-            "num_workers": 0,
-        },
-        "student": {"name": "segformer_b0", "options": SMALL["segformer_b0"]},
-        "teacher": {"checkpoint": str(teacher_path)},
-        "losses": [{"name": "kd"}, {"name": "cwd", "source": "feat"}],
-        "optim": {"lr": 0.01},
-        "train": {"max_iters": 2, "eval_every": 2, "log_every": 1, "output_dir": str(tmp_path / "run")},
-    }
-    config = tmp_path / "cfg.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(repo / "distill" / "train.py"), "--config", str(config)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    import json
-
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in records if "loss/total" in r]
+    steps = distill_run(
+        {"name": "segformer_b0", "options": SMALL["segformer_b0"]}, tiny_r101_teacher,
+        [{"name": "kd"}, {"name": "cwd", "source": "feat"}],
+    )  # fmt: skip
     assert [r["iter"] for r in steps] == [1, 2]
     for r in steps:
         assert r["loss/kd/kd"] > 0 and r["loss/kd/cwd_feat"] > 0
@@ -150,6 +107,34 @@ def test_r101_teacher_distils_into_segformer_through_train_py(tmp_path) -> None:
     assert student_meta.arch["name"] == "segformer_b0"
     with torch.no_grad():
         assert student(torch.randn(1, 3, 64, 64)).shape == (1, 19, 64, 64)
+
+
+def test_swin_b_teacher_distils_into_swin_t_through_train_py(tmp_path, distill_run) -> None:
+    """Seed 003's pairing, reduced in depth and head width: UPerNet-Swin-B -> UPerNet-Swin-T, 4 iterations.
+
+    Both sides are at 1/4 with different decoder widths (128 vs 32): CWD on the logits needs no resize, CWD on
+    the features a projector; the loss weight is seed 003's 10 for transformers.
+    """
+    from distill.checkpoint import load_model, save_checkpoint
+    from infer.meta import ModelMeta
+
+    torch.manual_seed(2)
+    arch = {"name": "upernet_swin_b", "num_classes": 19, "depths": [1, 1, 1, 1], "head_channels": 128}
+    meta = ModelMeta(
+        arch=arch, class_names=[f"c{i}" for i in range(19)], palette=[[i, i, i] for i in range(19)]
+    )
+    teacher = save_checkpoint(tmp_path / "swin_b.pth", build_model(**arch), meta)
+    steps = distill_run(
+        {"name": "upernet_swin_t", "options": SMALL["upernet_swin_t"]}, teacher,
+        [{"name": "cwd", "weight": 10.0}, {"name": "cwd", "source": "feat", "weight": 10.0}], iters=4,
+    )  # fmt: skip
+    assert [r["iter"] for r in steps] == [1, 2, 3, 4]
+    assert all(r["loss/kd/cwd_logits"] > 0 and r["loss/kd/cwd_feat"] > 0 for r in steps)
+    assert all(torch.isfinite(torch.tensor(v)) for r in steps for k, v in r.items() if k.startswith("loss/"))
+    student, student_meta = load_model(tmp_path / "run" / "last.pth", torch.device("cpu"))
+    assert student_meta.arch["name"] == "upernet_swin_t" and student_meta.arch["depths"] == [1, 1, 1, 1]
+    with torch.no_grad():
+        assert student(torch.randn(1, 3, 64, 128)).shape == (1, 19, 64, 128)
 
 
 def test_logit_loss_resizes_the_teacher_to_the_student() -> None:
@@ -218,3 +203,44 @@ def test_transformer_recipes_load_with_their_student_and_losses(path: str) -> No
     assert (cfg.teacher.checkpoint is None) == (not losses)
     if name.startswith("segformer"):
         assert cfg.train.aux_weight == 0  # SegFormer has no auxiliary head
+
+
+@pytest.mark.parametrize("name", ["segformer_b0", "upernet_swin_t"])
+def test_transformers_export_fp16_and_int8_with_attention_kept_float(tmp_path, name: str) -> None:
+    """FP16 and INT8 (TensorRT form) pass the export gates; INT8 covers Conv and the Linear layers (Gemm) and
+    leaves attention's MatMuls, Softmax, LayerNorm and GELU in float."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from distill.checkpoint import save_checkpoint
+    from export.calib import synthetic_samples
+    from export.pipeline import ExportOptions, export_checkpoint
+    from infer.meta import ModelMeta
+
+    torch.manual_seed(0)
+    arch = {"name": name, "num_classes": 5, **SMALL[name]}
+    meta = ModelMeta(
+        arch=arch, class_names=[f"c{i}" for i in range(5)], palette=[[i, i, i] for i in range(5)],
+        input_size=[64, 128],
+    )  # fmt: skip
+    ckpt = save_checkpoint(tmp_path / f"{name}.pth", build_model(**arch).eval(), meta)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    import cv2
+
+    for i, s in enumerate(synthetic_samples(3, (64, 128), seed=4)):
+        cv2.imwrite(str(frames / f"{i}.png"), s.image)
+    # UPerNet's pyramid pooling (bins 1, 2, 3, 6) exports at any size only with the dynamo exporter.
+    exporter = "dynamo" if name.startswith("upernet") else "torchscript"
+    common = {"exporter": exporter, "verify_count": 2, "calib_count": 3, "calib_images": str(frames)}
+    for precision in ("fp16", "int8"):
+        opts = ExportOptions(precision=precision, **common)
+        result = export_checkpoint(ckpt, opts, log=lambda _: None)
+        assert result.report is not None and result.report.passed, result.report
+    graph = onnx.load(str(tmp_path / f"{name}.int8.onnx"))
+    made = {o: n.op_type for n in graph.graph.node for o in n.output}
+    fed = {n.op_type for n in graph.graph.node for i in n.input if made.get(i) == "DequantizeLinear"}
+    assert "Conv" in fed and (name != "segformer_b0" or "Gemm" in fed or "MatMul" in fed)
+    ops = {n.op_type for n in graph.graph.node}
+    assert {"Softmax", "LayerNormalization"} <= ops
+    assert not fed & {"Softmax", "LayerNormalization", "Erf", "Div"}
