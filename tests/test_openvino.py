@@ -70,8 +70,9 @@ def test_command_writes_verified_irs_that_the_runner_reads_back(work: Path) -> N
     for precision in ("fp32", "int8"):
         path = default_openvino_path(work / "m.pth", precision)
         assert path.is_file() and path.with_suffix(".bin").is_file() and str(path) in r.stdout
-        runner = load_runner(path)
-        assert runner.format == "openvino" and runner.precision == precision
+        # f32 hint: OpenVINO's default computes in bf16 on CPUs that have it (AVX512-BF16, AMX)
+        runner = load_runner(path, provider="f32")
+        assert runner.format == "openvino" and runner.precision == precision and runner.provider.endswith("f32")
         assert runner.meta.class_names == [f"c{i}" for i in range(K)] and runner.meta.palette[2] == [
             60,
             195,
@@ -127,3 +128,26 @@ def test_runner_refuses_an_ir_without_metadata_and_a_missing_bin(work: Path) -> 
     (work / "plain.bin").unlink()
     with pytest.raises(RunnerError, match="does not exist"):
         load_runner(work / "plain.xml")
+
+
+def test_lossy_int8_falls_back_to_accuracy_aware_quantization(
+    work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With labelled verification images, an INT8 that loses more than the bound goes through NNCF's
+    accuracy-aware quantization; the bound is set below any loss here so that the path is taken."""
+    import export.openvino_export as ovx
+    from infer.datasets.demo import generate_demo
+
+    root = generate_demo(tmp_path / "demo", {"train": 4, "val": 2}, size=SIZE, seed=0)  # 7 categories
+    monkeypatch.setattr(ovx, "MAX_INT8_DROP", -100.0)
+    lines: list[str] = []
+    out = tmp_path / "aa.int8.xml"
+    opts = ExportOptions(
+        precision="int8", out=str(out), calib_dataset="demo", calib_root=str(root), verify_split="val", **FAST
+    )
+    result = export_openvino(work / "m.pth", opts, log=lines.append)
+    assert any("accuracy-aware quantization" in line for line in lines), lines
+    assert result.report is not None and result.report.passed and result.report.miou_onnx is not None
+    runner = load_runner(out)
+    image = cv2.imread(str(next((root / "leftImg8bit" / "val").rglob("*.png"))))
+    assert runner.predict([cv2.resize(image, SIZE[::-1])])[0].shape[-2:] == SIZE
