@@ -72,7 +72,9 @@ def test_command_writes_verified_irs_that_the_runner_reads_back(work: Path) -> N
         assert path.is_file() and path.with_suffix(".bin").is_file() and str(path) in r.stdout
         # f32 hint: OpenVINO's default computes in bf16 on CPUs that have it (AVX512-BF16, AMX)
         runner = load_runner(path, provider="f32")
-        assert runner.format == "openvino" and runner.precision == precision and runner.provider.endswith("f32")
+        assert (
+            runner.format == "openvino" and runner.precision == precision and runner.provider.endswith("f32")
+        )
         assert runner.meta.class_names == [f"c{i}" for i in range(K)] and runner.meta.palette[2] == [
             60,
             195,
