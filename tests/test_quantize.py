@@ -156,6 +156,17 @@ def _peak_rss_mb(
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_kb"] / 1024
 
 
+def _student_graph(tmp_path: Path, size: tuple[int, int]) -> Path:
+    """A random DeepLabV3-R18 at width 1/4 exported (TorchScript) at ``size``."""
+    torch.manual_seed(0)
+    model = build_model("deeplabv3_r18", num_classes=K, width=0.25).eval()
+    graph = tmp_path / "g.onnx"
+    torch_to_onnx(
+        model, _meta("deeplabv3_r18", size), graph, size=size, exporter="torchscript", log=lambda _: None
+    )
+    return graph
+
+
 def test_calibration_memory_does_not_grow_with_the_number_of_images(tmp_path: Path) -> None:
     """Peak resident memory of an entropy calibration over 2 and over 10 images (fresh processes, no torch).
 
@@ -166,12 +177,7 @@ def test_calibration_memory_does_not_grow_with_the_number_of_images(tmp_path: Pa
     """
     method = "entropy"
     size = (256, 512)
-    torch.manual_seed(0)
-    model = build_model("deeplabv3_r18", num_classes=K, width=0.25).eval()
-    graph = tmp_path / "g.onnx"
-    torch_to_onnx(
-        model, _meta("deeplabv3_r18", size), graph, size=size, exporter="torchscript", log=lambda _: None
-    )
+    graph = _student_graph(tmp_path, size)
     few = _peak_rss_mb(graph, tmp_path / "few.onnx", 2, size, method)
     many = _peak_rss_mb(graph, tmp_path / "many.onnx", 10, size, method)
     assert many < few + 200, (few, many)
@@ -186,12 +192,7 @@ def test_calibration_in_groups_bounds_memory_by_the_group(tmp_path: Path) -> Non
     from export.quantize import QUANT_OP_TYPES, calibrated_tensor_bytes
 
     size = (512, 1024)
-    torch.manual_seed(0)
-    model = build_model("deeplabv3_r18", num_classes=K, width=0.25).eval()
-    graph = tmp_path / "g.onnx"
-    torch_to_onnx(
-        model, _meta("deeplabv3_r18", size), graph, size=size, exporter="torchscript", log=lambda _: None
-    )
+    graph = _student_graph(tmp_path, size)
     held = sum(calibrated_tensor_bytes(graph, QUANT_OP_TYPES, (1, 3, *size)).values()) / 2**20
     assert held > 120
     whole = _peak_rss_mb(graph, tmp_path / "whole.onnx", 1, size, "percentile")
@@ -251,11 +252,7 @@ def test_calibration_in_groups_gives_the_ranges_of_one_pass(tmp_path: Path, meth
     from export.quantize import _calibrate
 
     size = (64, 128)
-    torch.manual_seed(0)
-    model = build_model("deeplabv3_r18", num_classes=K, width=0.25).eval()
-    graph = tmp_path / "g.onnx"
-    meta = _meta("deeplabv3_r18", size)
-    torch_to_onnx(model, meta, graph, size=size, exporter="torchscript", log=lambda _: None)
+    graph, meta = _student_graph(tmp_path, size), _meta("deeplabv3_r18", size)
     caches, passes = [], []
     for group_mb in (1e9, 0.25):
         reader = CalibrationReader(synthetic_samples(3, size, seed=1), meta, "input", batch=1, fused=False)
