@@ -141,7 +141,11 @@ meta = ModelMeta(arch={"name": "deeplabv3_r18", "num_classes": 19}, class_names=
 reader = CalibrationReader(synthetic_samples(count, (h, w)), meta, "input", batch=1, fused=False)
 group_mb = float(sys.argv[7]) if len(sys.argv) > 7 else 1e9
 quantize_int8(graph, out, reader, method=method, group_mb=group_mb, progress=False, log=lambda _: None)
-print(json.dumps({"peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so a child of a large pytest process would
+# report the parent's size instead of its own peak.
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+peak = int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"peak_kb": peak}))
 """
 
 
