@@ -244,3 +244,32 @@ def test_transformers_export_fp16_and_int8_with_attention_kept_float(tmp_path, n
     ops = {n.op_type for n in graph.graph.node}
     assert {"Softmax", "LayerNormalization"} <= ops
     assert not fed & {"Softmax", "LayerNormalization", "Erf", "Div"}
+
+
+@pytest.mark.parametrize(
+    ("name", "exporter"), [("segformer_b0", "torchscript"), ("upernet_swin_t", "dynamo")]
+)
+def test_dynamic_sizes_where_the_model_allows(tmp_path, name: str, exporter: str) -> None:
+    """SegFormer exports with dynamic batch/height/width (checked at other sizes by the exporter); UPerNet-Swin's
+    traced window partitioning does not, and the exporter says to export at a fixed size instead."""
+    pytest.importorskip("onnxruntime")
+    from distill.checkpoint import save_checkpoint
+    from export.onnx_export import ExportError
+    from export.pipeline import ExportOptions, export_checkpoint
+    from infer.meta import ModelMeta
+
+    torch.manual_seed(0)
+    arch = {"name": name, "num_classes": 5, **SMALL[name]}
+    meta = ModelMeta(
+        arch=arch, class_names=[f"c{i}" for i in range(5)], palette=[[i, i, i] for i in range(5)],
+        input_size=[64, 128],
+    )  # fmt: skip
+    ckpt = save_checkpoint(tmp_path / f"{name}.pth", build_model(**arch).eval(), meta)
+    opts = ExportOptions(dynamic="all", exporter=exporter, verify_count=2)
+    if name == "segformer_b0":
+        result = export_checkpoint(ckpt, opts, log=lambda _: None)
+        assert result.report.passed and result.meta.extra["dynamic"] == "batch,height,width"
+    else:
+        with pytest.raises(ExportError, match="export at a fixed size"):
+            export_checkpoint(ckpt, opts, log=lambda _: None)
+        assert not list(tmp_path.glob("*.onnx"))
