@@ -205,16 +205,9 @@ def test_transformer_recipes_load_with_their_student_and_losses(path: str) -> No
         assert cfg.train.aux_weight == 0  # SegFormer has no auxiliary head
 
 
-@pytest.mark.parametrize("name", ["segformer_b0", "upernet_swin_t"])
-def test_transformers_export_fp16_and_int8_with_attention_kept_float(tmp_path, name: str) -> None:
-    """FP16 and INT8 (TensorRT form) pass the export gates; INT8 covers Conv and the Linear layers (Gemm) and
-    leaves attention's MatMuls, Softmax, LayerNorm and GELU in float."""
-    pytest.importorskip("onnxruntime")
-    import onnx
-
+def _small_checkpoint(tmp_path, name: str):  # noqa: ANN202 (a Path)
+    """A randomly initialised small variant of ``name`` (5 classes, 64x128) saved as a checkpoint."""
     from distill.checkpoint import save_checkpoint
-    from export.calib import synthetic_samples
-    from export.pipeline import ExportOptions, export_checkpoint
     from infer.meta import ModelMeta
 
     torch.manual_seed(0)
@@ -223,7 +216,20 @@ def test_transformers_export_fp16_and_int8_with_attention_kept_float(tmp_path, n
         arch=arch, class_names=[f"c{i}" for i in range(5)], palette=[[i, i, i] for i in range(5)],
         input_size=[64, 128],
     )  # fmt: skip
-    ckpt = save_checkpoint(tmp_path / f"{name}.pth", build_model(**arch).eval(), meta)
+    return save_checkpoint(tmp_path / f"{name}.pth", build_model(**arch).eval(), meta)
+
+
+@pytest.mark.parametrize("name", ["segformer_b0", "upernet_swin_t"])
+def test_transformers_export_fp16_and_int8_with_attention_kept_float(tmp_path, name: str) -> None:
+    """FP16 and INT8 (TensorRT form) pass the export gates; INT8 covers Conv and the Linear layers (Gemm) and
+    leaves attention's MatMuls, Softmax, LayerNorm and GELU in float."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from export.calib import synthetic_samples
+    from export.pipeline import ExportOptions, export_checkpoint
+
+    ckpt = _small_checkpoint(tmp_path, name)
     frames = tmp_path / "frames"
     frames.mkdir()
     import cv2
@@ -250,21 +256,13 @@ def test_transformers_export_fp16_and_int8_with_attention_kept_float(tmp_path, n
     ("name", "exporter"), [("segformer_b0", "torchscript"), ("upernet_swin_t", "dynamo")]
 )
 def test_dynamic_sizes_where_the_model_allows(tmp_path, name: str, exporter: str) -> None:
-    """SegFormer exports with dynamic batch/height/width (checked at other sizes by the exporter); UPerNet-Swin's
-    traced window partitioning does not, and the exporter says to export at a fixed size instead."""
+    """SegFormer exports with dynamic batch/height/width (checked at other sizes by the exporter); UPerNet-Swin
+    does not (its graph fails at another size), and the exporter says to export at a fixed size instead."""
     pytest.importorskip("onnxruntime")
-    from distill.checkpoint import save_checkpoint
     from export.onnx_export import ExportError
     from export.pipeline import ExportOptions, export_checkpoint
-    from infer.meta import ModelMeta
 
-    torch.manual_seed(0)
-    arch = {"name": name, "num_classes": 5, **SMALL[name]}
-    meta = ModelMeta(
-        arch=arch, class_names=[f"c{i}" for i in range(5)], palette=[[i, i, i] for i in range(5)],
-        input_size=[64, 128],
-    )  # fmt: skip
-    ckpt = save_checkpoint(tmp_path / f"{name}.pth", build_model(**arch).eval(), meta)
+    ckpt = _small_checkpoint(tmp_path, name)
     opts = ExportOptions(dynamic="all", exporter=exporter, verify_count=2)
     if name == "segformer_b0":
         result = export_checkpoint(ckpt, opts, log=lambda _: None)
