@@ -60,7 +60,7 @@ class VerifyReport:
             parts.append(f"max |diff| {self.max_abs_diff:.3g}, mean {self.mean_abs_diff:.3g}")
         parts.append(f"argmax agreement {self.agreement:.3f}%")
         if self.miou_torch is not None:
-            parts.append(f"mIoU PyTorch {self.miou_torch:.2f} / ONNX {self.miou_onnx:.2f}")
+            parts.append(f"mIoU PyTorch {self.miou_torch:.2f} / exported {self.miou_onnx:.2f}")
         return ", ".join(parts)
 
     def to_dict(self) -> dict:
