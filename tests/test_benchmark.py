@@ -335,6 +335,44 @@ def test_gemm_peak_is_a_rate():
     assert load is None or (len(load) == 3 and all(v >= 0 for v in load))
 
 
+def test_peak_graphs_compute_the_product_they_time():
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from infer.bench.rounds import matmul_model, ort_gemm_rate
+
+    rng = np.random.default_rng(3)
+    # activations below 128: AVX2 without VNNI adds u8 x s8 pairs in saturating int16, exact only while
+    # 2 x 127 x 127 fits (full-range u8 saturates there, which is why ONNX Runtime offers reduce_range)
+    for precision, a in (
+        ("int8", rng.integers(0, 128, (16, 16), dtype=np.uint8)),
+        ("fp32", rng.random((16, 16))),
+    ):
+        proto = matmul_model(precision, 16)
+        b = numpy_helper.to_array(onnx.load_from_string(proto).graph.initializer[0])
+        sess = ort.InferenceSession(proto, providers=["CPUExecutionProvider"])
+        (y,) = sess.run(None, {"A": a if precision == "int8" else a.astype(np.float32)})
+        if precision == "int8":  # u8 x s8 -> exact int32 sums
+            assert b.dtype == np.int8 and y.dtype == np.int32
+            np.testing.assert_array_equal(y, a.astype(np.int32) @ b.astype(np.int32))
+        else:
+            np.testing.assert_allclose(y, a.astype(np.float32) @ b, rtol=1e-5, atol=1e-5)
+        assert ort_gemm_rate(precision, 1, n=32, repeats=2) > 0
+
+
+def test_each_row_is_measured_against_its_own_precision_peak():
+    from infer.bench.rounds import device_peaks, peak_key
+
+    assert peak_key({"precision": "int8", "provider": "OpenVINO 2026.4 CPU bf16"}) == "int8"
+    assert peak_key({"precision": "bf16", "provider": "torch-cpu-autocast"}) == "bf16"
+    assert peak_key({"precision": "fp32", "provider": "OpenVINO 2026.4 CPU bf16"}) == "bf16"
+    assert peak_key({"precision": "fp16", "provider": "CPUExecutionProvider"}) == "fp32"
+    peaks = device_peaks({"fp32", "int8"}, threads=1)
+    assert set(peaks) == {"fp32", "int8"} and all(v["gflops"] > 0 for v in peaks.values())
+    assert "MatMulInteger u8 x s8" in peaks["int8"]["method"]
+
+
 def test_interleaved_rounds_and_compare_to(models, demo_root, tmp_path):
     args = [str(models["onnx"]), str(models["int8"]), "--runs", "2", "--warmup", "1", "--rounds", "5"]
     args += ["--compare-to", "tiny.onnx", "--out", str(tmp_path), "--in-process", "--no-progress"]
@@ -346,10 +384,13 @@ def test_interleaved_rounds_and_compare_to(models, demo_root, tmp_path):
     assert rows[1]["ratio"] == pytest.approx(rows[1]["latency_median_ms"] / rows[0]["latency_median_ms"])
     for r in rows:
         assert r["latency_p10_ms"] <= r["latency_median_ms"] <= r["latency_p90_ms"]
-        expect = 2 * r["gmacs"] / (r["latency_median_ms"] / 1000) / facts["peak_gflops"]
-        assert r["peak_fraction"] == pytest.approx(expect)
+        basis = "int8" if r["precision"] == "int8" else "fp32"
+        expect = 2 * r["gmacs"] / (r["latency_median_ms"] / 1000) / facts["peaks"][basis]["gflops"]
+        assert r["peak_basis"] == basis and r["peak_fraction"] == pytest.approx(expect)
+    assert facts["peak_gflops"] == facts["peaks"]["fp32"]["gflops"]
     md = (tmp_path / "benchmark.md").read_text()
     assert "| Ratio |" in md and "Peak frac." in md and "Load average" in md
+    assert "of int8 |" in md and "int8 " in md.split("Peak frac. =")[1]
     assert main([str(models["onnx"]), "--compare-to", "nope", "--out", str(tmp_path), "--in-process"]) == 2
 
 
@@ -460,3 +501,30 @@ def test_plot_labels_avoid_points_and_each_other():
         assert not any(_overlaps(box, d) for d in dots), (box, (x, y))
         assert not any(_overlaps(box, p) for p in placed), (box, (x, y))
         placed.append(box)
+
+
+def test_cpu_table_reads_each_students_run_into_one_line(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cpu_table", REPO / "benchmarks" / "cpu_table.py")
+    cpu_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cpu_table)
+    assert (
+        cpu_table._column("a.int8-cpu.onnx") == "ONNX int8 (cpu)"
+        and cpu_table._column("a.onnx") == "ONNX fp32"
+    )
+    assert cpu_table._column("a.int8.xml") == "OpenVINO int8" and cpu_table._column("a.trt") is None
+    rows = [
+        {"path": "/r/s.onnx", "ratio": 1.0, "spread": 0.1, "input": "64x128", "latency_median_ms": 50.0},
+        {"path": "/r/s.int8-cpu.onnx", "ratio": 0.55, "spread": 0.7, "unreliable": True},
+        {"path": "/r/s.int8.xml", "ratio": 0.4, "spread": 0.2},
+    ]
+    env = {"threads": 2, "interleaved": {"rounds": 3, "load_start": [0.1, 0, 0], "load_end": [0.2, 0, 0],
+                                         "peaks": {"fp32": {"gflops": 70.4}, "int8": {"gflops": 150.0}}}}  # fmt: skip
+    (tmp_path / "run" / "stud").mkdir(parents=True)
+    (tmp_path / "run" / "stud" / "benchmark.json").write_text(
+        json.dumps({"results": rows, "environment": env})
+    )
+    out = cpu_table.table([tmp_path / "run"])
+    assert "| stud | 64x128 | 2 | 50 | – | 1.00 (0.10) | 0.55 (0.70) (unreliable) | – | 0.40 (0.20) |" in out
+    assert "3 rounds, load [0.1, 0, 0] -> [0.2, 0, 0], peaks G(FL)OP/s: fp32 70, int8 150" in out

@@ -100,6 +100,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         if r.get("unreliable"):
             status += " (unreliable: p10-p90 spread > 0.5 x median)"
         cells = [_cell(k, status if k == "status" else r.get(k)) for k in keys]
+        if "peak_fraction" in keys and r.get("peak_basis") and r.get("peak_fraction") is not None:
+            i = keys.index("peak_fraction")
+            cells[i] += f" of {r['peak_basis']}"  # which precision's GEMM rate it is a fraction of
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)
 
@@ -127,14 +130,17 @@ def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], cfg: BenchConfig,
     timing = ""
     if env.get("interleaved"):
         f = env["interleaved"]
+        peaks = f.get("peaks") or {}
         peak = (
-            f"{f['peak_gflops']:.1f} GFLOP/s ({f['peak_method']})" if f.get("peak_gflops") else "not measured"
+            "; ".join(f"{k} {v['gflops']:.1f} G(FL)OP/s ({v['method']})" for k, v in peaks.items())
+            if peaks
+            else "not measured"
         )
         timing = (
             f"Timing: latency re-measured in {f['rounds']} interleaved rounds (one call of every model per round); "
             f"median, p10, p90, spread = (p90 - p10) / median, unreliable when spread > 0.5. Load average "
             f"(1/5/15 min) at start {f['load_start']}, at end {f['load_end']}. Peak frac. = 2 x GMACs per second "
-            f"(FLOP/s) / measured peak {peak}; int8 and bf16 rows are compared with that FP32 peak too.\n"
+            f"(FLOP/s) / the measured GEMM rate of the row's precision: {peak}.\n"
         )
     return "\n".join(
         [
