@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from export.formats import CALIB_METHODS
-from infer.fileio import work_dir
+from infer.fileio import scratch_cwd, work_dir
 
 __all__ = [
     "CALIB_GROUP_MB",
@@ -120,8 +120,10 @@ def _pre_process(src: Path, dst: Path, log: Callable[[str], None]) -> None:
     """Shape inference + graph optimisation before quantization (symbolic shapes first, plain ONNX if that fails)."""
     from onnxruntime.quantization import quant_pre_process
 
+    src, dst = Path(src).resolve(), Path(dst).resolve()
     try:
-        quant_pre_process(str(src), str(dst))
+        with scratch_cwd("preprocess"):  # where a failed symbolic shape inference saves its debug model
+            quant_pre_process(str(src), str(dst))
     except Exception as e:  # the symbolic shape inference gives up on some graphs; ONNX's own suffices here
         log(f"symbolic shape inference failed ({type(e).__name__}); pre-processing with ONNX shape inference")
         quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)

@@ -165,6 +165,23 @@ def work_dir(kind: str) -> Iterator[Path]:
             raise
 
 
+@contextlib.contextmanager
+def scratch_cwd(kind: str) -> Iterator[Path]:
+    """Run the block with a private temporary folder as the working directory (restored on exit).
+
+    For library calls that drop debug files into the working directory: ONNX Runtime's symbolic shape inference
+    saves ``sym_shape_infer_temp.onnx`` plus an external-data file there whenever it gives up on a graph, which
+    would otherwise litter the user's folder. Paths used inside the block must be absolute.
+    """
+    cwd = os.getcwd()
+    with work_dir(kind) as tmp:
+        os.chdir(tmp)
+        try:
+            yield tmp
+        finally:
+            os.chdir(cwd)
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:

@@ -187,6 +187,8 @@ def _shapes(model: Any, size: tuple[int, int] | None) -> tuple[dict[str, Shape],
     """
     import onnx
 
+    from infer.fileio import scratch_cwd
+
     fixed = _fixed_input(model, size)
     inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
     shapes = _collect(inferred.graph)
@@ -195,7 +197,8 @@ def _shapes(model: Any, size: tuple[int, int] | None) -> tuple[dict[str, Shape],
         try:
             from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-            shapes.update(_collect(SymbolicShapeInference.infer_shapes(fixed, auto_merge=True).graph))
+            with scratch_cwd("shapes"):  # it saves a debug model into the working directory when it gives up
+                shapes.update(_collect(SymbolicShapeInference.infer_shapes(fixed, auto_merge=True).graph))
         except Exception:  # the fallback below handles graphs this cannot
             pass
         need = _needed(inferred.graph, shapes)
