@@ -57,6 +57,8 @@ def table(folders: list[Path]) -> str:
                 + " |"
             )
             peaks = ", ".join(f"{k} {v['gflops']:.0f}" for k, v in (facts.get("peaks") or {}).items())
+            if not peaks and facts.get("peak_gflops"):  # runs from before the per-precision peaks
+                peaks = f"fp32 {facts['peak_gflops']:.0f}"
             notes.append(
                 f"- {path.parent.name} {ref['input']} {threads} thread(s): {facts.get('rounds')} rounds, load "
                 f"{facts.get('load_start')} -> {facts.get('load_end')}, peaks G(FL)OP/s: {peaks or 'not measured'}"
