@@ -4,8 +4,9 @@
 # Runtime FP32 file.
 #   bash benchmarks/cpu_students.sh                        512x1024, 1 and 2 threads, 8 rounds
 #   SIZES="512x1024 1024x2048" THREADS="1 2" ROUNDS=3 bash benchmarks/cpu_students.sh
-# Calibration: CALIB_COUNT demo frames (data/demo, generated when missing). Files and results in OUT
-# (runs/cpu_students); finished exports are reused. The table: python benchmarks/cpu_table.py OUT/*_*t
+# Calibration: CALIB_COUNT generated street frames with the 19 Cityscapes classes (OUT/demo19, made on first use).
+# Files and results in OUT (runs/cpu_students); finished exports are reused.
+# The table again: python benchmarks/cpu_table.py OUT/*_*t
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"
@@ -17,8 +18,9 @@ RUNS="${RUNS:-2}"
 CALIB_COUNT="${CALIB_COUNT:-8}"
 STUDENTS="${STUDENTS:-deeplabv3_r18 pspnet_r18 deeplabv3_mbv2 pspnet_mbv2}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-[ -d data/demo/leftImg8bit ] || "$PYTHON" -m infer.datasets.demo --root data/demo --train 200 --val 50 --size 128x256
-calib=(--calib-dataset demo --calib-root data/demo --calib-split train --calib-count "$CALIB_COUNT" --verify-count 1)
+calib_root="$OUT/demo19"
+"$PYTHON" -m infer.datasets.demo --root "$calib_root" --train "$CALIB_COUNT" --val 1 --size 256x512 --classes cityscapes
+calib=(--calib-dataset demo --calib-root "$calib_root" --calib-split train --calib-count "$CALIB_COUNT" --verify-count 1)
 for size in $SIZES; do
   h=${size%x*}; w=${size#*x}; d="$OUT/$size"
   for s in $STUDENTS; do

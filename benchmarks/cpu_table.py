@@ -30,7 +30,7 @@ def _column(name: str) -> str | None:
 
 def table(folders: list[Path]) -> str:
     """The ratio table (one line per student and folder) and the facts of each run below it."""
-    lines = ["| student | input | threads | ORT fp32 ms | " + " | ".join(t for _, t in COLUMNS) + " |"]
+    lines = ["| student | input | threads | ONNX fp32 ms | " + " | ".join(t for _, t in COLUMNS) + " |"]
     lines.append("|" + "---|" * (4 + len(COLUMNS)))
     notes = []
     for folder in folders:
