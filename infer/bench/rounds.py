@@ -45,18 +45,15 @@ def gemm_peak_gflops(n: int = 1024, repeats: int = 5) -> float:
     """Best FP32 GEMM GFLOP/s of ``n x n`` numpy matrices (BLAS follows OMP_NUM_THREADS like the runtimes)."""
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
-    a @ b  # warm-up: thread pool and caches
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best / 1e9  # an n x n x n product is n^3 multiply-adds = 2 n^3 FLOPs
+    return _best_rate(lambda: a @ b, n, repeats)
 
 
 def _best_rate(call: Any, n: int, repeats: int) -> float:
-    """Best ``2 n^3`` operations per second (in G) of ``call()`` over ``repeats`` timed calls after one warm-up."""
-    call()
+    """Best ``2 n^3`` operations per second (in G) of ``call()`` over ``repeats`` timed calls after one warm-up.
+
+    An n x n x n product is n^3 multiply-adds = 2 n^3 operations.
+    """
+    call()  # warm-up: thread pool and caches
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
