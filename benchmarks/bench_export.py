@@ -4,7 +4,7 @@
     python benchmarks/bench_export.py --checkpoint runs/demo/deeplabv3_r18/best.pth --runs 10 --threads 4
     python benchmarks/bench_export.py --models pspnet_mbv2 --size 256x512 --out bench_export.json
 
-For each model: FP32 and INT8 ONNX files are exported with `export.pipeline.export_model` (INT8 calibrated on
+For each model: FP32 and INT8 ONNX files are exported with `segkd.export.pipeline.export_model` (INT8 calibrated on
 the demo train split), verified on the demo val split against PyTorch (argmax agreement, mIoU of both), and timed
 batch 1 on the CPU: ``--warmup`` untimed then ``--runs`` timed calls each, median and p90 in milliseconds.
 Without ``--checkpoint`` the models have untrained weights: latency is unaffected, the agreement still measures
@@ -26,10 +26,10 @@ if __package__ in (None, ""):  # run as a file from a checkout: import from the 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from export.pipeline import ExportOptions, export_model  # noqa: E402
-from export.verify import VerificationError  # noqa: E402
-from infer.cliargs import parse_hw  # noqa: E402
-from infer.meta import ModelMeta  # noqa: E402
+from segkd.export.pipeline import ExportOptions, export_model  # noqa: E402
+from segkd.export.verify import VerificationError  # noqa: E402
+from segkd.infer.cliargs import parse_hw  # noqa: E402
+from segkd.infer.meta import ModelMeta  # noqa: E402
 
 
 def _args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,13 +70,13 @@ def _time(fn, warmup: int, runs: int) -> dict[str, float]:  # noqa: ANN001 (a no
 def _models(args: argparse.Namespace, classes: list[str], palette: list[list[int]], size: tuple[int, int]):  # noqa: ANN202
     """(label, float32 eval model, meta) for each checkpoint, else each registered name with untrained weights."""
     if args.checkpoint:
-        from distill.checkpoint import load_model
+        from segkd.distill.checkpoint import load_model
 
         for path in args.checkpoint:
             model, meta = load_model(path)
             yield Path(path).name, model, meta, True
         return
-    from distill.models import build_model
+    from segkd.distill.models import build_model
 
     for name in args.models:
         torch.manual_seed(0)
@@ -161,8 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     args = _args(argv)
     torch.set_num_threads(args.threads)
     h, w = parse_hw(args.size)
-    from infer.datasets import build_dataset
-    from scenes.street import generate_demo
+    from segkd.infer.datasets import build_dataset
+    from segkd.scenes.street import generate_demo
 
     with tempfile.TemporaryDirectory(prefix="segkd-bench-export-") as tmp:
         demo = Path(args.demo_root or Path(tmp) / "demo")

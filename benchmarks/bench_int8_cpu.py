@@ -38,11 +38,17 @@ def _contenders(name: str, size: tuple[int, int], work: Path) -> dict[str, Path]
     """Export FP32 and write each INT8 form of it; returns label -> ONNX file."""
     from onnxruntime.quantization import quantize_static
 
-    from distill.models import build_model
-    from export.calib import CalibrationReader, synthetic_samples
-    from export.onnx_export import torch_to_onnx
-    from export.quantize import QUANT_OP_TYPES, _calibrate, _cpu_settings, _pre_process, quantize_settings
-    from infer.meta import ModelMeta
+    from segkd.distill.models import build_model
+    from segkd.export.calib import CalibrationReader, synthetic_samples
+    from segkd.export.onnx_export import torch_to_onnx
+    from segkd.export.quantize import (
+        QUANT_OP_TYPES,
+        _calibrate,
+        _cpu_settings,
+        _pre_process,
+        quantize_settings,
+    )
+    from segkd.infer.meta import ModelMeta
 
     model = build_model(name, num_classes=19).eval()
     meta = ModelMeta(arch={"name": name, "num_classes": 19}, class_names=[str(i) for i in range(19)],

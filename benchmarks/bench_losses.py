@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from distill.losses import build_loss, loss_params
+from segkd.distill.losses import build_loss, loss_params
 
 BATCH, CLASSES, H, W = 8, 19, 64, 128
 STUDENT_CH, TEACHER_CH = 128, 256
@@ -67,7 +67,7 @@ def _loss_step(name: str, device: torch.device) -> Callable[[], None]:
 
 def _model_step(batch: int, device: torch.device) -> Callable[[], None]:
     """A forward + backward of DeepLabV3-R18 (aux head on, as in training) at 512x1024."""
-    from distill.models import build_model
+    from segkd.distill.models import build_model
 
     model = build_model("deeplabv3_r18", num_classes=CLASSES).to(device).train()
     x = torch.randn(batch, 3, 8 * H, 8 * W, device=device)

@@ -29,11 +29,11 @@ if __package__ in (None, ""):  # run as `python benchmarks/bench_train.py` from 
 
 import torch  # noqa: E402
 
-from distill.losses import KDCriterion  # noqa: E402
-from distill.models import build_model  # noqa: E402
-from distill.step import DistillStep, train_step  # noqa: E402
-from infer.cliargs import hw_arg  # noqa: E402
-from infer.meta import ModelMeta  # noqa: E402
+from segkd.distill.losses import KDCriterion  # noqa: E402
+from segkd.distill.models import build_model  # noqa: E402
+from segkd.distill.step import DistillStep, train_step  # noqa: E402
+from segkd.infer.cliargs import hw_arg  # noqa: E402
+from segkd.infer.meta import ModelMeta  # noqa: E402
 
 # The demo recipes' distillation losses (configs/_methods/*.yaml).
 METHODS: dict[str, list[dict]] = {
@@ -138,14 +138,14 @@ def main(argv: list[str] | None = None) -> dict:
             return _time(fn, device, args.warmup, args.iters)
 
     def teacher_forward() -> None:
-        from distill.data import normalize
+        from segkd.distill.data import normalize
 
         with torch.no_grad(), autocast():
             teacher(normalize(images, meta.mean, meta.std, meta.channel_order), return_features=True)
 
     def losses_only(specs: list[dict]):
         """Forward + backward of the losses alone, on fixed student/teacher outputs."""
-        from distill.data import normalize
+        from segkd.distill.data import normalize
 
         crit = KDCriterion(specs, student_channels=student.feat_channels, teacher_channels=teacher.feat_channels,
                            num_classes=k).to(device)  # fmt: skip

@@ -28,7 +28,7 @@ __all__ = ["main"]
 
 
 def _predictions(path: Path, images: list[np.ndarray]) -> list[np.ndarray]:
-    from infer.runtime import load_runner
+    from segkd.infer.runtime import load_runner
 
     with load_runner(path, threads=os.cpu_count()) as runner:
         return [runner.predict([im])[0] for im in images]
@@ -38,7 +38,7 @@ def _scores(
     preds: list[np.ndarray], ref: list[np.ndarray], labels: list[np.ndarray], k: int
 ) -> tuple[float, float]:
     """(mIoU %, agreement % with ``ref``)."""
-    from infer.metrics import ConfusionMatrix
+    from segkd.infer.metrics import ConfusionMatrix
 
     cm = ConfusionMatrix(k)
     agree = total = 0
@@ -68,11 +68,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parse(argv)
-    from distill.checkpoint import load_model
-    from export.calib import CalibrationReader, dataset_samples
-    from export.pipeline import ExportOptions, export_model
-    from export.quantize import quantize_int8
-    from infer.datasets import build_dataset
+    from segkd.distill.checkpoint import load_model
+    from segkd.export.calib import CalibrationReader, dataset_samples
+    from segkd.export.pipeline import ExportOptions, export_model
+    from segkd.export.quantize import quantize_int8
+    from segkd.infer.datasets import build_dataset
 
     load = os.getloadavg()[0]
     variants = [(m, None) for m in a.methods if m != "percentile"]

@@ -19,7 +19,7 @@ CALIB_COUNT="${CALIB_COUNT:-8}"
 STUDENTS="${STUDENTS:-deeplabv3_r18 pspnet_r18 deeplabv3_mbv2 pspnet_mbv2}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 calib_root="$OUT/demo19"
-"$PYTHON" -m infer.datasets.demo --root "$calib_root" --train "$CALIB_COUNT" --val 1 --size 256x512 --classes cityscapes
+"$PYTHON" -m segkd.scenes --root "$calib_root" --train "$CALIB_COUNT" --val 1 --size 256x512 --classes cityscapes
 calib=(--calib-dataset demo --calib-root "$calib_root" --calib-split train --calib-count "$CALIB_COUNT" --verify-count 1)
 for size in $SIZES; do
   h=${size%x*}; w=${size#*x}; d="$OUT/$size"

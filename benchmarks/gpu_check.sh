@@ -26,7 +26,7 @@ step() { steps+=("$*"); }
 step "$PYTHON -m pip install -q -e '.[trt]'"
 for size in $SIZES; do
   h=${size%x*}; w=${size#*x}
-  step "$PYTHON -c 'from scenes.street import generate_demo; generate_demo(\"$OUT/demo_$size\", splits={\"train\": 8, \"val\": 8}, size=($h, $w), seed=0)'"
+  step "$PYTHON -c 'from segkd.scenes.street import generate_demo; generate_demo(\"$OUT/demo_$size\", splits={\"train\": 8, \"val\": 8}, size=($h, $w), seed=0)'"
   for s in $STUDENTS; do
     d=$OUT/$size/$s
     step "$PYTHON benchmarks/gpu_check_student.py $s $d/$s.pth $h $w"

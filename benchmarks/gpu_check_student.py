@@ -12,9 +12,9 @@ from pathlib import Path
 def main(argv: list[str]) -> int:
     import torch
 
-    from distill.checkpoint import save_checkpoint
-    from distill.models import build_model
-    from infer.meta import ModelMeta
+    from segkd.distill.checkpoint import save_checkpoint
+    from segkd.distill.models import build_model
+    from segkd.infer.meta import ModelMeta
 
     name, out, h, w = argv[0], Path(argv[1]), int(argv[2]), int(argv[3])
     torch.manual_seed(0)

@@ -80,7 +80,7 @@ class Discriminator(nn.Module):
 
 
 class Adversarial:
-    """The discriminator, its optimizer and both hinge objectives, driven by :func:`distill.step.optimizer_step`.
+    """The discriminator, its optimizer and both hinge objectives, driven by :func:`segkd.distill.step.optimizer_step`.
 
     Not an ``nn.Module`` on purpose: its parameters must stay out of the student's optimizer and DDP wrapper.
 

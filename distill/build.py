@@ -3,57 +3,23 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from distill.adversarial import Adversarial
-from distill.checks import check_classes, check_data, check_inputs, check_strides
-from distill.config import Config, ConfigError
-from distill.data import EvalSet, TrainSet, build_eval_loader, build_train_loader
-from distill.guard import MAX_NONFINITE, NonFiniteGuard
-from distill.run_dir import Progress
-from distill.schedule import build_optimizer
-from distill.step import DistillStep, frozen_teacher
-from infer.meta import ModelMeta
+from segkd.distill.adversarial import Adversarial
+from segkd.distill.checks import check_classes, check_data, check_inputs, check_strides
+from segkd.distill.config import Config, ConfigError
+from segkd.distill.data import EvalSet, TrainSet, build_eval_loader, build_train_loader
+from segkd.distill.guard import MAX_NONFINITE, NonFiniteGuard
+from segkd.distill.run import Progress, Run
+from segkd.distill.schedule import build_optimizer
+from segkd.distill.step import DistillStep, frozen_teacher
+from segkd.infer.meta import ModelMeta
 
-__all__ = ["Run", "build_run", "make_accelerator"]
-
-
-@dataclass
-class Run:
-    """Everything a training iteration touches (built once by :func:`build_run`)."""
-
-    cfg: Config
-    accelerator: Any
-    run_dir: Path
-    step: nn.Module
-    optimizer: Any
-    train_loader: Any
-    eval_loader: Any
-    teacher: nn.Module | None
-    teacher_meta: ModelMeta | None
-    meta: ModelMeta
-    progress: Progress
-    adversarial: Adversarial | None = None
-    lock: Any = None  # the run folder's lock file (main process), see distill.run_dir
-
-    def components(self) -> dict[str, Any]:
-        """What the run state saves besides progress and random states, by file name."""
-        parts = {"model": self.accelerator.unwrap_model(self.step), "optimizer": self.optimizer}
-        if self.accelerator.scaler is not None:  # fp16 loss scaling
-            parts["scaler"] = self.accelerator.scaler
-        if self.adversarial is not None:
-            parts.update(self.adversarial.components())
-        return parts
-
-    @property
-    def student(self) -> nn.Module:
-        """The student inside the (possibly wrapped) step module."""
-        return self.accelerator.unwrap_model(self.step).student
+__all__ = ["build_run", "make_accelerator"]
 
 
 def make_accelerator(cfg: Config, run_dir: Path) -> Any:
@@ -134,7 +100,7 @@ def _build_adversarial(cfg: Config, num_classes: int, accelerator: Any) -> Adver
 
 def _on_main(accelerator: Any, check: Any) -> None:
     """Run ``check()`` on the main process only; its ConfigError is raised on every process."""
-    from distill.run_dir import raise_on_all
+    from segkd.distill.run_dir import raise_on_all
 
     error = None
     if accelerator.is_main_process:
@@ -174,7 +140,7 @@ def _build_step(
     """Seeded student (+ teacher and distillation losses): returns (step module, teacher, teacher meta)."""
     from accelerate.utils import set_seed
 
-    from distill.models import build_model
+    from segkd.distill.models import build_model
 
     set_seed(cfg.train.seed)
     arch = dict(meta.arch)
@@ -191,7 +157,7 @@ def _build_criterion(
 ) -> nn.Module | None:
     if not cfg.distill:
         return None
-    from distill.losses import KDCriterion
+    from segkd.distill.losses import KDCriterion
 
     try:
         return KDCriterion(

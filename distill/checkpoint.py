@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from infer import __version__
-from infer.fileio import atomic_path
-from infer.meta import ModelMeta
+from segkd.infer import __version__
+from segkd.infer.fileio import atomic_path
+from segkd.infer.meta import ModelMeta
 
 __all__ = [
     "FORMAT",
@@ -92,7 +92,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         keys = list(blob)[:5] if isinstance(blob, dict) else type(blob).__name__
         raise CheckpointError(
             f"{path} is not a {FORMAT} file (top-level: {keys}); a bare state dict lacks class names and "
-            "normalisation: convert it with `python -m distill.models.pretrained --help`"
+            "normalisation: convert it with `segkd convert --help`"
         )
     version = blob.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -118,7 +118,7 @@ def half_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
     return save_checkpoint(dst, state, ckpt.meta, prov)
 
 
-_FIX = "pass a .pth written by distill/train.py, or convert foreign weights with `python -m distill.models.pretrained`"
+_FIX = "pass a .pth written by distill/train.py, or convert foreign weights with `segkd convert`"
 
 
 def _load_failure(path: Path, e: Exception) -> str:
@@ -144,7 +144,7 @@ def load_model(
     path: str | os.PathLike[str], device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, ModelMeta]:
     """Build the model a checkpoint describes, load its weights strictly, and return it in eval mode."""
-    from distill.models import build_model
+    from segkd.distill.models import build_model
 
     ckpt = load_checkpoint(path)
     arch = dict(ckpt.meta.arch)

@@ -9,10 +9,11 @@ from typing import Any
 
 import torch
 
-from distill.checkpoint import CheckpointError, load_checkpoint
-from distill.config import Config, ConfigError
-from distill.runlog import warn
-from infer.meta import ModelMeta
+from segkd.distill.checkpoint import CheckpointError, load_checkpoint
+from segkd.distill.config import Config, ConfigError
+from segkd.distill.runlog import warn
+from segkd.infer.meta import ModelMeta
+from segkd.script import command
 
 __all__ = [
     "Inputs",
@@ -78,11 +79,12 @@ def _teacher_hint(path: Path) -> str:
     if len(parts) >= 3 and parts[0] == "runs" and path.name in ("best.pth", "last.pth"):
         recipe = Path("configs", *parts[1:-1]).with_suffix(".yaml")
         if recipe.is_file() or (_REPO / recipe).is_file():
-            return f"; train it first with: accelerate launch distill/train.py --config {recipe}"
+            return f"; train it first with: {command('train', 'accelerate launch distill/train.py')} --config {recipe}"
     if path == _DEMO_TEACHER:  # shipped with the project; the relative path needs the repository as cwd
         return (
             f"; it ships with the project as {_REPO / path}: run from {_REPO}, pass "
-            f"teacher.checkpoint={_REPO / path}, or train one with: accelerate launch distill/train.py --config "
+            f"teacher.checkpoint={_REPO / path}, or train one with: "
+            f"{command('train', 'accelerate launch distill/train.py')} --config "
             "configs/demo/teacher.yaml"
         )
     return "; set teacher.checkpoint to a teacher .pth written by distill/train.py"
@@ -90,7 +92,7 @@ def _teacher_hint(path: Path) -> str:
 
 def load_datasets(cfg: Config) -> tuple[Any, Any]:
     """The training and validation readers of ``cfg.data`` (a ConfigError naming the fix otherwise)."""
-    from infer.datasets import DatasetError, build_dataset
+    from segkd.infer.datasets import DatasetError, build_dataset
 
     options = reader_options(cfg)
     try:
@@ -101,7 +103,7 @@ def load_datasets(cfg: Config) -> tuple[Any, Any]:
     except (DatasetError, KeyError) as e:
         hint = ""
         if not Path(cfg.data.root).expanduser().is_dir() and cfg.data.dataset != "demo":
-            hint = f"; see the README for the {cfg.data.dataset} layout, check it with `python -m infer.datasets check`"
+            hint = f"; see the README for the {cfg.data.dataset} layout, check it with `segkd check`"
         raise ConfigError(
             f"cannot read the {cfg.data.dataset} data at {cfg.data.root}: {e.args[0]}{hint}"
         ) from e
@@ -117,12 +119,12 @@ def reader_options(cfg: Config) -> dict[str, Any]:
 
 
 def check_data(cfg: Config, *, limit: int = 20) -> None:
-    """Read every sample of the splits the run reads (``infer.datasets check``) before any work is done.
+    """Read every sample of the splits the run reads (``segkd.infer.datasets check``) before any work is done.
 
     Raises:
         ConfigError: listing the first ``limit`` problems of each split and how to skip the check.
     """
-    from infer.datasets.check import check_dataset
+    from segkd.infer.datasets.check import check_dataset
 
     problems = []
     for split in dict.fromkeys((cfg.data.train_split, cfg.data.val_split)):
@@ -134,7 +136,7 @@ def check_data(cfg: Config, *, limit: int = 20) -> None:
         raise ConfigError(
             f"the {cfg.data.dataset} data at {cfg.data.root} has problems:\n  "
             + "\n  ".join(problems)
-            + f"\nfix them (python -m infer.datasets check --dataset {cfg.data.dataset} --root {cfg.data.root} "
+            + f"\nfix them (segkd check --dataset {cfg.data.dataset} --root {cfg.data.root} "
             "--split SPLIT lists them all), or start without this check with data.check=false"
         )
 
@@ -201,7 +203,7 @@ def _pretrained_problem(arch: str, pretrained: str) -> str | None:
     The CNNs take an ImageNet backbone file; SegFormer and UPerNet-Swin take a Hugging Face model id (downloaded
     on first use) or a local folder of one.
     """
-    from distill.models.pretrained import HF_ARCH_PREFIXES
+    from segkd.distill.models.pretrained import HF_ARCH_PREFIXES
 
     path = Path(pretrained).expanduser()
     if arch.startswith(HF_ARCH_PREFIXES):

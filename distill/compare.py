@@ -1,9 +1,9 @@
 """Compare distillation methods over several seeds: mean ± std per method and the paired difference to the
 baseline with its 95 % confidence interval.
 
-    python -m distill.compare                      # the demo comparison: 8 methods x 5 seeds (configs/demo)
-    python -m distill.compare --quick              # baseline, CWD, HWD x 3 seeds: a first look in minutes
-    python -m distill.compare --config-dir configs/demo --methods baseline,kd,cwd --seeds 5 \
+    segkd compare                      # the demo comparison: 8 methods x 5 seeds (configs/demo)
+    segkd compare --quick              # baseline, CWD, HWD x 3 seeds: a first look in minutes
+    segkd compare --config-dir configs/demo --methods baseline,kd,cwd --seeds 5 \
         --out runs/compare/demo [key=value ...]
 
 Each method is the recipe ``<config-dir>/<method>.yaml``; every (method, seed) pair trains in its own process
@@ -33,7 +33,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from infer.fileio import atomic_path, atomic_write_text, to_json
+from segkd.infer.fileio import atomic_path, atomic_write_text, to_json
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -117,7 +117,7 @@ def read_run(run_dir: Path) -> tuple[float | None, float | None]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return None, None
-    from distill.runlog import read_records  # a last line cut short by a kill is left out
+    from segkd.distill.runlog import read_records  # a last line cut short by a kill is left out
 
     evals = [float(rec["eval/mIoU"]) for rec in read_records(path) if rec.get("eval/mIoU") is not None]
     return (max(evals), evals[-1]) if evals else (None, None)
@@ -127,7 +127,7 @@ def _last_iter(run_dir: Path) -> int:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return -1
-    from distill.runlog import read_records
+    from segkd.distill.runlog import read_records
 
     return max((int(rec.get("iter", -1)) for rec in read_records(path)), default=-1)
 
@@ -264,9 +264,7 @@ def _train(
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m distill.compare", description=__doc__.split("\n\n")[0].replace("\n", " ")
-    )
+    p = argparse.ArgumentParser(prog="segkd compare", description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument(
         "--config-dir", type=Path, default=REPO / "configs" / "demo", help="folder of <method>.yaml"
     )
@@ -336,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         else a.config_dir
     )
     header = (
-        f"Command: `python -m distill.compare --config-dir {config_dir} --methods {','.join(methods)} --seeds {a.seeds}"
+        f"Command: `segkd compare --config-dir {config_dir} --methods {','.join(methods)} --seeds {a.seeds}"
         f"{' --jobs ' + str(a.jobs) if a.jobs > 1 else ''}{' ' + ' '.join(a.overrides) if a.overrides else ''}` "
         f"({(time.perf_counter() - start) / 60:.1f} min in this invocation); machine: "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "

@@ -4,8 +4,16 @@ A config file is plain YAML (read with ``yaml.safe_load``) whose sections mirror
 start from others with a ``base:`` key (one path or a list, relative to the file); sections are merged
 recursively, later files win, and lists are replaced, not concatenated::
 
-    # configs/cityscapes/deeplabv3_r18_cwd.yaml
-    base: [_base.yaml, ../_students/deeplabv3_r18.yaml, ../_methods/cwd.yaml]
+    # configs/cityscapes/deeplabv3_r18_skd_full.yaml
+    base: [_base.yaml, ../_students/deeplabv3_r18.yaml]
+
+A run can also be composed on the command line from the parts of ``configs/`` (see :func:`group_files`)::
+
+    segkd train dataset=cityscapes student=deeplabv3_r18 method=cwd train.max_iters=200
+
+``dataset=D`` reads ``configs/D/_base.yaml``, ``student=S`` ``configs/_students/S.yaml`` and ``method=M``
+``configs/D/_M.yaml`` when the dataset has its own variant of the method, else ``configs/_methods/M.yaml``; they
+are merged after the ``--config`` files (several may be given, merged in order) and before the dotted overrides.
 
 Command-line overrides use dotted keys and YAML values: ``train.max_iters=200``, ``data.crop_size=[64,128]``,
 ``losses.0.weight=5``, ``teacher.checkpoint=null``. An unknown key anywhere is an error that lists the valid
@@ -25,8 +33,8 @@ from typing import Any
 
 import yaml
 
-from infer.fileio import atomic_write_text
-from infer.meta import IMAGENET_RGB
+from segkd.infer.fileio import atomic_write_text
+from segkd.infer.meta import IMAGENET_RGB
 
 __all__ = [
     "AdversarialConfig",
@@ -38,8 +46,10 @@ __all__ = [
     "OptimConfig",
     "TeacherConfig",
     "TrainConfig",
+    "GROUPS",
     "config_to_dict",
     "load_config",
+    "group_files",
     "load_yaml",
     "parse_overrides",
     "save_config",
@@ -55,7 +65,7 @@ class DataConfig:
     """Dataset and augmentation.
 
     Attributes:
-        dataset: reader name in ``infer.datasets.DATASETS`` (cityscapes, voc, ade20k, cocostuff, folder, demo).
+        dataset: reader name in ``segkd.infer.datasets.DATASETS`` (cityscapes, voc, ade20k, cocostuff, folder, demo).
         root: dataset root folder.
         train_split, val_split: split names passed to the reader.
         crop_size: training crop (H, W); images smaller than the crop are padded (labels with ignore).
@@ -68,7 +78,7 @@ class DataConfig:
         label_type: which label files the reader takes (cityscapes: ``labelIds`` or ``trainIds``; cocostuff:
             ``stuffthingmaps`` or ``trainIds``); null keeps the reader's default.
         reader: further reader options, e.g. ``{classes: my/classes.txt, masks: annotations}`` for ``folder``.
-        check: read every sample of both splits before training (``infer.datasets check``) and refuse to start
+        check: read every sample of both splits before training (``segkd.infer.datasets check``) and refuse to start
             on a problem; false skips it (a file that fails to decode during the run is still skipped).
         max_bad_files: training samples that may fail to decode during the run (each is skipped with a
             warning) before the run stops with their list.
@@ -94,7 +104,7 @@ class ModelConfig:
     """The trained network (the student, or the teacher while it is trained in plain mode).
 
     Attributes:
-        name: registry name in ``distill.models.MODELS`` (e.g. ``deeplabv3_r18``).
+        name: registry name in ``segkd.distill.models.MODELS`` (e.g. ``deeplabv3_r18``).
         num_classes: output classes; ``null`` takes the dataset's count (a different value is an error).
         pretrained: ImageNet backbone weights file (torchvision or CIRKD layout), or null for random init; for
             SegFormer and UPerNet-Swin a Hugging Face model id (``nvidia/mit-b0``) or a local folder of one.
@@ -126,7 +136,7 @@ class TeacherConfig:
     """The frozen teacher of a distillation run (null checkpoint: plain training).
 
     Attributes:
-        checkpoint: teacher ``.pth`` written by this trainer (or converted with ``distill.models.pretrained``).
+        checkpoint: teacher ``.pth`` written by this trainer (or converted with ``segkd.distill.models.pretrained``).
         half: run the teacher in float16 on a GPU (ignored on CPU).
     """
 
@@ -206,7 +216,7 @@ class EvalConfig:
 
 @dataclass
 class AdversarialConfig:
-    """The adversarial holistic term of SKD/IFVD as CIRKD runs it (see :mod:`distill.adversarial`).
+    """The adversarial holistic term of SKD/IFVD as CIRKD runs it (see :mod:`segkd.distill.adversarial`).
 
     Attributes:
         enabled: train a discriminator on the teacher's and the student's 1/8 logits (distillation runs only).
@@ -228,9 +238,10 @@ class AdversarialConfig:
 class Config:
     """A whole run: see each section's class. Without ``losses`` the run is plain training (no teacher is loaded).
 
-    Each entry of ``losses`` is a mapping with the loss ``name`` (in ``distill.losses.LOSSES``) and that loss's
-    parameters, e.g. ``{name: cwd, weight: 3.0, temperature: 4.0}``; parameters are checked when the loss is
-    built.
+    Each entry of ``losses`` is a mapping with the loss ``name`` (in ``segkd.distill.losses.LOSSES``) and that
+    loss's parameters, e.g. ``{name: cwd, weight: 3.0, tau: 4.0}``. Names, parameter names and values are checked
+    when the config is loaded, with every other problem of the config (``temperature`` for ``tau`` is refused
+    there, naming ``tau``).
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -247,6 +258,10 @@ class Config:
         """True when a teacher is distilled into the student (a teacher without losses is not loaded)."""
         return self.teacher.checkpoint is not None and bool(self.losses)
 
+
+# The parts a run is composed of on the command line (``dataset=cityscapes``), in the order they are merged.
+GROUPS = ("dataset", "student", "method")
+CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"  # the checkout's configs/
 
 # Choices checked after loading: key -> allowed values.
 _CHOICES: dict[str, tuple[Any, ...]] = {
@@ -480,6 +495,7 @@ def _validate(cfg: Config, origin: str) -> list[str]:
             problems.append(
                 f"{origin}: losses.{i} must be a mapping with a 'name' (e.g. {{name: cwd}}), got {spec!r}"
             )
+    problems += [f"{origin}: {p}" for p in _loss_problems(cfg.losses)]
     a = cfg.adversarial
     if a.enabled:
         problems += _adversarial_problems(cfg, origin, stride)
@@ -491,8 +507,16 @@ def _validate(cfg: Config, origin: str) -> list[str]:
     return problems
 
 
+def _loss_problems(specs: list[Any]) -> list[str]:
+    if not specs:
+        return []
+    from segkd.distill.losses.criterion import spec_problems  # torch: only for configs that name losses
+
+    return spec_problems(specs)
+
+
 def _adversarial_problems(cfg: Config, origin: str, stride: int) -> list[str]:
-    from distill.adversarial import MIN_LOGITS
+    from segkd.distill.adversarial import MIN_LOGITS
 
     a, problems = cfg.adversarial, []
     if not cfg.losses or cfg.teacher.checkpoint is None:
@@ -518,16 +542,72 @@ def _adversarial_problems(cfg: Config, origin: str, stride: int) -> list[str]:
     return problems
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Build a :class:`Config` from a YAML file (or the defaults when ``path`` is None) and overrides.
+def group_files(selection: dict[str, str], root: Path = CONFIG_ROOT) -> list[Path]:
+    """The files ``dataset=D student=S method=M`` name (any of the three may be left out), in merge order.
+
+    Raises:
+        ConfigError: a name with no file, listing the names there are and the closest one.
+    """
+    unknown = sorted(set(selection) - set(GROUPS))
+    if unknown:
+        raise ConfigError(f"unknown part(s) {unknown}; a run is composed of {list(GROUPS)}")
+    dataset = selection.get("dataset")
+    places = {
+        "dataset": (
+            lambda n: root / n / "_base.yaml",
+            sorted(p.parent.name for p in root.glob("*/_base.yaml")),
+        ),
+        "student": (lambda n: root / "_students" / f"{n}.yaml", _stems(root / "_students")),
+        "method": (lambda n: _method_file(root, dataset, n), _stems(root / "_methods")),
+    }
+    files = []
+    for group in GROUPS:
+        if group not in selection:
+            continue
+        name, (where, names) = str(selection[group]), places[group]
+        path = where(name)
+        if not path.is_file():
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"{group}={name}: no {path.relative_to(root.parent)}{hint} ({group}s: {', '.join(names)})"
+            )
+        files.append(path)
+    return files
+
+
+def _method_file(root: Path, dataset: str | None, name: str) -> Path:
+    """The dataset's own variant of a method (``configs/ade20k/_hwd.yaml``: HWD's mu for ADE20K) or the method."""
+    own = root / dataset / f"_{name}.yaml" if dataset else None
+    return own if own is not None and own.is_file() else root / "_methods" / f"{name}.yaml"
+
+
+def _stems(folder: Path) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def load_config(
+    path: str | Path | list[str | Path] | None, overrides: list[str] | None = None, root: Path = CONFIG_ROOT
+) -> Config:
+    """Build a :class:`Config` from YAML files (or the defaults when ``path`` is None) and overrides.
+
+    ``path`` is one file or several, merged in order; ``overrides`` are ``dataset=``/``student=``/``method=``
+    selections (see :func:`group_files`) and dotted ``key=value`` pairs, applied in that order.
 
     Raises:
         ConfigError: listing every unknown key, wrong type and invalid value found.
     """
-    origin = str(path) if path is not None else "defaults"
-    data = load_yaml(path) if path is not None else {}
-    for key, value in parse_overrides(overrides or []):
-        _apply_override(data, key, value)
+    paths = [] if path is None else [path] if isinstance(path, str | Path) else list(path)
+    pairs = parse_overrides(overrides or [])
+    selection = {k: v for k, v in pairs if "." not in k and k in GROUPS}
+    files = [*map(Path, paths), *group_files(selection, root)]
+    origin = " + ".join(map(str, files)) if files else "defaults"
+    data: dict[str, Any] = {}
+    for file in files:
+        data = _merge(data, load_yaml(file))
+    for key, value in pairs:
+        if key not in selection:
+            _apply_override(data, key, value)
     problems: list[str] = []
     cfg = _build(Config, data, "", origin, problems)
     if not problems:
@@ -535,8 +615,21 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     if cfg.train.output_dir is None:
-        cfg.train.output_dir = default_output_dir(path)
+        cfg.train.output_dir = composed_output_dir(paths[-1] if paths else None, selection)
     return cfg
+
+
+def composed_output_dir(path: str | Path | None, selection: dict[str, Any]) -> str:
+    """``runs/cityscapes/deeplabv3_r18_cwd`` for ``dataset=cityscapes student=deeplabv3_r18 method=cwd``;
+    with a ``--config`` file, its folder (:func:`default_output_dir`) and the selections joined to its name."""
+    parts = [str(selection[g]) for g in ("student", "method") if g in selection]
+    if path is None:
+        if not selection:
+            return default_output_dir(None)
+        return str(Path("runs", str(selection.get("dataset", "")), "_".join(parts) or "base"))
+    base = default_output_dir(path)
+    extra = [str(selection["dataset"])] if "dataset" in selection else []
+    return "_".join([base, *extra, *parts])
 
 
 def default_output_dir(path: str | Path | None) -> str:

@@ -1,6 +1,6 @@
 """Training curves of a run, drawn from its ``metrics.jsonl`` into ``curves.png`` beside it.
 
-    python -m distill.curves runs/demo/cwd            # redraw (the trainer draws it at every evaluation)
+    segkd curves runs/demo/cwd            # redraw (the trainer draws it at every evaluation)
 
 Two panels: every logged loss term over the iterations (log scale), and the evaluation mIoU. Drawing needs
 matplotlib (``pip install matplotlib``, the ``plot`` extra); without it nothing is drawn and training is unaffected.
@@ -13,8 +13,8 @@ import math
 import os
 from pathlib import Path
 
-from distill.runlog import read_records
-from infer.fileio import atomic_path
+from segkd.distill.runlog import read_records
+from segkd.infer.fileio import atomic_path
 
 __all__ = ["CURVES_FILE", "main", "plot_curves"]
 
@@ -79,7 +79,7 @@ def plot_curves(metrics: str | os.PathLike[str], out: str | os.PathLike[str] | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m distill.curves", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="segkd curves", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dirs", nargs="+", type=Path, help="run folders (each holding metrics.jsonl)")
     a = p.parse_args(argv)
     status = 0

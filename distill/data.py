@@ -1,6 +1,6 @@
 """Training and evaluation data: augmentation in the loader workers, deterministic samplers.
 
-Samples come from ``infer.datasets.build_dataset`` as (BGR uint8 image, uint8 label, 255 = ignore). The loaders
+Samples come from ``segkd.infer.datasets.build_dataset`` as (BGR uint8 image, uint8 label, 255 = ignore). The loaders
 yield uint8 image tensors (N, 3, H, W) in BGR order and uint8 labels (N, H, W); each model normalises its own
 input on the device from its metadata (:func:`normalize`), so a teacher and a student that expect different
 normalisations read the same batch, and only bytes cross to the GPU.
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from infer.datasets import SegDataset
+from segkd.infer.datasets import SegDataset
 
 __all__ = [
     "BadDataError",
@@ -128,7 +128,7 @@ class TrainSet(Dataset):
 
     def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Sample ``index``, or the next readable one when it fails to decode (counted, warned once)."""
-        from infer.datasets import LabelError, UnreadableFileError
+        from segkd.infer.datasets import LabelError, UnreadableFileError
 
         n = len(self.base)
         for step in range(n):
@@ -146,7 +146,7 @@ class TrainSet(Dataset):
                     listing = "; ".join(self.bad.values())
                     raise BadDataError(
                         f"{len(self.bad)} training samples failed to decode (data.max_bad_files="
-                        f"{self.max_bad_files}): {listing}; fix or remove them (python -m infer.datasets check)"
+                        f"{self.max_bad_files}): {listing}; fix or remove them (segkd check)"
                     ) from None
         raise BadDataError(f"no training sample of {self.base.root} can be read")
 
@@ -247,7 +247,7 @@ def build_eval_loader(
 
 
 def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float], channel_order: str) -> Tensor:
-    """uint8 BGR (N, 3, H, W) -> float32 normalised input in ``channel_order`` (as ``infer.meta.preprocess``)."""
+    """uint8 BGR (N, 3, H, W) -> float32 normalised input in ``channel_order`` (as ``segkd.infer.meta.preprocess``)."""
     x = images.float()
     if channel_order == "RGB":
         x = x.flip(1)  # BGR -> RGB

@@ -1,10 +1,10 @@
 """Validation during and after training, through the deployment's own evaluation path.
 
-The trained model is wrapped as a runner (:class:`ModuleRunner`), so that the trainer, ``infer.evaluate`` and
+The trained model is wrapped as a runner (:class:`ModuleRunner`), so that the trainer, ``segkd.infer.evaluate`` and
 export verification share one pipeline: the same pre-processing from the model's metadata, the same
-sliding-window averaging (:func:`infer.evaluate.average_windows`), the same confusion matrix
-(:class:`infer.metrics.ConfusionMatrix`, which rejects labels outside the classes). Each process counts the images
-its :class:`distill.data.ShardSampler` gives it; one all-reduce sums the matrices.
+sliding-window averaging (:func:`segkd.infer.evaluate.average_windows`), the same confusion matrix
+(:class:`segkd.infer.metrics.ConfusionMatrix`, which rejects labels outside the classes). Each process counts the images
+its :class:`segkd.distill.data.ShardSampler` gives it; one all-reduce sums the matrices.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from distill.config import Config
-from infer.evaluate import average_windows, count_batch, slide_windows
-from infer.meta import ModelMeta
-from infer.metrics import ConfusionMatrix
-from infer.runtime.base import Runner
+from segkd.distill.config import Config
+from segkd.infer.evaluate import average_windows, count_batch, slide_windows
+from segkd.infer.meta import ModelMeta
+from segkd.infer.metrics import ConfusionMatrix
+from segkd.infer.runtime.base import Runner
 
 __all__ = ["ModuleRunner", "evaluate", "evaluate_checkpoint", "sliding_window_logits"]
 
@@ -81,8 +81,8 @@ def sliding_window_logits(
 ) -> Tensor:
     """Average the logits of overlapping ``crop`` windows (H, W), ``stride`` apart, covering ``x``.
 
-    The windows are :func:`infer.evaluate.slide_windows`'s (the last of a row or column shifted back to end at
-    the border, at most the image's size) and the averaging is :func:`infer.evaluate.average_windows`, on
+    The windows are :func:`segkd.infer.evaluate.slide_windows`'s (the last of a row or column shifted back to end at
+    the border, at most the image's size) and the averaging is :func:`segkd.infer.evaluate.average_windows`, on
     tensors. Returns (N, K, H, W) float32.
     """
     n, _, h, w = x.shape
@@ -109,7 +109,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """mIoU / mAcc / aAcc / per-class IoU of ``model`` on this process's share of ``loader``, summed over processes.
 
-    ``loader`` yields uint8 BGR (N, 3, H, W) images and (N, H, W) labels (:func:`distill.data.build_eval_loader`).
+    ``loader`` yields uint8 BGR (N, 3, H, W) images and (N, H, W) labels (:func:`segkd.distill.data.build_eval_loader`).
     The result equals a single-process evaluation of the same data and of the exported model's runner.
     """
     was_training = model.training
@@ -133,10 +133,10 @@ def evaluate(
 
 def evaluate_checkpoint(path: str, cfg: Config) -> dict[str, Any]:
     """Evaluate a checkpoint on ``cfg``'s validation split (over all launched processes); returns the metrics."""
-    from distill.build import make_accelerator
-    from distill.checkpoint import load_model
-    from distill.checks import check_classes, load_datasets
-    from distill.data import EvalSet, build_eval_loader
+    from segkd.distill.build import make_accelerator
+    from segkd.distill.checkpoint import load_model
+    from segkd.distill.checks import check_classes, load_datasets
+    from segkd.distill.data import EvalSet, build_eval_loader
 
     accelerator = make_accelerator(cfg, Path(cfg.train.output_dir))
     _, val_set = load_datasets(cfg)

@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from distill.runlog import warn
+from segkd.distill.runlog import warn
 
 __all__ = ["MAX_NONFINITE", "NonFiniteGuard", "NonFiniteLossError"]
 
@@ -21,7 +21,7 @@ class NonFiniteGuard:
     """Counts consecutive non-finite losses; warns for each skipped step and raises after ``limit`` in a row.
 
     ``recovery`` returns the sentence that names the last finite state and the command that resumes from it
-    (the trainer sets :func:`distill.run_dir.recovery_hint`).
+    (the trainer sets :func:`segkd.distill.run_dir.recovery_hint`).
     """
 
     def __init__(
@@ -50,7 +50,7 @@ class NonFiniteGuard:
             raise NonFiniteLossError(
                 f"the loss was non-finite for {self.limit} iterations in a row (last at iteration {iteration}: {bad}); "
                 "training diverged. Lower optim.lr (or add optim.warmup_iters), use train.mixed_precision=bf16 "
-                f"instead of fp16, and check the labels with `python -m infer.datasets check`.{hint}"
+                f"instead of fp16, and check the labels with `segkd check`.{hint}"
             )
 
     def state_dict(self) -> dict[str, int]:

@@ -1,7 +1,7 @@
 """``accelerate launch distill/train.py`` whose user errors keep their exit code and end the output.
 
-    python -m distill.launch [accelerate launch options] -- [distill/train.py arguments]
-    python -m distill.launch --multi_gpu --num_processes 8 -- --config configs/cityscapes/deeplabv3_r18_cwd.yaml
+    segkd launch [accelerate launch options] -- [distill/train.py arguments]
+    segkd launch --multi_gpu --num_processes 8 -- dataset=cityscapes student=deeplabv3_r18 method=cwd
 
 ``accelerate launch`` answers any non-zero exit of the script with its own traceback (``CalledProcessError``,
 or torch.distributed's ``ChildFailedError``) and exit code 1, so a config mistake ends in a screen of launcher
@@ -19,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from segkd.script import prog
 
 __all__ = ["check_gpus", "launch_command", "main"]
 
@@ -76,6 +78,7 @@ def check_gpus(options: list[str], available: int) -> str | None:
 
 def _print_help() -> None:
     """This wrapper's usage, then the launcher's options and the trainer's (the two halves of its command line)."""
+    print(f"usage: {prog('-m segkd.distill.launch')} [accelerate launch options] -- [train options]\n")
     print(__doc__.strip() + "\n")
     for title, cmd in (
         ("launcher options (before --)", [sys.executable, "-m", "accelerate.commands.launch", "--help"]),

@@ -6,9 +6,9 @@
         set_lr(...); optimizer_step(...) # one guarded step over grad_accum micro-batches
         log / evaluate + best.pth / last.pth + state
 
-Pieces, each usable alone: :mod:`distill.step` (one forward, a dict of named losses; the guarded optimizer
-step), :mod:`distill.schedule` (lr per iteration), :mod:`distill.evaluation` (mIoU over all processes),
-:mod:`distill.run_dir` (config, checkpoints, resumable state), :mod:`distill.runlog` (metrics.jsonl).
+Pieces, each usable alone: :mod:`segkd.distill.step` (one forward, a dict of named losses; the guarded optimizer
+step), :mod:`segkd.distill.schedule` (lr per iteration), :mod:`segkd.distill.evaluation` (mIoU over all processes),
+:mod:`segkd.distill.run_dir` (config, checkpoints, resumable state), :mod:`segkd.distill.runlog` (metrics.jsonl).
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.build import Run, build_run
-from distill.config import Config
-from distill.curves import plot_curves
-from distill.evaluation import evaluate
-from distill.run_dir import (
+from segkd.distill.build import build_run
+from segkd.distill.config import Config
+from segkd.distill.curves import plot_curves
+from segkd.distill.evaluation import evaluate
+from segkd.distill.run import Run
+from segkd.distill.run_dir import (
     check_finite,
     prepare_run_dir,
     recovery_hint,
@@ -39,9 +40,10 @@ from distill.run_dir import (
     save_checkpoints,
     save_state,
 )
-from distill.runlog import MetricsLog, say
-from distill.schedule import lr_at, set_lr
-from distill.step import optimizer_step
+from segkd.distill.runlog import MetricsLog, say
+from segkd.distill.schedule import lr_at, set_lr
+from segkd.distill.step import optimizer_step
+from segkd.script import command
 
 __all__ = ["RunStopped", "TrainResult", "train"]
 
@@ -75,7 +77,7 @@ def train(cfg: Config) -> TrainResult:
 
     Raises:
         ConfigError: a problem with the config, the data or the teacher, found before any computation.
-        NonFiniteLossError: the loss stayed non-finite for :data:`distill.guard.MAX_NONFINITE` iterations.
+        NonFiniteLossError: the loss stayed non-finite for :data:`segkd.distill.guard.MAX_NONFINITE` iterations.
     """
     run = build_run(cfg)
     acc, p = run.accelerator, run.progress
@@ -125,7 +127,7 @@ def _loop(run: Run, log: MetricsLog) -> None:
                 why, code = reason
                 raise RunStopped(
                     f"{why} at iteration {p.iteration}; the state is saved in {run.run_dir / 'state'}; resume with: "
-                    f"accelerate launch distill/train.py --config {run.run_dir / 'config.yaml'}",
+                    f"{command('train', 'accelerate launch distill/train.py')} --config {run.run_dir / 'config.yaml'}",
                     code,
                 )
             tic = time.perf_counter()
@@ -258,5 +260,5 @@ def _summary(run: Run, finished: bool, elapsed: float, iters: int) -> None:
     if p.best_iter >= 0:
         lines.append(f"best mIoU {p.best_miou:.2f} at iteration {p.best_iter}: {run_dir / 'best.pth'}")
         if finished:
-            lines.append(f"next: python export/to_trt.py {run_dir / 'best.pth'}")
+            lines.append(f"next: {command('trt', 'python export/to_trt.py')} {run_dir / 'best.pth'}")
     say(acc, "\n".join(lines))

@@ -1,7 +1,7 @@
 """The run folder: one writer, the resolved config, the resumable state (written atomically) and checkpoints.
 
 Layout of ``train.output_dir``: ``config.yaml`` (the config that ran last), ``metrics.jsonl``, ``last.pth`` /
-``best.pth`` (student checkpoints), ``state/`` (see :mod:`distill.run_state`) and ``.lock`` (held while a
+``best.pth`` (student checkpoints), ``state/`` (see :mod:`segkd.distill.run_state`) and ``.lock`` (held while a
 trainer writes the folder).
 
 Resuming with changed settings: the optimizer and schedule settings (``optim.*``, ``train.max_iters``) and the
@@ -13,25 +13,29 @@ data, losses, seed, batch) is refused in the same folder, with the command that 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import socket
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from distill.checkpoint import save_checkpoint
-from distill.config import ConfigError, config_to_dict, load_yaml, save_config
-from distill.guard import NonFiniteGuard, NonFiniteLossError
-from distill.run_state import PROGRESS, RunStateError, is_disk_full, is_state, load_run_state, remove_partial
-from distill.run_state import save_run_state as _write_state
-from distill.runlog import say, warn
-
-if TYPE_CHECKING:
-    from distill.build import Run
+from segkd.distill.checkpoint import save_checkpoint
+from segkd.distill.config import ConfigError, config_to_dict, load_yaml, save_config
+from segkd.distill.guard import NonFiniteLossError
+from segkd.distill.run import Progress, Run
+from segkd.distill.run_state import (
+    PROGRESS,
+    RunStateError,
+    is_disk_full,
+    is_state,
+    load_run_state,
+    remove_partial,
+)
+from segkd.distill.run_state import save_run_state as _write_state
+from segkd.distill.runlog import say, warn
+from segkd.script import command
 
 __all__ = [
     "DiskFullError",
@@ -58,40 +62,6 @@ _APPLIED = ("optim.", "train.max_iters", "train.eval_every", "train.save_every",
 
 class DiskFullError(OSError):
     """The disk filled up while the run state or a checkpoint was written (the last good one is kept)."""
-
-
-@dataclass
-class Progress:
-    """What the loop needs besides the models and the optimizer; saved with the state as JSON."""
-
-    iteration: int = 0
-    best_miou: float = -math.inf
-    best_iter: int = -1
-    last_metrics: dict[str, Any] = field(default_factory=dict)
-    guard: NonFiniteGuard = field(default_factory=NonFiniteGuard)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "iteration": self.iteration,
-            "best_miou": self.best_miou if math.isfinite(self.best_miou) else None,
-            "best_iter": self.best_iter,
-            "last_metrics": self.last_metrics,
-            "guard": self.guard.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        best = state["best_miou"]
-        self.iteration, self.best_iter = int(state["iteration"]), int(state["best_iter"])
-        self.best_miou = -math.inf if best is None else float(best)
-        nan = float("nan")
-        self.last_metrics = {k: _nan_for_none(v, nan) for k, v in state["last_metrics"].items()}
-        self.guard.load_state_dict(state["guard"])
-
-
-def _nan_for_none(value: Any, nan: float) -> Any:
-    if isinstance(value, list):
-        return [nan if v is None else v for v in value]
-    return nan if value is None else value
 
 
 # ------------------------------------------------------------------------------------------- one writer
@@ -254,7 +224,7 @@ def _old_format_hint(path: Path) -> str:
 
 def resume(run: Run, state: Path) -> None:
     """Load ``state`` into the run (every process), then apply the config's optimizer settings."""
-    from distill.schedule import apply_hyperparameters
+    from segkd.distill.schedule import apply_hyperparameters
 
     acc = run.accelerator
     record = load_run_state(acc, state, run.components(), acc.unwrap_model(run.step))
@@ -301,7 +271,7 @@ def _nonfinite(state: Any, where: str) -> list[str]:
 
 def recovery_hint(run: Run) -> str:
     """The sentence naming the last finite state and the command that recovers from it."""
-    cmd = f"accelerate launch distill/train.py --config {run.run_dir / 'config.yaml'} optim.lr={run.cfg.optim.lr / 10:g}"
+    cmd = f"{command('train', 'accelerate launch distill/train.py')} --config {run.run_dir / 'config.yaml'} optim.lr={run.cfg.optim.lr / 10:g}"
     state = next((run.run_dir / n for n in (STATE, STATE_OLD) if is_state(run.run_dir / n)), None)
     if state is None:
         return f" No state was saved yet; start over at a lower learning rate: {cmd} train.resume=none train.overwrite=true"

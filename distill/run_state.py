@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.config import ConfigError
-from distill.runlog import json_safe
+from segkd.distill.config import ConfigError
+from segkd.distill.runlog import json_safe
 
 __all__ = [
     "FORMAT_VERSION",

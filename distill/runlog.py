@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from infer.fileio import atomic_write_text
+from segkd.infer.fileio import atomic_write_text
 
 __all__ = ["MetricsLog", "json_safe", "read_records", "say", "warn"]
 

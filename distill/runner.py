@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from infer.formats import Format
-from infer.runtime.base import Runner, RunnerError
+from segkd.infer.formats import Format
+from segkd.infer.runtime.base import Runner, RunnerError
 
 __all__ = ["PYTORCH", "TorchRunner", "torch_macs_and_params"]
 
@@ -34,7 +34,7 @@ def torch_macs_and_params(model: Any, size: tuple[int, int], device: str = "cpu"
     """(multiply-accumulates, parameters used) of one forward pass of ``model`` at batch 1 and ``size``.
 
     MACs are ``torch.utils.flop_counter.FlopCounterMode``'s FLOPs / 2 restricted to convolutions and matrix
-    products (the ops the ONNX count in :mod:`infer.macs` covers). Parameters are those the forward pass reads
+    products (the ops the ONNX count in :mod:`segkd.infer.macs` covers). Parameters are those the forward pass reads
     (an auxiliary head that only training uses is left out), seen through a ``TorchFunctionMode``, no hooks.
     """
     torch = _import_torch()
@@ -67,7 +67,7 @@ _PRECISIONS = (None, "fp32", "bf16")
 
 
 class TorchRunner(Runner):
-    """A ``.pth`` written by ``distill.checkpoint.save_checkpoint``, run on CPU or CUDA.
+    """A ``.pth`` written by ``segkd.distill.checkpoint.save_checkpoint``, run on CPU or CUDA.
 
     ``provider`` picks the precision: None or ``"fp32"`` (default), ``"bf16"`` (autocast to bfloat16: matrix
     products and convolutions in bf16, the rest in FP32; on a CPU without native bf16 PyTorch emulates it).
@@ -78,8 +78,8 @@ class TorchRunner(Runner):
     @staticmethod
     def import_library() -> None:
         _import_torch()
-        import distill.checkpoint  # noqa: F401
-        import distill.models  # noqa: F401
+        import segkd.distill.checkpoint  # noqa: F401
+        import segkd.distill.models  # noqa: F401
 
     def __init__(
         self,
@@ -91,7 +91,7 @@ class TorchRunner(Runner):
         threads: int | None = None,
     ) -> None:
         torch = _import_torch()
-        from distill.checkpoint import CheckpointError, load_model
+        from segkd.distill.checkpoint import CheckpointError, load_model
 
         if provider not in _PRECISIONS:
             raise RunnerError(
@@ -180,7 +180,7 @@ class TorchRunner(Runner):
         self.model = None
 
 
-# The row of the runtime's format table (see `infer.formats`), found through the `segkd.formats` entry point.
+# The row of the runtime's format table (see `segkd.infer.formats`), found through the `segkd.formats` entry point.
 PYTORCH = Format(
     name="pytorch",
     suffixes=(".pth", ".pt"),

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from distill.config import Config
+from segkd.distill.config import Config
 
 __all__ = ["apply_hyperparameters", "build_optimizer", "lr_at", "poly_lr_factor", "set_lr"]
 

@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.checkpoint import load_model
-from distill.data import normalize
-from infer.meta import ModelMeta
+from segkd.distill.checkpoint import load_model
+from segkd.distill.data import normalize
+from segkd.infer.meta import ModelMeta
 
 if TYPE_CHECKING:
-    from distill.adversarial import Adversarial
-    from distill.build import Run
+    from segkd.distill.adversarial import Adversarial
+    from segkd.distill.run import Run
 
 __all__ = ["DistillStep", "any_nonfinite", "frozen_teacher", "optimizer_step", "train_step"]
 
@@ -33,7 +33,7 @@ class DistillStep(nn.Module):
 
     Args:
         student: a ``SegModel``.
-        criterion: a ``distill.losses.KDCriterion`` (owns the projectors), or None for plain training.
+        criterion: a ``segkd.distill.losses.KDCriterion`` (owns the projectors), or None for plain training.
         aux_weight: weight of the auxiliary head's cross-entropy.
         ignore_index: label value left out of the cross-entropy.
     """
@@ -103,7 +103,7 @@ def train_step(
         student_meta, teacher_meta: normalisation of each model's input.
         teacher: frozen teacher, or None for plain training.
         autocast: context manager factory for the teacher's forward (``accelerator.autocast``).
-        adversary: the adversarial term (:class:`distill.adversarial.Adversarial`), or None.
+        adversary: the adversarial term (:class:`segkd.distill.adversarial.Adversarial`), or None.
     """
     labels = labels.long()
     teacher_out = None

@@ -15,8 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from infer.datasets.base import IMAGE_SUFFIXES
-from infer.meta import ModelMeta, preprocess
+from segkd.infer.datasets.base import IMAGE_SUFFIXES
+from segkd.infer.meta import ModelMeta, preprocess
 
 __all__ = [
     "CalibrationError",
@@ -71,9 +71,9 @@ def dataset_samples(
 
     Raises:
         CalibrationError: unknown dataset name, or its class count differs from the model's ``num_classes``.
-        infer.datasets.DatasetError: missing root/split (raised by the reader, with the expected layout).
+        segkd.infer.datasets.DatasetError: missing root/split (raised by the reader, with the expected layout).
     """
-    from infer.datasets import DATASETS, build_dataset
+    from segkd.infer.datasets import DATASETS, build_dataset
 
     try:
         DATASETS.get(name)
@@ -98,7 +98,7 @@ def folder_samples(folder: str | os.PathLike[str], count: int, size: tuple[int, 
     Raises:
         CalibrationError: the folder does not exist or holds no image files.
     """
-    from infer.datasets.reading import read_image
+    from segkd.infer.datasets.reading import read_image
 
     folder = Path(folder).expanduser()
     if not folder.is_dir():

@@ -11,8 +11,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from export.formats import CALIB_METHODS, INT8_TARGETS, LABEL_DTYPES, PRECISIONS
-from infer.datasets import dataset_names
+from segkd.export.formats import CALIB_METHODS, INT8_TARGETS, LABEL_DTYPES, PRECISIONS
+from segkd.infer.datasets import dataset_names
+from segkd.script import command, prog
 
 __all__ = ["onnx_main", "openvino_main", "trt_main"]
 
@@ -88,7 +89,7 @@ def _add_export_args(p: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace, precision: str, out: str | None):  # noqa: ANN202 (lazy import)
-    from export.pipeline import ExportOptions
+    from segkd.export.pipeline import ExportOptions
 
     fields = ExportOptions.__dataclass_fields__
     kw = {k: v for k, v in vars(args).items() if k in fields and k not in ("precision", "out")}
@@ -96,12 +97,12 @@ def _options(args: argparse.Namespace, precision: str, out: str | None):  # noqa
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from distill.checkpoint import CheckpointError
-    from export.calib import CalibrationError
-    from export.onnx_export import ExportError
-    from infer.datasets import DatasetError, LabelError
-    from infer.datasets.reading import UnreadableFileError
-    from infer.fileio import DiskFullError, OutputPathError
+    from segkd.distill.checkpoint import CheckpointError
+    from segkd.export.calib import CalibrationError
+    from segkd.export.onnx_export import ExportError
+    from segkd.infer.datasets import DatasetError, LabelError
+    from segkd.infer.datasets.reading import UnreadableFileError
+    from segkd.infer.fileio import DiskFullError, OutputPathError
 
     return (
         CheckpointError, CalibrationError, ExportError, DatasetError, LabelError, UnreadableFileError,
@@ -109,7 +110,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     )  # fmt: skip
 
 
-def _print_verification(result) -> None:  # noqa: ANN001 (export.pipeline.ExportResult, imported lazily)
+def _print_verification(result) -> None:  # noqa: ANN001 (segkd.export.pipeline.ExportResult, imported lazily)
     if result.report is not None:
         print(f"  verified: {result.report.summary()} [{result.report.gate}]")
     else:
@@ -117,7 +118,7 @@ def _print_verification(result) -> None:  # noqa: ANN001 (export.pipeline.Export
 
 
 def _export(checkpoint: str, args: argparse.Namespace, precision: str, out: str | None) -> Path:
-    from export.pipeline import export_checkpoint
+    from segkd.export.pipeline import export_checkpoint
 
     result = export_checkpoint(checkpoint, _options(args, precision, out))
     m = result.meta.extra
@@ -132,7 +133,7 @@ def _export(checkpoint: str, args: argparse.Namespace, precision: str, out: str 
 
 
 def _export_openvino(checkpoint: str, args: argparse.Namespace, precision: str, out: str | None) -> Path:
-    from export.openvino_export import export_openvino
+    from segkd.export.openvino_export import export_openvino
 
     result = export_openvino(checkpoint, _options(args, precision, out))
     size = result.path.stat().st_size + result.path.with_suffix(".bin").stat().st_size
@@ -153,7 +154,7 @@ def _each_precision(args: argparse.Namespace, export) -> int:  # noqa: ANN001 (e
 
 
 def _run(fn, *a) -> int:  # noqa: ANN001 (fn: one of the *_main bodies)
-    from export.verify import VerificationError
+    from segkd.export.verify import VerificationError
 
     try:
         return fn(*a)
@@ -168,7 +169,7 @@ def _run(fn, *a) -> int:  # noqa: ANN001 (fn: one of the *_main bodies)
 # --------------------------------------------------------------------------------------------------- to_onnx
 def onnx_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python export/to_onnx.py",
+        prog=prog("export/to_onnx.py"),
         description="Export a checkpoint to ONNX (FP32 / FP16 / INT8 Q/DQ), verified against PyTorch.",
         epilog="precisions: " + "; ".join(f"{k}: {v.description}" for k, v in PRECISIONS.items()),
     )
@@ -197,7 +198,7 @@ def onnx_main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------------------------------- to_trt
 def trt_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python export/to_trt.py",
+        prog=prog("export/to_trt.py"),
         description=(
             "Build a strongly typed TensorRT engine (+ JSON sidecar). From a checkpoint, the ONNX of the precision "
             "is exported and verified first; without TensorRT the command stops there (exit 2: no engine was "
@@ -234,9 +235,9 @@ def _default_shapes(onnx_path: Path):  # noqa: ANN202 (ShapeProfile | None)
     """A dynamic graph without --shapes: fixed at batch 1 and its metadata's input size (said on stdout)."""
     import onnx
 
-    from export.onnx_export import read_metadata
-    from export.trt_shapes import ShapeProfile
-    from infer.meta import HW_AXES, guess_layout
+    from segkd.export.onnx_export import read_metadata
+    from segkd.export.trt_shapes import ShapeProfile
+    from segkd.infer.meta import HW_AXES, guess_layout
 
     graph_input = onnx.load(str(onnx_path), load_external_data=False).graph.input[0]
     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in graph_input.type.tensor_type.shape.dim]
@@ -251,8 +252,8 @@ def _default_shapes(onnx_path: Path):  # noqa: ANN202 (ShapeProfile | None)
 
 
 def _trt_body(args: argparse.Namespace) -> int:
-    from export.onnx_export import ExportError, read_metadata
-    from export.trt_build import (
+    from segkd.export.onnx_export import ExportError, read_metadata
+    from segkd.export.trt_build import (
         TRT_INSTALL_HINT,
         BuildOptions,
         EngineBuildError,
@@ -261,7 +262,7 @@ def _trt_body(args: argparse.Namespace) -> int:
         import_tensorrt,
         parse_shapes,
     )
-    from infer.fileio import check_writable
+    from segkd.infer.fileio import check_writable
 
     try:
         shapes = parse_shapes(args.shapes) if args.shapes else None
@@ -284,13 +285,13 @@ def _trt_body(args: argparse.Namespace) -> int:
         if args.precision and args.precision != have:
             raise ExportError(
                 f"{source.name} is an {have} graph and TensorRT builds it in {have} (strongly typed: precision comes "
-                f"from the graph); export a {args.precision} ONNX with `python export/to_onnx.py CKPT --precision "
-                f"{args.precision}` or build from the checkpoint"
+                f"from the graph); export a {args.precision} ONNX with `{command('export', 'python export/to_onnx.py')} CKPT "
+                f"--precision {args.precision}` or build from the checkpoint"
             )
         if meta.extra.get("target", "tensorrt") != "tensorrt":
             raise ExportError(
                 f"{source.name} is INT8 in the {meta.extra['target']} form (u8 QOperator nodes TensorRT does not "
-                "build); export the TensorRT form with `python export/to_onnx.py CKPT --precision int8` (--target "
+                f"build); export the TensorRT form with `{command('export', 'python export/to_onnx.py')} CKPT --precision int8` (--target "
                 "tensorrt, the default) or build from the checkpoint"
             )
     else:
@@ -305,7 +306,8 @@ def _trt_body(args: argparse.Namespace) -> int:
         print(
             f"TensorRT is not installed: stopped after the verified ONNX {onnx_path}, which ONNX Runtime runs as it is. "
             f"To build the engine: pip install -e .[trt] on a machine with an NVIDIA GPU, then "
-            f"python export/to_trt.py {onnx_path}" + (f" --shapes {shapes}" if shapes else "")
+            f"{command('trt', 'python export/to_trt.py')} {onnx_path}"
+            + (f" --shapes {shapes}" if shapes else "")
         )
         print(f"error: no engine built: TensorRT is not installed ({TRT_INSTALL_HINT})", file=sys.stderr)
         return EXIT_USAGE  # a script chaining to_trt.py must not take the missing engine for success
@@ -326,7 +328,7 @@ def _trt_body(args: argparse.Namespace) -> int:
 
 
 def trt_main(argv: Sequence[str] | None = None) -> int:
-    from export.trt_build import TensorRTUnavailable
+    from segkd.export.trt_build import TensorRTUnavailable
 
     args = trt_parser().parse_args(argv)
     try:
@@ -339,7 +341,7 @@ def trt_main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------------------------------- to_openvino
 def openvino_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python export/to_openvino.py",
+        prog=prog("export/to_openvino.py"),
         description="Export a checkpoint to an OpenVINO IR (FP32 / FP16 / INT8 with NNCF), verified against PyTorch.",
     )
     p.add_argument("checkpoint", help="self-describing .pth written by distill/train.py")

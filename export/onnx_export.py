@@ -21,8 +21,8 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from export.formats import LABEL_DTYPES
-from infer.meta import ModelMeta
+from segkd.export.formats import LABEL_DTYPES
+from segkd.infer.meta import ModelMeta
 
 __all__ = [
     "DYNAMIC_CHOICES",
@@ -253,9 +253,10 @@ def check_dynamic_sizes(
     Raises:
         ExportError: ONNX Runtime fails at the other size, or its logits differ beyond ``rtol`` of their range.
     """
-    from export.calib import network_input, synthetic_samples
-    from infer.meta import preprocess
-    from infer.runtime.ort_runner import ORT_DTYPES, cpu_session
+    from segkd.export.calib import network_input, synthetic_samples
+    from segkd.infer.meta import preprocess
+    from segkd.infer.runtime.ort_runner import ORT_DTYPES
+    from segkd.infer.runtime.ort_session import cpu_session
 
     h, w = size
     n = 2 if "batch" in DYNAMIC_CHOICES[dynamic] else 1

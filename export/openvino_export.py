@@ -26,20 +26,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.calib import Sample, network_input
-from export.formats import get_precision
-from export.onnx_export import ExportError
-from export.pipeline import (
+from segkd.export.calib import Sample, network_input
+from segkd.export.formats import get_precision
+from segkd.export.onnx_export import ExportError
+from segkd.export.pipeline import (
     ExportOptions,
     ExportResult,
     calibration_samples,
     export_model,
     verification_samples,
 )
-from export.verify import VerificationError, VerifyReport, apply_gates
-from infer.fileio import check_writable
-from infer.meta import ModelMeta, preprocess
-from infer.runtime.ov_runner import META_KEY, OvRunner
+from segkd.export.verify import VerificationError, VerifyReport, apply_gates
+from segkd.infer.fileio import check_writable
+from segkd.infer.meta import ModelMeta, preprocess
+from segkd.infer.runtime.ov_runner import META_KEY, OvRunner
 
 __all__ = ["default_openvino_path", "export_openvino", "verify_openvino"]
 
@@ -81,7 +81,7 @@ def _nncf_options(meta: ModelMeta) -> dict[str, Any]:
 
 def _miou_fn(meta: ModelMeta) -> Callable[[Any, Any], float]:
     """NNCF validation function: mIoU (0..1) of a compiled model over (input, label) items."""
-    from infer.metrics import ConfusionMatrix
+    from segkd.infer.metrics import ConfusionMatrix
 
     def validate(compiled: Any, items: Any) -> float:
         cm = ConfusionMatrix(meta.num_classes, meta.ignore_index)
@@ -154,7 +154,7 @@ def verify_openvino(
     path: Path, model: nn.Module, meta: ModelMeta, samples: Sequence[Sample], *, precision: str, source: str
 ) -> VerifyReport:
     """OpenVINO (f32 inference) against the float32 PyTorch model on ``samples``: the ONNX gates of ``precision``."""
-    from infer.metrics import ConfusionMatrix
+    from segkd.infer.metrics import ConfusionMatrix
 
     runner = OvRunner(path, provider="f32")
     labelled = all(s.label is not None for s in samples)
@@ -210,7 +210,7 @@ def export_openvino(
         ExportError: bad options, missing OpenVINO/NNCF, or the conversion failed.
         VerificationError: the IR disagrees with PyTorch beyond the precision's gate (nothing written).
     """
-    from distill.checkpoint import load_model
+    from segkd.distill.checkpoint import load_model
 
     ov, _ = _import()
     t0 = time.perf_counter()

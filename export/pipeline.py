@@ -19,8 +19,8 @@ from pathlib import Path
 
 from torch import nn
 
-from export.calib import CalibrationReader, Sample, dataset_samples, folder_samples, synthetic_samples
-from export.formats import (
+from segkd.export.calib import CalibrationReader, Sample, dataset_samples, folder_samples, synthetic_samples
+from segkd.export.formats import (
     CALIB_METHODS,
     INT8_TARGETS,
     LABEL_DTYPES,
@@ -28,7 +28,7 @@ from export.formats import (
     default_onnx_path,
     get_precision,
 )
-from export.onnx_export import (
+from segkd.export.onnx_export import (
     DYNAMIC_CHOICES,
     EXPORTERS,
     ExportError,
@@ -38,11 +38,11 @@ from export.onnx_export import (
     torch_to_onnx,
     write_metadata,
 )
-from export.quantize import CALIB_GROUP_MB, DEFAULT_PERCENTILE, quantize_int8
-from export.verify import VerificationError, VerifyReport, verify_onnx
-from infer import __version__
-from infer.fileio import atomic_path, check_writable, sha256_file, work_dir
-from infer.meta import ModelMeta
+from segkd.export.quantize import CALIB_GROUP_MB, DEFAULT_PERCENTILE, quantize_int8
+from segkd.export.verify import VerificationError, VerifyReport, verify_onnx
+from segkd.infer import __version__
+from segkd.infer.fileio import atomic_path, check_writable, sha256_file, work_dir
+from segkd.infer.meta import ModelMeta
 
 __all__ = [
     "ExportOptions",
@@ -92,7 +92,7 @@ class ExportOptions:
     calib_method: str = "percentile"  # chosen by measurement: docs/quantization.md
     calib_percentile: float = DEFAULT_PERCENTILE  # --calib-method percentile: percent of each histogram kept
     calib_group_mb: float = CALIB_GROUP_MB  # activations per image one calibration pass holds (bounds memory)
-    target: str = "tensorrt"  # INT8 form: tensorrt | cpu (export.formats.INT8_TARGETS)
+    target: str = "tensorrt"  # INT8 form: tensorrt | cpu (segkd.export.formats.INT8_TARGETS)
     verify: bool = True
     verify_split: str = "val"
     verify_count: int = 8
@@ -181,7 +181,7 @@ def verification_samples(
 ) -> tuple[list[Sample], str]:
     """Labelled images from the dataset's verification split, else the image folder, else synthetic images."""
     if opts.calib_dataset:
-        from infer.datasets import DatasetError
+        from segkd.infer.datasets import DatasetError
 
         split = opts.verify_split
         try:
@@ -210,7 +210,7 @@ def _export_meta(
     source: Path | None,
     report: VerifyReport | None,
 ) -> ModelMeta:
-    """The checkpoint's metadata plus what this export is (see `export.formats.EXTRA_KEYS`)."""
+    """The checkpoint's metadata plus what this export is (see `segkd.export.formats.EXTRA_KEYS`)."""
     prec = get_precision(opts.precision)
     extra = dict(meta.extra)
     extra.update(
@@ -301,7 +301,7 @@ def export_model(
 
     Raises:
         ExportError: bad options, or the exporter failed.
-        export.calib.CalibrationError / infer.datasets.DatasetError: unusable calibration images.
+        segkd.export.calib.CalibrationError / segkd.infer.datasets.DatasetError: unusable calibration images.
         VerificationError: the file disagrees with PyTorch beyond the precision's threshold.
     """
     t0 = time.perf_counter()
@@ -352,9 +352,9 @@ def export_checkpoint(
     ``<checkpoint stem><precision suffix>.onnx`` beside it.
 
     Raises:
-        distill.checkpoint.CheckpointError: missing file or not a checkpoint of this toolkit.
+        segkd.distill.checkpoint.CheckpointError: missing file or not a checkpoint of this toolkit.
     """
-    from distill.checkpoint import load_model
+    from segkd.distill.checkpoint import load_model
 
     out = opts.out or default_onnx_path(
         checkpoint,

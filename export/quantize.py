@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from export.formats import CALIB_METHODS
-from infer.fileio import scratch_cwd, work_dir
+from segkd.export.formats import CALIB_METHODS
+from segkd.infer.fileio import scratch_cwd, work_dir
 
 __all__ = [
     "CALIB_GROUP_MB",
@@ -308,7 +308,7 @@ def quantize_int8(
 
     Args:
         reader: calibration data (``get_next() -> {input name: array} | None``), e.g.
-            :class:`export.calib.CalibrationReader`.
+            :class:`segkd.export.calib.CalibrationReader`.
         method: ``entropy``, ``minmax`` or ``percentile``.
         target: ``tensorrt`` (s8 symmetric Q/DQ) or ``cpu`` (u8 activations, for ONNX Runtime on x86).
         percentile: with ``method="percentile"``, the percent of each activation histogram kept (the range

@@ -8,14 +8,15 @@ Needs the ``openvino`` extra: ``pip install -e .[openvino]``. Calibration and ve
 """
 
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file from a checkout: import from the repository root, not export/
-    _here = str(Path(__file__).resolve().parent)
-    sys.path[:] = [p for p in sys.path if p != _here]
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a file: import through the installed `segkd`, not from this folder
+    try:
+        from segkd.script import detach_script_folder
+    except ModuleNotFoundError:
+        sys.exit("error: segkd is not installed in this Python; in the checkout run `pip install -e .`")
+    detach_script_folder(__file__)
 
-from export.cli import openvino_main  # noqa: E402
+from segkd.export.cli import openvino_main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(openvino_main())

@@ -6,7 +6,7 @@ without it) and no precision builder flag is ever set. Both versions share the r
 ``set_memory_pool_limit``, optimization profiles, timing caches and ``build_serialized_network``.
 
 The sidecar it writes, and the policy of where an engine may run, belong to the runtime
-(`infer.runtime.engine_record`); shapes are parsed in `export.trt_shapes`, GPUs queried in `infer.runtime.gpu`.
+(`segkd.infer.runtime.engine_record`); shapes are parsed in `segkd.export.trt_shapes`, GPUs queried in `segkd.infer.runtime.gpu`.
 TensorRT is imported lazily: this module imports without torch, onnxruntime or tensorrt.
 """
 
@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from export.trt_shapes import ShapeProfile, fit_profile, fmt_dims, parse_shapes
-from infer import __version__
-from infer.fileio import atomic_path, atomic_write_text, sha256_file
-from infer.meta import ModelMeta
-from infer.runtime.engine_record import (
+from segkd.export.trt_shapes import ShapeProfile, fit_profile, fmt_dims, parse_shapes
+from segkd.infer import __version__
+from segkd.infer.fileio import atomic_path, atomic_write_text, sha256_file
+from segkd.infer.meta import ModelMeta
+from segkd.infer.runtime.engine_record import (
     SIDECAR_FORMAT,
     EngineCompatError,
     check_engine_compat,
@@ -33,7 +33,7 @@ from infer.runtime.engine_record import (
     rebuild_command,
     sidecar_path,
 )
-from infer.runtime.gpu import TRT_INSTALL_HINT, TensorRTUnavailable, gpu_info, import_tensorrt
+from segkd.infer.runtime.gpu import TRT_INSTALL_HINT, TensorRTUnavailable, gpu_info, import_tensorrt
 
 __all__ = [
     "TRT_INSTALL_HINT",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from infer.runtime.engine_record import ShapeProfile
+from segkd.infer.runtime.engine_record import ShapeProfile
 
 __all__ = ["ShapeProfile", "fit_profile", "fmt_dims", "parse_shapes"]
 

@@ -1,7 +1,7 @@
 """Prove an exported ONNX file faithful: ONNX Runtime (CPU) against the PyTorch float32 model on the same images.
 
 Measured: max and mean absolute logits difference, argmax pixel agreement, and with labelled images the mIoU of
-both. The gates come from `export.formats.PRECISIONS`: FP32 agreement >= 99.9 %, FP16 >= 99.0 % and mIoU within 0.1 point, INT8 mIoU
+both. The gates come from `segkd.export.formats.PRECISIONS`: FP32 agreement >= 99.9 %, FP16 >= 99.0 % and mIoU within 0.1 point, INT8 mIoU
 within 1.0 point of PyTorch (plus an agreement floor of 90 % that also holds without labels).
 """
 
@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.calib import Sample, batches, network_input
-from export.formats import get_precision
-from infer.meta import ModelMeta, preprocess
-from infer.runtime.ort_runner import ORT_DTYPES, cpu_session
+from segkd.export.calib import Sample, batches, network_input
+from segkd.export.formats import get_precision
+from segkd.infer.meta import ModelMeta, preprocess
+from segkd.infer.runtime.ort_runner import ORT_DTYPES
+from segkd.infer.runtime.ort_session import cpu_session
 
 __all__ = ["VerificationError", "VerifyReport", "apply_gates", "verify_onnx"]
 
@@ -111,7 +112,7 @@ def verify_onnx(
     its output dtype says whether it returns logits or labels. PyTorch always runs in float32 on the normalised
     images, so every precision is compared against the same reference.
     """
-    from infer.metrics import ConfusionMatrix
+    from segkd.infer.metrics import ConfusionMatrix
 
     assert samples, "verification needs at least one image"
     sess = cpu_session(path)

@@ -4,7 +4,7 @@
         --dataset cityscapes --data-root data/cityscapes --split val --size 512x1024 --runs 100 --out runs/bench
 
 Exit status: 0 all measured, 1 some model failed (its row says why), 2 bad settings or no model could be loaded.
-Each MODEL is a file of a format in `infer.formats` (``.pth`` checkpoint, ``.onnx``, TensorRT ``.engine``). Writes benchmark.md/.csv/.json
+Each MODEL is a file of a format in `segkd.infer.formats` (``.pth`` checkpoint, ``.onnx``, TensorRT ``.engine``). Writes benchmark.md/.csv/.json
 and latency_vs_miou.png to --out; a model that fails gets a failed row with the reason. Conventions (warm-up,
 timing, MACs, memory) are in ``infer/bench/``.
 """
@@ -15,12 +15,13 @@ import argparse
 import shlex
 import sys
 
-from infer.bench import BenchConfig, run_benchmark
-from infer.cliargs import hw_arg
-from infer.datasets import dataset_names
-from infer.evaluate import MODES
-from infer.formats import suffix_help
-from infer.runtime import CUDA_LIBS
+from segkd.infer.bench import BenchConfig, run_benchmark
+from segkd.infer.cliargs import hw_arg
+from segkd.infer.datasets import dataset_names
+from segkd.infer.evaluate import MODES
+from segkd.infer.formats import suffix_help
+from segkd.infer.runtime import CUDA_LIBS
+from segkd.script import prog
 
 
 def _scales(text: str) -> list[float]:
@@ -34,7 +35,9 @@ def _scales(text: str) -> list[float]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+        prog=prog("infer/benchmark.py"),
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawTextHelpFormatter,
     )
     p.add_argument("models", nargs="+", metavar="MODEL", help=f"model files: {suffix_help()}")
     p.add_argument("--dataset", help=f"dataset name for mIoU ({dataset_names()})")

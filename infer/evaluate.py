@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from infer.metrics import ConfusionMatrix
-from infer.runtime.base import Runner, resize_scores, scores_to_labels
+from segkd.infer.metrics import ConfusionMatrix
+from segkd.infer.runtime.base import Runner, resize_scores, scores_to_labels
 
 __all__ = ["MODES", "average_windows", "count_batch", "evaluate", "predict_image", "slide_windows"]
 
@@ -118,7 +118,7 @@ def predict_image(
     """Label map (H, W) of one BGR image.
 
     Args:
-        runner: any :class:`~infer.runtime.base.Runner`.
+        runner: any :class:`~segkd.infer.runtime.base.Runner`.
         image: BGR uint8 (H, W, 3).
         mode: ``"whole"`` or ``"slide"``.
         size: whole mode: network resolution (H, W) for every image (default: the image's own, or the
@@ -200,7 +200,7 @@ def evaluate(
 
     Args:
         runner: the model.
-        dataset: ``infer.datasets`` dataset: ``len()``, ``ds[i] -> (bgr, label)``, ``num_classes``,
+        dataset: ``segkd.infer.datasets`` dataset: ``len()``, ``ds[i] -> (bgr, label)``, ``num_classes``,
             ``ignore_index``, ``class_names``.
         limit: evaluate only the first ``limit`` images.
         progress: show a progress bar over the images.

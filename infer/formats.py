@@ -5,10 +5,10 @@
 
 | name     | suffixes          | written by                      | runner                      | precisions       |
 |----------|-------------------|---------------------------------|-----------------------------|------------------|
-| pytorch  | .pth .pt          | python distill/train.py CONFIG  | distill.runner.TorchRunner  | fp32             |
-| onnx     | .onnx             | python export/to_onnx.py CKPT   | infer.runtime.OrtRunner     | fp32 fp16 int8   |
-| tensorrt | .engine .plan     | python export/to_trt.py CKPT    | infer.runtime.TrtRunner     | fp32 fp16 int8   |
-| openvino | .xml (+ .bin)     | python export/to_openvino.py    | infer.runtime.OvRunner      | fp32 fp16 int8   |
+| pytorch  | .pth .pt          | python distill/train.py CONFIG  | segkd.distill.runner.TorchRunner  | fp32             |
+| onnx     | .onnx             | python export/to_onnx.py CKPT   | segkd.infer.runtime.OrtRunner     | fp32 fp16 int8   |
+| tensorrt | .engine .plan     | python export/to_trt.py CKPT    | segkd.infer.runtime.TrtRunner     | fp32 fp16 int8   |
+| openvino | .xml (+ .bin)     | python export/to_openvino.py    | segkd.infer.runtime.OvRunner      | fp32 fp16 int8   |
 
 The deploy runtime ships the ONNX and TensorRT rows. Other installed packages add rows through the
 ``segkd.formats`` entry point group (pyproject.toml ``[project.entry-points."segkd.formats"]``; each entry names a
@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from infer.registry import Registry
+from segkd.infer.registry import Registry
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -51,7 +51,7 @@ class Format:
     Attributes:
         name: what the runner's ``format`` attribute and the benchmark's Format column say.
         suffixes: file suffixes (lower case, with the dot) the format is recognised by.
-        runner: the `infer.runtime.base.Runner` subclass, or ``"module:attribute"`` naming it (imported only when
+        runner: the `segkd.infer.runtime.base.Runner` subclass, or ``"module:attribute"`` naming it (imported only when
             a file of this format is loaded, so that listing formats imports no runtime library).
         exporter: the command that writes such a file (help texts and error messages).
         gpu_timing: how the benchmark times it on a GPU (on CPU every format is timed with host arrays).
@@ -86,7 +86,7 @@ _BUILTIN = (
     Format(
         name="onnx",
         suffixes=(".onnx",),
-        runner="infer.runtime.ort_runner:OrtRunner",
+        runner="segkd.infer.runtime.ort_runner:OrtRunner",
         exporter="python export/to_onnx.py CKPT",
         gpu_timing="IO binding on device, perf_counter around synchronising run",
         precisions=("fp32", "fp16", "int8"),
@@ -96,7 +96,7 @@ _BUILTIN = (
     Format(
         name="tensorrt",
         suffixes=(".engine", ".plan"),
-        runner="infer.runtime.trt_runner:TrtRunner",
+        runner="segkd.infer.runtime.trt_runner:TrtRunner",
         exporter="python export/to_trt.py CKPT",
         gpu_timing="device buffers, CUDA events",
         precisions=("fp32", "fp16", "int8"),
@@ -106,7 +106,7 @@ _BUILTIN = (
     Format(
         name="openvino",
         suffixes=(".xml",),
-        runner="infer.runtime.ov_runner:OvRunner",
+        runner="segkd.infer.runtime.ov_runner:OvRunner",
         exporter="python export/to_openvino.py CKPT",
         gpu_timing="CPU only (the OpenVINO runner refuses --device cuda)",
         precisions=("fp32", "fp16", "int8"),

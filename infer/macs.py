@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from infer.cliargs import hw_arg
-from infer.meta import HW_AXES, guess_layout
+from segkd.infer.cliargs import hw_arg
+from segkd.infer.meta import HW_AXES, guess_layout
 
 __all__ = ["MAC_OPS", "count_macs", "count_params", "describe", "macs_by_op"]
 
@@ -187,7 +187,7 @@ def _shapes(model: Any, size: tuple[int, int] | None) -> tuple[dict[str, Shape],
     """
     import onnx
 
-    from infer.fileio import scratch_cwd
+    from segkd.infer.fileio import scratch_cwd
 
     fixed = _fixed_input(model, size)
     inferred = onnx.shape_inference.infer_shapes(fixed, data_prop=True)
@@ -229,7 +229,7 @@ def _run_for_shapes(fixed: Any, original: Any, names: list[str]) -> dict[str, Sh
     """Shapes of ``names`` from one ONNX Runtime CPU run with those tensors exposed as outputs."""
     import onnx
 
-    from infer.runtime.ort_runner import cpu_session
+    from segkd.infer.runtime.ort_session import cpu_session
 
     probe = onnx.ModelProto.FromString(fixed.SerializeToString())
     del probe.graph.output[:]
@@ -249,7 +249,7 @@ def _run_for_shapes(fixed: Any, original: Any, names: list[str]) -> dict[str, Sh
 
 
 def describe(path: str | os.PathLike[str], size: tuple[int, int] | None = None) -> str:
-    """One line per op type: ``Conv 12.3 GMACs``; for quick inspection (``python -m infer.macs FILE``)."""
+    """One line per op type: ``Conv 12.3 GMACs``; for quick inspection (``python -m segkd.infer.macs FILE``)."""
     parts = macs_by_op(path, size)
     lines = [f"{op:14s} {v / 1e9:10.3f} GMACs" for op, v in sorted(parts.items())]
     lines.append(

@@ -1,7 +1,7 @@
 """Segment images, folders, globs and videos with any model file; write pictures, label maps and class areas.
 
     segkd predict runs/demo/cwd/best.onnx data/demo/images/val --out runs/predict --view overlay --save-labels
-    python -m infer.predict student.pth 'frames/*.jpg' street.mp4 --view side
+    segkd predict student.pth 'frames/*.jpg' street.mp4 --view side
 
 For every image: ``<out>/<name>.png`` (the chosen view), with ``--save-labels`` also ``<out>/labels/<name>.png``,
 a palette PNG whose pixel values are the class ids (the dataset readers read it back as labels; image viewers
@@ -23,22 +23,24 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Run as `python infer/predict.py` from a checkout: import from the repository root, not from infer/.
-if __package__ in (None, ""):
-    _here = str(Path(__file__).resolve().parent)
-    sys.path[:] = [p for p in sys.path if p != _here]
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a file: import through the installed `segkd`, not from this folder
+    try:
+        from segkd.script import detach_script_folder
+    except ModuleNotFoundError:
+        sys.exit("error: segkd is not installed in this Python; in the checkout run `pip install -e .`")
+    detach_script_folder(__file__)
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from infer.cliargs import hw_arg  # noqa: E402
-from infer.datasets.base import IMAGE_SUFFIXES  # noqa: E402
-from infer.datasets.reading import UnreadableFileError, read_image, write_palette_png, write_png  # noqa: E402
-from infer.fileio import atomic_write_text  # noqa: E402
-from infer.meta import ModelMeta  # noqa: E402
-from infer.runtime import Runner, RunnerError, load_runner  # noqa: E402
-from infer.video import VIEWS, VideoSink, render  # noqa: E402
+from segkd.infer.cliargs import hw_arg  # noqa: E402
+from segkd.infer.datasets.base import IMAGE_SUFFIXES  # noqa: E402
+from segkd.infer.datasets.reading import UnreadableFileError, read_image, write_palette_png, write_png  # noqa: E402
+from segkd.infer.fileio import atomic_write_text  # noqa: E402
+from segkd.infer.meta import ModelMeta  # noqa: E402
+from segkd.infer.runtime import Runner, RunnerError, load_runner  # noqa: E402
+from segkd.infer.video import VIEWS, VideoSink, render  # noqa: E402
+from segkd.script import prog  # noqa: E402
 
 __all__ = ["VIDEO_SUFFIXES", "Item", "PredictReport", "collect_sources", "main", "predict"]
 
@@ -255,7 +257,7 @@ def predict(
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="segkd predict",
+        prog=prog("infer/predict.py"),
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawTextHelpFormatter,
     )

@@ -4,7 +4,7 @@
         [--save out.mp4] [--headless] [--max-frames N] [--device cpu|cuda] [--provider NAME] [--threads N]
         [--size HxW] [--fast-postprocess] [--snapshot-dir DIR] [--json-summary PATH]
 
-MODEL is a file of any format in `infer.formats` (.pth, .onnx, .engine, ...). In the window: q / Esc quit, space pauses, s saves a
+MODEL is a file of any format in `segkd.infer.formats` (.pth, .onnx, .engine, ...). In the window: q / Esc quit, space pauses, s saves a
 snapshot. Exit status: 0 done, 2 the source, display or model cannot be used or a live stream stopped, 130 Ctrl-C.
 """
 
@@ -14,13 +14,17 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python infer/run_camera.py` from a checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a file: import through the installed `segkd`, not from this folder
+    try:
+        from segkd.script import detach_script_folder
+    except ModuleNotFoundError:
+        sys.exit("error: segkd is not installed in this Python; in the checkout run `pip install -e .`")
+    detach_script_folder(__file__)
 
-from infer.cliargs import hw_arg
-from infer.fileio import check_writable, check_writable_dir
-from infer.formats import suffix_help
-from infer.video import (
+from segkd.infer.cliargs import hw_arg
+from segkd.infer.fileio import check_writable, check_writable_dir
+from segkd.infer.formats import suffix_help
+from segkd.infer.video import (
     VIEWS,
     DemoOptions,
     DisplayError,
@@ -31,10 +35,15 @@ from infer.video import (
     run_demo,
     write_summary,
 )
+from segkd.script import prog
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[-1])
+    p = argparse.ArgumentParser(
+        prog=prog("infer/run_camera.py"),
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n")[-1],
+    )
     p.add_argument("model", help=f"model file: {suffix_help()}")
     p.add_argument("--source", default="0", help="camera index (0), video file, or stream URL (rtsp://...)")
     p.add_argument("--view", default="overlay", choices=list(VIEWS), help="side: input and mask side by side")
@@ -90,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, SourceError, DisplayError) as e:
         return _fail(str(e))
     try:
-        from infer.runtime import load_runner
+        from segkd.infer.runtime import load_runner
 
         runner = load_runner(args.model, device=args.device, provider=args.provider, threads=args.threads)
     except (OSError, ValueError, KeyError, RuntimeError, ImportError) as e:

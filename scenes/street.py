@@ -1,6 +1,6 @@
 """Procedurally generated street scenes in the Cityscapes layout, for demos and tests without a download.
 
-    python -m infer.datasets.demo --root data/demo --train 200 --val 50 --size 128x256 --seed 0
+    segkd demo-data --root data/demo --train 200 --val 50 --size 128x256 --seed 0
 
 Each frame is a perspective street seen from a car: road with markings and crossings, curbs, sidewalks, grass
 verges, facades with windows, side streets, walls, fences, trees, street lights, signs, traffic lights, parked
@@ -32,11 +32,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from infer.cliargs import hw_arg
-from infer.datasets.cityscapes import DEMO_CLASS_SETS, LABEL_ID
-from infer.datasets.reading import write_png
-from infer.fileio import atomic_write_text
-from infer.video.output import VideoSink
+from segkd.infer.cliargs import hw_arg
+from segkd.infer.datasets.cityscapes import DEMO_CLASS_SETS, LABEL_ID
+from segkd.infer.datasets.reading import write_png
+from segkd.infer.fileio import atomic_write_text
+from segkd.infer.video.output import VideoSink
 
 __all__ = ["CLASS_SETS", "GENERATOR_VERSION", "generate_demo", "main", "render_scene", "write_demo_video"]
 
@@ -986,7 +986,7 @@ def write_demo_video(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m infer.datasets.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="segkd demo-data", description=__doc__.split("\n")[0])
     parser.add_argument("--root", required=True, help="output folder")
     parser.add_argument("--train", type=int, default=200, help="frames in split train")
     parser.add_argument("--val", type=int, default=50, help="frames in split val")

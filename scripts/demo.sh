@@ -40,7 +40,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(python -c 'import os; print(os.cpu_
 launch=(accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no)
 
 step 1
-python -m infer.datasets.demo --root "$DATA" --train 200 --val 50 --size 128x256 --classes categories \
+segkd demo-data --root "$DATA" --train 200 --val 50 --size 128x256 --classes categories \
   --video "$RUNS/street.mp4" --video-size 256x512
 
 step 2
@@ -78,13 +78,13 @@ cat <<MSG
 
 ==> done in $(( $(date +%s) - start ))s
 Results:
-  data                $DATA/ (leftImg8bit/, gtFine/; 7 Cityscapes categories; check: python -m infer.datasets check --dataset demo --root $DATA --split val)
+  data                $DATA/ (leftImg8bit/, gtFine/; 7 Cityscapes categories; check: segkd check --dataset demo --root $DATA --split val)
   teacher             $TEACHER
   baseline student    $RUNS/baseline/best.pth      (metrics.jsonl and curves.png beside it)
   CWD student         $RUNS/cwd/best.pth
   ONNX FP32 / INT8    $RUNS/cwd/best.onnx, $RUNS/cwd/best.int8.onnx
   benchmark table     $RUNS/benchmark/benchmark.md (.csv, .json, latency_vs_miou.png)
   segmented video     $RUNS/street_segmented.mp4
-Next: python -m distill.compare --quick       (baseline, CWD, HWD over 3 seeds, with confidence intervals)
+Next: segkd compare --quick       (baseline, CWD, HWD over 3 seeds, with confidence intervals)
       python export/to_trt.py $RUNS/cwd/best.pth --precision fp16   (on a machine with an NVIDIA GPU and TensorRT)
 MSG

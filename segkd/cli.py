@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["COMMANDS", "Command", "main"]
+__all__ = ["COMMANDS", "Command", "main", "version"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Command:
 
     target: str
     help: str
-    script: str
+    script: str = ""  # the same command as a file of the checkout, where there is one
 
     def run(self, argv: Sequence[str]) -> int:
         module, func = self.target.split(":")
@@ -37,39 +37,58 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "train": Command("distill.train:main", "train or distil a model (one process)", "distill/train.py"),
+    "train": Command("segkd.distill.train:main", "train or distil a model (one process)", "distill/train.py"),
     "launch": Command(
-        "distill.launch:main",
-        "train under accelerate launch: [launcher options] -- [train options]",
-        "python -m distill.launch",
+        "segkd.distill.launch:main", "train under accelerate launch: [launcher options] -- [train options]"
     ),
-    "compare": Command(
-        "distill.compare:main", "compare distillation methods over seeds", "python -m distill.compare"
+    "compare": Command("segkd.distill.compare:main", "compare distillation methods over seeds"),
+    "curves": Command("segkd.distill.curves:main", "redraw a run's training curves (curves.png)"),
+    "convert": Command(
+        "segkd.distill.models.pretrained:main", "official / Hugging Face weights -> checkpoint"
     ),
     "export": Command(
-        "export.cli:onnx_main", "checkpoint -> verified ONNX (fp32/fp16/int8)", "export/to_onnx.py"
+        "segkd.export.cli:onnx_main", "checkpoint -> verified ONNX (fp32/fp16/int8)", "export/to_onnx.py"
     ),
     "openvino": Command(
-        "export.cli:openvino_main",
+        "segkd.export.cli:openvino_main",
         "checkpoint -> verified OpenVINO IR (fp32/fp16/int8)",
         "export/to_openvino.py",
     ),
-    "trt": Command("export.cli:trt_main", "checkpoint or ONNX -> TensorRT engine", "export/to_trt.py"),
+    "trt": Command("segkd.export.cli:trt_main", "checkpoint or ONNX -> TensorRT engine", "export/to_trt.py"),
     "benchmark": Command(
-        "infer.benchmark:main", "params, GMACs, latency and mIoU in one table", "infer/benchmark.py"
+        "segkd.infer.benchmark:main", "params, GMACs, latency and mIoU in one table", "infer/benchmark.py"
     ),
     "camera": Command(
-        "infer.run_camera:main", "live segmentation of a camera, file or stream", "infer/run_camera.py"
+        "segkd.infer.run_camera:main", "live segmentation of a camera, file or stream", "infer/run_camera.py"
     ),
-    "predict": Command("infer.predict:main", "segment images, folders, globs and videos", "infer/predict.py"),
-    "check": Command("infer.datasets.__main__:check_main", "check a dataset before training", "segkd-check"),
+    "predict": Command(
+        "segkd.infer.predict:main", "segment images, folders, globs and videos", "infer/predict.py"
+    ),
+    "check": Command("segkd.infer.datasets.__main__:main", "check a dataset before training"),
+    "demo-data": Command("segkd.scenes.street:main", "generate the demo street scenes (and a video)"),
 }
+
+
+def version() -> str:
+    """The installed distribution's version (``unknown`` when run from a checkout that was never installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("segkd")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    rows = "\n".join(f"  {name:<{width}}  {cmd.help}  ({cmd.script})" for name, cmd in COMMANDS.items())
-    return f"usage: segkd SUBCOMMAND [options]   (segkd SUBCOMMAND --help for its options)\n\nsubcommands:\n{rows}"
+    rows = "\n".join(
+        f"  {name:<{width}}  {cmd.help}" + (f"  ({cmd.script})" if cmd.script else "")
+        for name, cmd in COMMANDS.items()
+    )
+    return (
+        "usage: segkd SUBCOMMAND [options]   (segkd SUBCOMMAND --help for its options; segkd --version)\n\n"
+        f"subcommands:\n{rows}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(_usage())
         return 0 if args else 2
+    if args[0] in ("-V", "--version"):
+        print(f"segkd {version()}")
+        return 0
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         close = difflib.get_close_matches(name, list(COMMANDS), n=1)

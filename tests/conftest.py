@@ -25,7 +25,7 @@ def shared_fixtures() -> Path:
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Generated demo scenes with the 19 Cityscapes classes: 4 train and 2 val frames of 64x128."""
-    from infer.datasets.demo import generate_demo
+    from segkd.scenes.street import generate_demo
 
     root = tmp_path_factory.mktemp("tiny-demo") / "demo"
     return generate_demo(root, {"train": 4, "val": 2}, size=(64, 128), seed=0, classes="cityscapes")
@@ -36,9 +36,9 @@ def tiny_r101_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random DeepLabV3-R101 at width 1/8 with 19 classes, saved as a teacher checkpoint."""
     import torch
 
-    from distill.checkpoint import save_checkpoint
-    from distill.models import build_model
-    from infer.meta import ModelMeta
+    from segkd.distill.checkpoint import save_checkpoint
+    from segkd.distill.models import build_model
+    from segkd.infer.meta import ModelMeta
 
     torch.manual_seed(1)
     arch = {"name": "deeplabv3_r101", "num_classes": 19, "width": 0.125}

@@ -12,9 +12,16 @@ import cv2
 import numpy as np
 import pytest
 
-from infer.bench import COLUMNS, BenchConfig, format_table, parse_hw, plot_latency_vs_miou, run_benchmark
-from infer.benchmark import main
-from infer.meta import ModelMeta
+from segkd.infer.bench import (
+    COLUMNS,
+    BenchConfig,
+    format_table,
+    parse_hw,
+    plot_latency_vs_miou,
+    run_benchmark,
+)
+from segkd.infer.benchmark import main
+from segkd.infer.meta import ModelMeta
 
 REPO = Path(__file__).resolve().parents[1]
 K = 19
@@ -25,8 +32,8 @@ def _tiny_model(images: list[np.ndarray]):
     """A tiny student whose BatchNorm statistics come from real images, so its predictions vary."""
     import torch
 
-    from distill.models import build_model
-    from infer.meta import preprocess
+    from segkd.distill.models import build_model
+    from segkd.infer.meta import preprocess
 
     torch.manual_seed(0)
     model = build_model("deeplabv3_mbv2", num_classes=K, width=0.25)
@@ -50,7 +57,7 @@ def _tiny_model(images: list[np.ndarray]):
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory) -> Path:
-    from scenes.street import generate_demo
+    from segkd.scenes.street import generate_demo
 
     return generate_demo(
         tmp_path_factory.mktemp("demo"),
@@ -65,9 +72,9 @@ def demo_root(tmp_path_factory) -> Path:
 def models(tmp_path_factory, demo_root, shared_fixtures) -> dict[str, Path]:
     """tiny.pth, its exported ONNX files (static FP32, dynamic FP32, INT8 Q/DQ) and a corrupted copy."""
     pytest.importorskip("torch")
-    from distill.checkpoint import save_checkpoint
-    from export.pipeline import ExportOptions, export_model
-    from infer.datasets import build_dataset
+    from segkd.distill.checkpoint import save_checkpoint
+    from segkd.export.pipeline import ExportOptions, export_model
+    from segkd.infer.datasets import build_dataset
 
     d = tmp_path_factory.mktemp("models")
     images = [build_dataset("demo", demo_root, "train")[i][0] for i in range(2)]
@@ -242,8 +249,8 @@ def test_plot_without_points_and_with_long_labels(tmp_path):
 # ------------------------------------------------------------------------------------------- format table
 def _road_runner_class():
     """A new format's runner: every pixel is class 0 (road), whatever the image."""
-    from infer.datasets import dataset_info
-    from infer.runtime.base import Runner
+    from segkd.infer.datasets import dataset_info
+    from segkd.infer.runtime.base import Runner
 
     names, palette = dataset_info("cityscapes")
 
@@ -264,7 +271,7 @@ def _road_runner_class():
 
 @pytest.fixture()
 def dummy_format():
-    from infer.formats import Format, register_format, unregister_format
+    from segkd.infer.formats import Format, register_format, unregister_format
 
     fmt = register_format(
         Format(
@@ -283,9 +290,9 @@ def dummy_format():
 
 
 def test_a_format_added_to_the_table_alone_is_run_benchmarked_and_plotted(dummy_format, demo_root, tmp_path):
-    from infer.benchmark import build_parser
-    from infer.datasets import build_dataset
-    from infer.runtime import RUNTIMES, load_runner
+    from segkd.infer.benchmark import build_parser
+    from segkd.infer.datasets import build_dataset
+    from segkd.infer.runtime import RUNTIMES, load_runner
 
     model = tmp_path / "road.dummy"
     model.write_bytes(b"")
@@ -309,7 +316,7 @@ def test_a_format_added_to_the_table_alone_is_run_benchmarked_and_plotted(dummy_
 
 
 def test_round_statistics_ratios_and_spread_flag():
-    from infer.bench.rounds import _stats, ratios_to
+    from segkd.infer.bench.rounds import _stats, ratios_to
 
     s = _stats(np.array([10.0, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]))
     assert s["latency_median_ms"] == 15 and s["latency_p10_ms"] == 11 and s["latency_p90_ms"] == 19
@@ -328,7 +335,7 @@ def test_round_statistics_ratios_and_spread_flag():
 
 
 def test_gemm_peak_is_a_rate():
-    from infer.bench.rounds import gemm_peak_gflops, load_average
+    from segkd.infer.bench.rounds import gemm_peak_gflops, load_average
 
     assert gemm_peak_gflops(n=64, repeats=2) > 0
     load = load_average()
@@ -340,7 +347,7 @@ def test_peak_graphs_compute_the_product_they_time():
     import onnxruntime as ort
     from onnx import numpy_helper
 
-    from infer.bench.rounds import matmul_model, ort_gemm_rate
+    from segkd.infer.bench.rounds import matmul_model, ort_gemm_rate
 
     rng = np.random.default_rng(3)
     # activations below 128: AVX2 without VNNI adds u8 x s8 pairs in saturating int16, exact only while
@@ -362,7 +369,7 @@ def test_peak_graphs_compute_the_product_they_time():
 
 
 def test_each_row_is_measured_against_its_own_precision_peak():
-    from infer.bench.rounds import device_peaks, peak_key
+    from segkd.infer.bench.rounds import device_peaks, peak_key
 
     assert peak_key({"precision": "int8", "provider": "OpenVINO 2026.4 CPU bf16"}) == "int8"
     assert peak_key({"precision": "bf16", "provider": "torch-cpu-autocast"}) == "bf16"
@@ -395,7 +402,7 @@ def test_interleaved_rounds_and_compare_to(models, demo_root, tmp_path):
 
 
 def test_rows_evaluated_at_other_sizes_are_flagged():
-    from infer.bench.run import _flag_eval_sizes
+    from segkd.infer.bench.run import _flag_eval_sizes
 
     rows = [
         {"eval_resolution": "64x128"},
@@ -412,8 +419,8 @@ def test_rows_evaluated_at_other_sizes_are_flagged():
 
 def test_pth_runner_bf16_autocast_is_reported_and_close_to_fp32(tmp_path):
     pytest.importorskip("torch")
-    from distill.checkpoint import save_checkpoint
-    from infer.runtime import RunnerError, load_runner
+    from segkd.distill.checkpoint import save_checkpoint
+    from segkd.infer.runtime import RunnerError, load_runner
 
     model, meta = _tiny_model([np.random.default_rng(0).integers(0, 256, (*SIZE, 3), dtype=np.uint8)])
     path = save_checkpoint(tmp_path / "tiny.pth", model, meta)
@@ -427,7 +434,7 @@ def test_pth_runner_bf16_autocast_is_reported_and_close_to_fp32(tmp_path):
     with pytest.raises(RunnerError, match="fp32 or bf16, not 'fp16'"):
         load_runner(path, provider="fp16")
     cfg = BenchConfig(models=[str(path)], cpu_precision="bf16")
-    from infer.bench.measure import runner_provider
+    from segkd.infer.bench.measure import runner_provider
 
     assert runner_provider(Path("m.pth"), cfg) == "bf16" and runner_provider(Path("m.xml"), cfg) == "bf16"
     assert runner_provider(Path("m.onnx"), cfg) is None
@@ -483,7 +490,7 @@ def test_plot_legend_lists_only_present_formats_outside_the_axes(tmp_path):
 
 
 def test_plot_labels_avoid_points_and_each_other():
-    from infer.bench.plot import _label_box, _overlaps
+    from segkd.infer.bench.plot import _label_box, _overlaps
 
     frame = (90, 50, 790, 570)
     pts = [

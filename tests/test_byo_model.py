@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from distill.checkpoint import load_model
-from distill.models import build_model
+from segkd.distill.checkpoint import load_model
+from segkd.distill.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def test_user_module_distils_saves_its_import_path_and_exports(
     tmp_path: Path, distill_run, tiny_r101_teacher: Path
 ) -> None:
     pytest.importorskip("onnxruntime")
-    from export.pipeline import ExportOptions, export_checkpoint
+    from segkd.export.pipeline import ExportOptions, export_checkpoint
 
     steps = distill_run(
         {"name": "imported", "options": OPTIONS}, tiny_r101_teacher,

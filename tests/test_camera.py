@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import pytest
 
-from infer.meta import ModelMeta, colorize
-from infer.video import (
+from segkd.infer.meta import ModelMeta, colorize
+from segkd.infer.video import (
     DemoOptions,
     FileReader,
     LatestFrameReader,
@@ -31,7 +31,7 @@ from infer.video import (
     render,
     run_demo,
 )
-from infer.video.loop import _Stages
+from segkd.infer.video.loop import _Stages
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "infer" / "run_camera.py"
@@ -93,9 +93,9 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, bikes: Path) -> Pa
     """DeepLabV3-MobileNetV2 at width 0.25, randomly initialised, its BatchNorm statistics measured on nine
     frames of the video so that it gives varied labels rather than one class everywhere."""
     torch = pytest.importorskip("torch")
-    from distill.checkpoint import save_checkpoint
-    from distill.models import build_model
-    from infer.meta import preprocess
+    from segkd.distill.checkpoint import save_checkpoint
+    from segkd.distill.models import build_model
+    from segkd.infer.meta import preprocess
 
     torch.manual_seed(0)
     meta = _meta()
@@ -157,7 +157,7 @@ def _read_video(path: Path, limit: int | None = None) -> tuple[list[np.ndarray],
 
 
 def _predict(model: Path, frames: list[np.ndarray]) -> list[np.ndarray]:
-    from infer.runtime import load_runner
+    from segkd.infer.runtime import load_runner
 
     runner = load_runner(model, threads=1)
     try:
@@ -379,7 +379,7 @@ def test_stopped_stream_exits_2_and_keeps_the_video(tmp_path: Path, tiny_model: 
 
 
 def test_postprocess_exact_or_fast(tiny_model: Path, bikes: Path) -> None:
-    from infer.runtime import load_runner
+    from segkd.infer.runtime import load_runner
 
     frame = _read_video(bikes, limit=1)[0][0]
     runner = load_runner(tiny_model, threads=1)
@@ -436,7 +436,7 @@ class _InterruptingRunner:
     """Runs the colour model and raises KeyboardInterrupt (as Ctrl-C does) on frame ``at``; or ``error``."""
 
     def __init__(self, model: Path, at: int, error: type[BaseException] = KeyboardInterrupt) -> None:
-        from infer.runtime import load_runner
+        from segkd.infer.runtime import load_runner
 
         self.inner, self.at, self.error, self.calls = load_runner(model, threads=1), at, error, 0
         self.meta = self.inner.meta
@@ -519,7 +519,7 @@ class _FakeWindow:
 def test_keys_snapshot_pause_and_quit(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model: Path, bikes: Path
 ) -> None:
-    from infer.runtime import load_runner
+    from segkd.infer.runtime import load_runner
 
     # frame 1: s; frame 2: space, then (paused) nothing, s, space; frame 3: nothing; frame 4: q
     window = _FakeWindow(monkeypatch, ["s", " ", None, "s", " ", None, "q"])
@@ -535,15 +535,15 @@ def test_keys_snapshot_pause_and_quit(
 
 
 def test_window_opens_at_frame_size_and_shrinks_only_to_fit_the_screen() -> None:
-    from infer.video.output import window_size
+    from segkd.infer.video.output import window_size
 
     assert window_size((640, 272), (1920, 1080)) == (640, 272)  # never enlarged, never shrunk when it fits
     assert window_size((4000, 1000), (1920, 1080)) == (1728, 432)  # 90 % of the screen width, aspect kept
 
 
 def test_legend_rows_keep_class_order_whatever_the_areas(tmp_path) -> None:
-    from infer.meta import ModelMeta
-    from infer.video.render import draw_legend
+    from segkd.infer.meta import ModelMeta
+    from segkd.infer.video.render import draw_legend
 
     meta = ModelMeta(
         arch={"name": "x", "num_classes": 3},
@@ -577,7 +577,7 @@ def test_legend_rows_keep_class_order_whatever_the_areas(tmp_path) -> None:
 
 
 def test_video_sink_names_its_codec_and_the_file_plays(tmp_path) -> None:
-    from infer.video.output import CODECS, VideoSink
+    from segkd.infer.video.output import CODECS, VideoSink
 
     sink = VideoSink(tmp_path / "v.mp4", 10.0)
     for _ in range(3):

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.checkpoint import CheckpointError, half_copy, load_checkpoint, load_model, save_checkpoint
-from distill.models import build_model
-from infer.meta import ModelMeta
+from segkd.distill.checkpoint import CheckpointError, half_copy, load_checkpoint, load_model, save_checkpoint
+from segkd.distill.models import build_model
+from segkd.infer.meta import ModelMeta
 
 
 def _meta(k: int = 3) -> ModelMeta:
@@ -78,7 +78,7 @@ def test_metadata_validation_and_props_round_trip() -> None:
 def test_atomic_writes_get_normal_permissions(tmp_path) -> None:
     import os
 
-    from infer.fileio import atomic_write_text
+    from segkd.infer.fileio import atomic_write_text
 
     atomic_write_text(tmp_path / "a.txt", "x")
     umask = os.umask(0)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from distill import compare
-from distill.compare import (
+from segkd.distill import compare
+from segkd.distill.compare import (
     MethodRow,
     RunResult,
     paired_interval,

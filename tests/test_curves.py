@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill.curves import main, plot_curves
+from segkd.distill.curves import main, plot_curves
 
 pytest.importorskip("matplotlib", reason="matplotlib (the plot extra) draws the training curves")
 

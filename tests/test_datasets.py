@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from infer.datasets import (
+from segkd.infer.datasets import (
     DATASETS,
     DatasetError,
     LabelError,
@@ -27,14 +27,14 @@ from infer.datasets import (
     read_image,
     read_label,
 )
-from infer.datasets.check import check_dataset
-from infer.datasets.cityscapes import LABELS
-from infer.datasets.reading import write_png
-from scenes.street import generate_demo, render_scene
+from segkd.infer.datasets.check import check_dataset
+from segkd.infer.datasets.cityscapes import LABELS
+from segkd.infer.datasets.reading import write_png
+from segkd.scenes.street import generate_demo, render_scene
 
 REPO = Path(__file__).resolve().parents[1]
 FRAME = "frankfurt/frankfurt_000000_000294"
-CHECK = ("-m", "infer.datasets", "check")
+CHECK = ("-m", "segkd.infer.datasets", "check")
 
 # ../shared/fixtures/README.md, value: count
 CITYSCAPES_FROM_LABEL_IDS = dict(
@@ -445,7 +445,7 @@ def test_demo_manifest_and_refusals(demo_root: Path, tmp_path: Path) -> None:
     (tmp_path / "real" / "gtFine").mkdir(parents=True)  # somebody's Cityscapes copy
     with pytest.raises(FileExistsError, match="demo.json"):
         generate_demo(tmp_path / "real", SPLITS, SIZE)
-    with pytest.raises(DatasetError, match="python -m infer.datasets.demo"):
+    with pytest.raises(DatasetError, match="segkd demo-data"):
         build_dataset("demo", tmp_path / "none", "train")
 
 
@@ -485,7 +485,7 @@ def test_demo_class_set_comes_from_its_manifest(tmp_path: Path) -> None:
 
 def test_demo_cli_then_check_cli(tmp_path: Path) -> None:
     args = ["--root", str(tmp_path), "--train", "2", "--val", "1", "--size", "32x64", "--seed", "3"]
-    res = _run_cli("-m", "infer.datasets.demo", *args)
+    res = _run_cli("-m", "segkd.scenes", *args)
     assert res.returncode == 0, res.stderr
     assert len(list((tmp_path / "leftImg8bit/train/demo").glob("*.png"))) == 2
     res = _run_cli(*CHECK, "--dataset", "demo", "--root", str(tmp_path), "--split", "val")
@@ -496,7 +496,7 @@ def test_demo_cli_then_check_cli(tmp_path: Path) -> None:
 def test_demo_video_has_the_requested_frames_size_and_rate(tmp_path) -> None:
     import cv2
 
-    from scenes.street import write_demo_video
+    from segkd.scenes.street import write_demo_video
 
     path = write_demo_video(tmp_path / "street.mp4", scenes=2, size=(64, 128), fps=8, seconds_per_scene=1.0)
     cap = cv2.VideoCapture(str(path))

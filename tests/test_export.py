@@ -18,17 +18,17 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from distill.checkpoint import CheckpointError, load_model, save_checkpoint
-from distill.models import STUDENTS, build_model
-from export.calib import CalibrationError, CalibrationReader, synthetic_samples
-from export.formats import EXTRA_KEYS, PRECISIONS, default_onnx_path
-from export.onnx_export import ExportError, read_metadata, torch_to_onnx
-from export.pipeline import ExportOptions, export_checkpoint, export_model
-from export.quantize import quantize_int8
-from export.verify import VerificationError, VerifyReport, apply_gates
-from infer import __version__
-from infer.fileio import sha256_file
-from infer.meta import ModelMeta, preprocess
+from segkd.distill.checkpoint import CheckpointError, load_model, save_checkpoint
+from segkd.distill.models import STUDENTS, build_model
+from segkd.export.calib import CalibrationError, CalibrationReader, synthetic_samples
+from segkd.export.formats import EXTRA_KEYS, PRECISIONS, default_onnx_path
+from segkd.export.onnx_export import ExportError, read_metadata, torch_to_onnx
+from segkd.export.pipeline import ExportOptions, export_checkpoint, export_model
+from segkd.export.quantize import quantize_int8
+from segkd.export.verify import VerificationError, VerifyReport, apply_gates
+from segkd.infer import __version__
+from segkd.infer.fileio import sha256_file
+from segkd.infer.meta import ModelMeta, preprocess
 
 REPO = Path(__file__).resolve().parents[1]
 K = 19
@@ -71,7 +71,7 @@ def _session(path: Path) -> ort.InferenceSession:
 
 
 def _torch_logits(ckpt: Path, images: list[np.ndarray], meta: ModelMeta) -> np.ndarray:
-    from distill.checkpoint import load_model
+    from segkd.distill.checkpoint import load_model
 
     model, _ = load_model(ckpt)
     with torch.no_grad():
@@ -258,7 +258,7 @@ def test_dynamo_exporter_dynamic_deeplab(work: Path) -> None:
 
 
 def test_auto_exporter_is_dynamo_and_its_file_runs_at_two_sizes(work: Path) -> None:
-    from infer.runtime import load_runner
+    from segkd.infer.runtime import load_runner
 
     opts = ExportOptions(dynamic="all", verify_count=2, out=str(work / "auto.onnx"))
     result = export_checkpoint(work / "deeplabv3_mbv2.pth", opts, log=lambda _: None)
@@ -344,7 +344,7 @@ def test_failed_verification_writes_nothing_and_keeps_the_old_file(work: Path, m
     def failing(*a, **k) -> VerifyReport:
         return apply_gates(VerifyReport("fp32", "x", 1, [64, 128], 97.0))
 
-    monkeypatch.setattr("export.pipeline.verify_onnx", failing)
+    monkeypatch.setattr("segkd.export.pipeline.verify_onnx", failing)
     with pytest.raises(VerificationError, match="agreement 97.000% < 99.9%"):
         export_checkpoint(work / "pspnet_mbv2.pth", ExportOptions(out=str(out), **FAST), log=lambda _: None)
     assert out.read_bytes() == b"previous"

@@ -24,9 +24,9 @@ import pytest
 import torch
 import yaml
 
-from distill.checkpoint import load_checkpoint
-from distill.config import ConfigError, load_config
-from distill.run_state import RunStateError, load_run_state, save_run_state
+from segkd.distill.checkpoint import load_checkpoint
+from segkd.distill.config import ConfigError, load_config
+from segkd.distill.run_state import RunStateError, load_run_state, save_run_state
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "distill" / "train.py"
@@ -55,7 +55,7 @@ def _all_finite(path: Path) -> bool:
 
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from infer.datasets.demo import generate_demo
+    from segkd.scenes.street import generate_demo
 
     root = generate_demo(
         tmp_path_factory.mktemp("demo"), {"train": 4, "val": 2}, size=(64, 128), seed=0, classes="cityscapes"
@@ -191,9 +191,9 @@ class _FakeAccelerator:
 
 
 def _step_run(weight: float) -> SimpleNamespace:
-    from distill.models import build_model
-    from distill.step import DistillStep
-    from infer.meta import ModelMeta
+    from segkd.distill.models import build_model
+    from segkd.distill.step import DistillStep
+    from segkd.infer.meta import ModelMeta
 
     torch.manual_seed(0)
     student = build_model("deeplabv3_r18", num_classes=3, width=0.125)
@@ -207,7 +207,7 @@ def _step_run(weight: float) -> SimpleNamespace:
 
 @pytest.mark.parametrize("weight, stepped", [(float("nan"), False), (0.4, True)])
 def test_a_skipped_step_leaves_the_model_exactly_as_it_was(weight: float, stepped: bool) -> None:
-    from distill.step import optimizer_step
+    from segkd.distill.step import optimizer_step
 
     run = _step_run(weight)  # aux weight nan: the total loss is nan, the forward still ran
     before = {k: v.clone() for k, v in run.step.state_dict().items()}
@@ -378,8 +378,9 @@ def _zombie(pid: int) -> bool:
 def test_a_full_disk_keeps_the_last_good_state_and_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import distill.run_state as run_state
-    from distill.run_dir import DiskFullError, Progress, save_state
+    import segkd.distill.run_state as run_state
+    from segkd.distill.run import Progress
+    from segkd.distill.run_dir import DiskFullError, save_state
 
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -428,7 +429,7 @@ def test_impossible_settings_are_refused_before_anything_runs(override: str, mes
 def test_fp16_on_a_cpu_is_refused_with_the_alternative() -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: fp16 is valid here")
-    from distill.build import make_accelerator
+    from segkd.distill.build import make_accelerator
 
     cfg = load_config(None, ["train.mixed_precision=fp16"])
     with pytest.raises(ConfigError, match="train.mixed_precision=bf16"):
@@ -439,7 +440,7 @@ def test_fp16_on_a_cpu_is_refused_with_the_alternative() -> None:
 
 
 def test_compare_reads_a_run_whose_last_metrics_line_was_cut(tmp_path: Path) -> None:
-    from distill.compare import read_run
+    from segkd.distill.compare import read_run
 
     lines = [{"iter": 2, "eval/mIoU": 40.0}, {"iter": 4, "eval/mIoU": 30.0}]
     text = "".join(json.dumps(r) + "\n" for r in lines) + '{"iter": 6, "eval/mI'
@@ -468,7 +469,7 @@ def _cityscapes_train_ids(root: Path, values: list[int]) -> Path:
 
 @pytest.mark.parametrize("name", ["cityscapes", "cocostuff"])
 def test_train_ids_past_the_classes_are_ignored_like_every_other_reader(name: str, tmp_path: Path) -> None:
-    from infer.datasets import DATASETS, cityscapes, cocostuff
+    from segkd.infer.datasets import DATASETS, cityscapes, cocostuff
 
     k = len(DATASETS.get(name).class_names)
     tables = {
@@ -481,7 +482,7 @@ def test_train_ids_past_the_classes_are_ignored_like_every_other_reader(name: st
 
 
 def test_label_type_comes_from_the_training_config(tmp_path: Path) -> None:
-    from distill.checks import load_datasets
+    from segkd.distill.checks import load_datasets
 
     root = _cityscapes_train_ids(tmp_path / "cs", [0, 18, 19, 33, 255])
     cfg = load_config(None, ["data.dataset=cityscapes", f"data.root={root}", "data.train_split=val",
@@ -494,8 +495,8 @@ def test_label_type_comes_from_the_training_config(tmp_path: Path) -> None:
 
 
 def test_folder_classes_sharing_a_colour_are_refused(tmp_path: Path) -> None:
-    from infer.datasets import DatasetError
-    from infer.datasets.folder import read_classes
+    from segkd.infer.datasets import DatasetError
+    from segkd.infer.datasets.folder import read_classes
 
     (tmp_path / "classes.txt").write_text("road 128 64 128\nsky 70 130 180\nlane 128 64 128\n")
     with pytest.raises(DatasetError, match=r"road, lane share the colour \[128, 64, 128\]"):
@@ -542,7 +543,7 @@ def test_a_file_failing_during_the_run_is_skipped_then_counted(tiny_config: Path
 def test_a_user_error_under_the_launcher_keeps_its_code_and_ends_the_output(
     tiny_config: Path, tmp_path: Path
 ) -> None:
-    launch = [sys.executable, "-m", "distill.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+    launch = [sys.executable, "-m", "segkd.distill.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "--"]  # fmt: skip
     missing = tmp_path / "nowhere"
     proc = subprocess.run([*launch, "--config", str(tiny_config), f"train.resume={missing}"], cwd=REPO,
@@ -553,7 +554,7 @@ def test_a_user_error_under_the_launcher_keeps_its_code_and_ends_the_output(
 
 
 def test_launch_refuses_gpu_options_on_a_machine_without_gpus(tmp_path) -> None:
-    from distill.launch import check_gpus
+    from segkd.distill.launch import check_gpus
 
     assert "ask for 8 GPUs; none found" in check_gpus(["--multi_gpu", "--num_processes", "8"], 0)
     cfg = tmp_path / "8gpu.yaml"
@@ -562,7 +563,7 @@ def test_launch_refuses_gpu_options_on_a_machine_without_gpus(tmp_path) -> None:
     assert check_gpus(["--multi_gpu", "--num_processes", "8"], 8) is None
     assert check_gpus(["--cpu"], 0) is None and check_gpus([], 0) is None
     r = subprocess.run(
-        [sys.executable, "-m", "distill.launch", "--multi_gpu", "--num_processes", "8", "--", "--config", "x.yaml"],
+        [sys.executable, "-m", "segkd.distill.launch", "--multi_gpu", "--num_processes", "8", "--", "--config", "x.yaml"],
         capture_output=True, text=True, timeout=120, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
     )  # fmt: skip
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(

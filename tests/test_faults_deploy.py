@@ -23,15 +23,15 @@ from onnx import TensorProto, helper, numpy_helper
 
 torch = pytest.importorskip("torch")
 
-from distill.checkpoint import save_checkpoint  # noqa: E402
-from distill.models import build_model  # noqa: E402
-from export.cli import onnx_main, trt_main  # noqa: E402
-from export.pipeline import ExportOptions, export_checkpoint, export_model  # noqa: E402
-from export.verify import VerificationError  # noqa: E402
-from infer.benchmark import main as bench_main  # noqa: E402
-from infer.meta import ModelMeta  # noqa: E402
-from infer.run_camera import main as camera_main  # noqa: E402
-from infer.runtime import RunnerError, load_runner  # noqa: E402
+from segkd.distill.checkpoint import save_checkpoint  # noqa: E402
+from segkd.distill.models import build_model  # noqa: E402
+from segkd.export.cli import onnx_main, trt_main  # noqa: E402
+from segkd.export.pipeline import ExportOptions, export_checkpoint, export_model  # noqa: E402
+from segkd.export.verify import VerificationError  # noqa: E402
+from segkd.infer.benchmark import main as bench_main  # noqa: E402
+from segkd.infer.meta import ModelMeta  # noqa: E402
+from segkd.infer.run_camera import main as camera_main  # noqa: E402
+from segkd.infer.runtime import RunnerError, load_runner  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 K, SIZE = 3, (64, 64)
@@ -150,7 +150,7 @@ def test_empty_checkpoint_through_the_real_command_line(files):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"error: {files['empty']} is not a readable checkpoint (the file is empty); pass a .pth written by "
-        "distill/train.py, or convert foreign weights with `python -m distill.models.pretrained`"
+        "distill/train.py, or convert foreign weights with `segkd convert`"
     ]
 
 
@@ -221,12 +221,12 @@ def test_bad_numbers_are_refused_up_front(files, capsys, tmp_path):
 
 
 def test_output_paths_are_checked_before_the_work(files, capsys, tmp_path, monkeypatch):
-    import distill.checkpoint
+    import segkd.distill.checkpoint
 
     def never(*a, **k):
         raise AssertionError("the checkpoint was loaded before the output path was checked")
 
-    monkeypatch.setattr(distill.checkpoint, "load_model", never)
+    monkeypatch.setattr(segkd.distill.checkpoint, "load_model", never)
     folder = tmp_path / "a_folder.onnx"
     folder.mkdir()
     assert onnx_main([str(files["good"]), "--out", str(folder), *QUICK]) == 2
@@ -262,7 +262,7 @@ def test_really_read_only_folder(files, capsys, tmp_path):
 
 # --------------------------------------------------------------------------------------------- disk full, leftovers
 def test_disk_full_during_export_keeps_the_last_good_file(files, capsys, tmp_path, monkeypatch):
-    import export.onnx_export
+    import segkd.export.onnx_export
 
     out = tmp_path / "m.onnx"
     assert onnx_main([str(files["good"]), "--out", str(out), *QUICK]) == 0
@@ -273,7 +273,7 @@ def test_disk_full_during_export_keeps_the_last_good_file(files, capsys, tmp_pat
         Path(path).write_bytes(b"partial")  # the first bytes went out, then the device filled up
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(export.onnx_export.onnx, "save", full_disk)
+    monkeypatch.setattr(segkd.export.onnx_export.onnx, "save", full_disk)
     assert onnx_main([str(files["good"]), "--out", str(out), *QUICK]) == 2
     line = _one_error(capsys)
     assert "no space left writing m.onnx" in line and "previous file kept" in line
@@ -284,7 +284,7 @@ def test_disk_full_during_export_keeps_the_last_good_file(files, capsys, tmp_pat
 def test_leftovers_of_killed_writes_are_cleaned_up(tmp_path):
     import tempfile
 
-    from infer.fileio import atomic_write_text, work_dir
+    from segkd.infer.fileio import atomic_write_text, work_dir
 
     dead = 2**22 + 12345  # above the default pid_max: no such process
     stale = tmp_path / f".out.json.{dead}.abcd.tmp"
@@ -325,7 +325,7 @@ def _fake_trt(version: str, seen: dict[str, object]) -> types.ModuleType:
 
 @pytest.mark.parametrize("compatible", [True, False])
 def test_version_compatible_engine_allows_host_code_before_deserialising(compatible, tmp_path, monkeypatch):
-    import infer.runtime.trt_runner as trt_runner
+    import segkd.infer.runtime.trt_runner as trt_runner
 
     seen: dict[str, object] = {}
     monkeypatch.setitem(sys.modules, "tensorrt", _fake_trt("10.14.0", seen))
@@ -343,7 +343,7 @@ def test_version_compatible_engine_allows_host_code_before_deserialising(compati
 
 
 def test_onnx_runtime_tensorrt_provider_is_opt_in_with_caches(tmp_path):
-    from infer.runtime.ort_runner import _with_options, select_providers
+    from segkd.infer.runtime.ort_runner import _with_options, select_providers
 
     avail = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     assert select_providers("cuda", None, avail) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -380,7 +380,7 @@ def test_to_trt_without_tensorrt_exits_non_zero_after_writing_the_onnx(files, tm
 
 # --------------------------------------------------------------------------------------------- graphs
 def test_count_macs_refuses_a_size_a_static_graph_does_not_have():
-    from infer.macs import count_macs
+    from segkd.infer.macs import count_macs
 
     w = numpy_helper.from_array(np.zeros((4, 3, 3, 3), np.float32), "w")
     node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
@@ -424,7 +424,7 @@ def test_int8_keeps_the_psp_pooling_matrices_float(tmp_path):
 
 # --------------------------------------------------------------------------------------------- benchmark
 def test_benchmark_writes_its_table_when_no_model_has_a_finite_miou(tmp_path):
-    from infer.bench import BenchConfig, write_results
+    from segkd.infer.bench import BenchConfig, write_results
 
     rows = [
         {"model": "a.onnx", "format": "onnx", "precision": "fp32", "latency_median_ms": 3.0, "miou": float("nan"),

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.models import build_model
-from distill.models.pretrained import map_cirkd_segmentation
+from segkd.distill.models import build_model
+from segkd.distill.models.pretrained import map_cirkd_segmentation
 
 torch.set_num_threads(1)
 
@@ -104,8 +104,8 @@ K, NET = 19, (64, 96)
 
 
 def _checkpoint(folder: Path, align_corners: bool) -> Path:
-    from distill.checkpoint import save_checkpoint
-    from infer.meta import ModelMeta
+    from segkd.distill.checkpoint import save_checkpoint
+    from segkd.infer.meta import ModelMeta
 
     torch.manual_seed(0)
     arch = {"name": "pspnet_mbv2", "num_classes": K, "width": 0.25, "align_corners": align_corners}
@@ -139,9 +139,9 @@ def test_the_onnx_graph_upsamples_corner_to_corner_and_equals_pytorch(tmp_path: 
     import numpy as np
     import onnxruntime as ort
 
-    from distill.checkpoint import load_model
-    from export.onnx_export import read_metadata
-    from export.pipeline import ExportOptions, export_checkpoint
+    from segkd.distill.checkpoint import load_model
+    from segkd.export.onnx_export import read_metadata
+    from segkd.export.pipeline import ExportOptions, export_checkpoint
 
     if exporter == "dynamo":
         pytest.importorskip(
@@ -168,9 +168,9 @@ def test_the_onnx_graph_upsamples_corner_to_corner_and_equals_pytorch(tmp_path: 
 def test_the_runners_resize_logits_to_the_image_with_the_models_mode(tmp_path: Path, suffix: str) -> None:
     import numpy as np
 
-    from distill.checkpoint import load_model
-    from export.pipeline import ExportOptions, export_checkpoint
-    from infer.runtime import load_runner
+    from segkd.distill.checkpoint import load_model
+    from segkd.export.pipeline import ExportOptions, export_checkpoint
+    from segkd.infer.runtime import load_runner
 
     ckpt = _checkpoint(tmp_path, align_corners=True)
     path = ckpt
@@ -195,7 +195,7 @@ def test_the_runners_resize_logits_to_the_image_with_the_models_mode(tmp_path: P
 @pytest.mark.parametrize("align_corners", [True, False])
 def test_the_auxiliary_loss_upsamples_as_the_model_does(align_corners: bool) -> None:
     """CIRKD's loss upsamples the auxiliary logits to the labels like the main ones (corner to corner)."""
-    from distill.step import DistillStep
+    from segkd.distill.step import DistillStep
 
     torch.manual_seed(0)
     model = build_model("deeplabv3_r18", num_classes=K, width=0.125, align_corners=align_corners).eval()

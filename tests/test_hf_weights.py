@@ -19,9 +19,9 @@ transformers = pytest.importorskip(
     "transformers", reason="SegFormer/UPerNet need the transformers extra: pip install 'segkd[transformers]'"
 )
 
-from distill.checkpoint import load_model  # noqa: E402
-from distill.models import build_model  # noqa: E402
-from distill.models.pretrained import WeightsError, convert_hf_checkpoint, main  # noqa: E402
+from segkd.distill.checkpoint import load_model  # noqa: E402
+from segkd.distill.models import build_model  # noqa: E402
+from segkd.distill.models.pretrained import WeightsError, convert_hf_checkpoint, main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEPTHS = [1, 1, 1, 1]
@@ -151,8 +151,8 @@ def test_conversion_refuses_an_encoder_and_another_class_count(files, tmp_path) 
 
 def test_a_model_id_without_network_says_how_to_download_it() -> None:
     code = (
-        "from distill.models import build_model\n"
-        "from distill.models.pretrained import WeightsError\n"
+        "from segkd.distill.models import build_model\n"
+        "from segkd.distill.models.pretrained import WeightsError\n"
         "try:\n"
         "    build_model('segformer_b0', num_classes=7, pretrained='nvidia/mit-b0')\n"
         "except WeightsError as e:\n"
@@ -166,7 +166,7 @@ def test_a_model_id_without_network_says_how_to_download_it() -> None:
 
 
 def test_training_config_accepts_a_model_id_or_folder_for_transformer_students(tmp_path) -> None:
-    from distill.checks import _pretrained_problem
+    from segkd.distill.checks import _pretrained_problem
 
     assert _pretrained_problem("segformer_b0", "nvidia/mit-b0") is None
     assert _pretrained_problem("upernet_swin_t", str(tmp_path)) is None

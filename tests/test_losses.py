@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill.losses import LOSSES, KDCriterion, build_loss, build_losses, loss_params, resize_labels
+from segkd.distill.losses import LOSSES, KDCriterion, build_loss, build_losses, loss_params, resize_labels
 
 FIXTURE = Path(__file__).parent / "fixtures" / "loss_values.json"
 CS, CT = 4, 6  # student / teacher feature widths used where a projector is involved
@@ -649,7 +649,7 @@ def test_hwd_identical_inputs_exactly_zero_with_finite_grads():
 
 
 def test_hwd_weights_sum_to_channels_and_favour_worse_channels():
-    from distill.losses.hwd import hwd_channel_weights
+    from segkd.distill.losses.hwd import hwd_channel_weights
 
     g = torch.Generator().manual_seed(0)
     t = torch.randn(2, 5, 12, generator=g)
@@ -760,12 +760,13 @@ def test_every_loss_class_of_every_module_is_registered():
     import inspect
     import pkgutil
 
-    import distill.losses as package
-    from distill.losses import KDLoss
+    import segkd.distill.losses as package
+    from segkd.distill.losses import KDLoss
 
     registered = [LOSSES.get(name) for name in LOSSES.names()]
     modules = [
-        importlib.import_module(f"distill.losses.{m.name}") for m in pkgutil.iter_modules(package.__path__)
+        importlib.import_module(f"segkd.distill.losses.{m.name}")
+        for m in pkgutil.iter_modules(package.__path__)
     ]
     assert len(modules) >= 10
     for module in modules:
@@ -846,7 +847,7 @@ def test_criterion_reports_every_problem_at_once():
 
 
 def test_every_loss_on_real_model_outputs():
-    from distill.models import build_model
+    from segkd.distill.models import build_model
 
     torch.manual_seed(0)
     teacher = build_model("deeplabv3_r50", num_classes=5, width=0.25).eval().requires_grad_(False)
@@ -982,7 +983,7 @@ def test_stored_reference_values():
 if __name__ == "__main__":
     if sys.argv[1:] != ["--regen"]:
         sys.exit("usage: PYTHONPATH=. python tests/test_losses.py --regen")
-    from infer.fileio import atomic_write_text
+    from segkd.infer.fileio import atomic_write_text
 
     FIXTURE.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(FIXTURE, json.dumps(compute_reference_values(), indent=2) + "\n")

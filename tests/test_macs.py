@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from infer.macs import count_macs, count_params, macs_by_op
+from segkd.infer.macs import count_macs, count_params, macs_by_op
 
 
 def _model(nodes, inputs, outputs, inits=(), value_info=()) -> onnx.ModelProto:
@@ -108,7 +108,7 @@ def _export(model, path, size=(64, 128)):
 
 def _model_names() -> list[str]:
     try:
-        from distill.models import MODELS
+        from segkd.distill.models import MODELS
     except ImportError:  # torch missing: the test below skips
         return ["none"]
     # the CNN families, which take ``width``; the transformer models need the transformers extra
@@ -120,8 +120,8 @@ def _model_names() -> list[str]:
 @pytest.mark.parametrize("name", _model_names())
 def test_onnx_count_matches_pytorch_count_for_every_registered_model(name, tmp_path):
     pytest.importorskip("torch")
-    from distill.models import STUDENTS, build_model
-    from distill.runner import torch_macs_and_params
+    from segkd.distill.models import STUDENTS, build_model
+    from segkd.distill.runner import torch_macs_and_params
 
     model = build_model(name, num_classes=19, width=0.25).eval()
     path = _export(model, tmp_path / f"{name}.onnx")
@@ -137,10 +137,10 @@ def test_onnx_count_matches_pytorch_count_for_every_registered_model(name, tmp_p
 
 def test_int8_files_count_the_same_macs(tmp_path, monkeypatch):
     pytest.importorskip("torch")
-    from distill.models import build_model
-    from export.onnx_export import torch_to_onnx
-    from export.quantize import quantize_int8
-    from infer.meta import ModelMeta
+    from segkd.distill.models import build_model
+    from segkd.export.onnx_export import torch_to_onnx
+    from segkd.export.quantize import quantize_int8
+    from segkd.infer.meta import ModelMeta
 
     # the FP32 graph and the INT8 one exactly as the exporter writes them (folded constants, then Q/DQ)
     fp32 = tmp_path / "m.onnx"

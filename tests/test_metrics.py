@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from infer.metrics import ConfusionMatrix, format_metrics
+from segkd.infer.metrics import ConfusionMatrix, format_metrics
 
 # 3 classes; the last pixel is ignored (label 255), whatever its prediction.
 LABEL = np.array([[0, 0, 1], [1, 2, 255]])

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.models import BACKBONES, HEADS, MODELS, STUDENTS, build_model
-from distill.models.heads import adaptive_avg_pool2d_exact
-from distill.models.pretrained import (
+from segkd.distill.models import BACKBONES, HEADS, MODELS, STUDENTS, build_model
+from segkd.distill.models.heads import adaptive_avg_pool2d_exact
+from segkd.distill.models.pretrained import (
     WeightsError,
     convert_cirkd_checkpoint,
     load_backbone_weights,
@@ -206,13 +206,13 @@ def test_cirkd_checkpoint_converts_to_a_self_describing_one(shared_fixtures, tmp
     import subprocess
     import sys
 
-    from distill.checkpoint import load_model
+    from segkd.distill.checkpoint import load_model
 
     layout = json.loads((shared_fixtures / "cirkd_v1_state_dicts.json").read_text())["deeplab_mobile_mbv2"]
     sd = {f"module.{k}": (torch.randn(s) if s else torch.tensor(1)) for k, s in layout}
     torch.save({"state_dict": sd}, tmp_path / "cirkd.pth")
     out = tmp_path / "converted.pth"
-    cmd = [sys.executable, "-m", "distill.models.pretrained", str(tmp_path / "cirkd.pth"), "--arch",
+    cmd = [sys.executable, "-m", "segkd.distill.models.pretrained", str(tmp_path / "cirkd.pth"), "--arch",
            "deeplabv3_mbv2", "--dataset", "cityscapes", "--out", str(out)]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -243,7 +243,7 @@ def _random_cirkd_file(shared_fixtures, cirkd: str, path, edit=None):  # noqa: A
 def test_a_converted_cirkd_model_upsamples_its_logits_as_cirkd_does(
     shared_fixtures, tmp_path, cirkd, ours
 ) -> None:
-    from distill.checkpoint import load_model
+    from segkd.distill.checkpoint import load_model
 
     _random_cirkd_file(shared_fixtures, cirkd, tmp_path / "cirkd.pth")
     convert_cirkd_checkpoint(tmp_path / "cirkd.pth", ours, "cityscapes", tmp_path / "ours.pth")

@@ -23,7 +23,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (64, 128)
 K = 19
-_FORBIDDEN = ("distill", "export")
+_FORBIDDEN = ("segkd.distill", "segkd.export")
 
 
 def _imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
@@ -59,7 +59,7 @@ def test_infer_never_imports_distill_or_export() -> None:
     for path in files:
         tree = ast.parse(path.read_text(), str(path))
         for line, module in _imported_modules(tree) + _strings_naming(tree, _FORBIDDEN):
-            if module.split(".")[0].split(":")[0] in _FORBIDDEN:
+            if any(module.split(":")[0] == p or module.startswith(f"{p}.") for p in _FORBIDDEN):
                 offences.append(f"{path.relative_to(REPO)}:{line}: {module}")
     assert not offences, (
         "the deploy runtime must not import the training side or the exporter:\n" + "\n".join(offences)
@@ -70,15 +70,20 @@ def test_the_scan_catches_lazy_and_dynamic_imports() -> None:
     code = textwrap.dedent(
         """
         def f():
-            from distill.checkpoint import load_model
-            import export.trt_build
-            importlib.import_module("distill.runner")
-            return "distill.runner:TorchRunner"
+            from segkd.distill.checkpoint import load_model
+            import segkd.export.trt_build
+            importlib.import_module("segkd.distill.runner")
+            return "segkd.distill.runner:TorchRunner"
         """
     )
     tree = ast.parse(code)
     names = [m for _, m in _imported_modules(tree) + _strings_naming(tree, _FORBIDDEN)]
-    assert names == ["distill.checkpoint", "export.trt_build", "distill.runner", "distill.runner:TorchRunner"]
+    assert names == [
+        "segkd.distill.checkpoint",
+        "segkd.export.trt_build",
+        "segkd.distill.runner",
+        "segkd.distill.runner:TorchRunner",
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- no torch
@@ -89,23 +94,23 @@ SCRIPT = textwrap.dedent(
         sys.modules[name] = None  # every `import torch` now raises ImportError, as if it were not installed
 
     import numpy as np
-    import infer.datasets, infer.datasets.check, infer.metrics, infer.meta, infer.registry
-    import infer.runtime, infer.bench, infer.evaluate, infer.macs, infer.benchmark
-    import infer.video, infer.run_camera
-    import scenes.street
-    from infer.runtime import load_runner
+    import segkd.infer.datasets, segkd.infer.datasets.check, segkd.infer.metrics, segkd.infer.meta, segkd.infer.registry
+    import segkd.infer.runtime, segkd.infer.bench, segkd.infer.evaluate, segkd.infer.macs, segkd.infer.benchmark
+    import segkd.infer.video, segkd.infer.run_camera
+    import segkd.scenes.street
+    from segkd.infer.runtime import load_runner
 
     root, onnx_file, pth_file, image_file, out = sys.argv[1:6]
     # datasets, their check command and the metrics
-    scenes.street.generate_demo(root + "/gen", {"val": 1}, (32, 64), seed=0, classes="cityscapes")
-    ds = infer.datasets.build_dataset("demo", root + "/gen", "val")
+    segkd.scenes.street.generate_demo(root + "/gen", {"val": 1}, (32, 64), seed=0, classes="cityscapes")
+    ds = segkd.infer.datasets.build_dataset("demo", root + "/gen", "val")
     image, label = ds[0]
-    cm = infer.metrics.ConfusionMatrix(ds.num_classes)
+    cm = segkd.infer.metrics.ConfusionMatrix(ds.num_classes)
     cm.update(label, label)
     assert cm.compute()["aAcc"] == 100.0
-    sys.argv = ["infer.datasets", "check", "--dataset", "demo", "--root", root + "/gen", "--split", "val"]
+    sys.argv = ["segkd.infer.datasets", "check", "--dataset", "demo", "--root", root + "/gen", "--split", "val"]
     try:
-        runpy.run_module("infer.datasets", run_name="__main__")
+        runpy.run_module("segkd.infer.datasets", run_name="__main__")
     except SystemExit as e:
         assert e.code == 0, e.code
     # ONNX inference, MACs and parameters
@@ -114,7 +119,7 @@ SCRIPT = textwrap.dedent(
     assert lab.shape == (64, 128), lab.shape
     assert r.count_macs((64, 128)) > 0 and r.count_params() > 0
     # the benchmark: the ONNX row measures, the .pth row fails with the install hint
-    from infer.benchmark import main
+    from segkd.infer.benchmark import main
     rc = main([onnx_file, pth_file, "--dataset", "demo", "--data-root", root + "/bench", "--runs", "1",
                "--warmup", "0", "--out", out, "--no-progress", "--in-process"])
     assert rc == 1, rc
@@ -122,9 +127,9 @@ SCRIPT = textwrap.dedent(
     assert onnx_row["status"] == "ok" and onnx_row["miou"] is not None, onnx_row
     assert pth_row["status"] == "failed" and "pip install torch" in pth_row["error"], pth_row
     assert all(sys.modules[n] is None for n in ("torch", "torchvision", "accelerate"))
-    loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("distill", "export"))
+    loaded = sorted(m for m in sys.modules if m.startswith(("segkd.distill", "segkd.export")))
     # the .pth row is the training side's entry point and nothing more: no checkpoint code, no exporter
-    assert loaded == ["distill", "distill.runner"], loaded
+    assert loaded == ["segkd.distill", "segkd.distill.runner"], loaded
     print("torch-free ok")
     """
 )
@@ -136,12 +141,12 @@ def deploy_files(tmp_path_factory) -> dict[str, Path]:
     pytest.importorskip("torch")
     import torch
 
-    from distill.checkpoint import save_checkpoint
-    from distill.models import build_model
-    from export.pipeline import ExportOptions, export_model
-    from infer.datasets import build_dataset
-    from infer.meta import ModelMeta
-    from scenes.street import generate_demo
+    from segkd.distill.checkpoint import save_checkpoint
+    from segkd.distill.models import build_model
+    from segkd.export.pipeline import ExportOptions, export_model
+    from segkd.infer.datasets import build_dataset
+    from segkd.infer.meta import ModelMeta
+    from segkd.scenes.street import generate_demo
 
     d = tmp_path_factory.mktemp("deploy")
     demo = generate_demo(d / "bench", splits={"val": 2}, size=SIZE, seed=0, classes="cityscapes")
@@ -167,7 +172,7 @@ def deploy_files(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.slow
 def test_deploy_side_runs_without_torch(deploy_files, tmp_path) -> None:
     f = deploy_files
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = dict(os.environ)
     args = [str(f["root"]), str(f["onnx"]), str(f["pth"]), str(f["image"]), str(tmp_path)]
     res = subprocess.run(
         [sys.executable, "-c", SCRIPT, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300

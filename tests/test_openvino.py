@@ -15,14 +15,14 @@ import torch
 pytest.importorskip("openvino", reason="OpenVINO not installed (pip install -e .[openvino])")
 pytest.importorskip("nncf", reason="NNCF not installed (pip install -e .[openvino])")
 
-from distill.checkpoint import save_checkpoint  # noqa: E402
-from distill.models import build_model  # noqa: E402
-from export.openvino_export import default_openvino_path, export_openvino  # noqa: E402
-from export.pipeline import ExportOptions, export_checkpoint  # noqa: E402
-from export.verify import VerificationError  # noqa: E402
-from infer.macs import count_macs  # noqa: E402
-from infer.meta import ModelMeta, preprocess  # noqa: E402
-from infer.runtime import RunnerError, load_runner  # noqa: E402
+from segkd.distill.checkpoint import save_checkpoint  # noqa: E402
+from segkd.distill.models import build_model  # noqa: E402
+from segkd.export.openvino_export import default_openvino_path, export_openvino  # noqa: E402
+from segkd.export.pipeline import ExportOptions, export_checkpoint  # noqa: E402
+from segkd.export.verify import VerificationError  # noqa: E402
+from segkd.infer.macs import count_macs  # noqa: E402
+from segkd.infer.meta import ModelMeta, preprocess  # noqa: E402
+from segkd.infer.runtime import RunnerError, load_runner  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 K = 7
@@ -50,7 +50,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _torch_logits(ckpt: Path, image: np.ndarray) -> np.ndarray:
-    from distill.checkpoint import load_model
+    from segkd.distill.checkpoint import load_model
 
     model, meta = load_model(ckpt)
     with torch.no_grad():
@@ -109,7 +109,7 @@ def test_failed_verification_keeps_the_previous_ir(work: Path, monkeypatch: pyte
     export_openvino(work / "m.pth", ExportOptions(out=str(out), **FAST), log=lambda _: None)
     before = out.read_bytes(), out.with_suffix(".bin").read_bytes()
 
-    import export.openvino_export as ovx
+    import segkd.export.openvino_export as ovx
 
     real = ovx.OvRunner._run
     monkeypatch.setattr(ovx.OvRunner, "_run", lambda self, x: real(self, x) * np.nan)  # NaN logits
@@ -137,8 +137,8 @@ def test_lossy_int8_falls_back_to_accuracy_aware_quantization(
 ) -> None:
     """With labelled verification images, an INT8 that loses more than the bound goes through NNCF's
     accuracy-aware quantization; the bound is set below any loss here so that the path is taken."""
-    import export.openvino_export as ovx
-    from infer.datasets.demo import generate_demo
+    import segkd.export.openvino_export as ovx
+    from segkd.scenes.street import generate_demo
 
     root = generate_demo(tmp_path / "demo", {"train": 4, "val": 2}, size=SIZE, seed=0)  # 7 categories
     monkeypatch.setattr(ovx, "MAX_INT8_DROP", -100.0)

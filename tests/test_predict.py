@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from distill.checkpoint import save_checkpoint
-from distill.models import build_model
-from infer.datasets.reading import read_label, write_palette_png
-from infer.meta import ModelMeta
-from infer.predict import SourceError, collect_sources
-from infer.runtime import load_runner
+from segkd.distill.checkpoint import save_checkpoint
+from segkd.distill.models import build_model
+from segkd.infer.datasets.reading import read_label, write_palette_png
+from segkd.infer.meta import ModelMeta
+from segkd.infer.predict import SourceError, collect_sources
+from segkd.infer.runtime import load_runner
 
 REPO = Path(__file__).resolve().parents[1]
 K = 5
@@ -147,7 +147,7 @@ def test_segkd_front_reports_unknown_subcommands_and_bad_output(ckpt: Path, tmp_
 
 
 def test_segkd_check_runs_without_naming_its_subcommand(tmp_path: Path) -> None:
-    from infer.datasets.__main__ import check_main
+    from segkd.infer.datasets.__main__ import main as check_main
 
     with pytest.raises(SystemExit) as e:  # argparse: --dataset is required, the usage names `check`
         check_main(["--root", str(tmp_path)])

@@ -16,13 +16,13 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from distill.checkpoint import save_checkpoint
-from distill.models import build_model
-from export.calib import synthetic_samples
-from export.formats import default_onnx_path
-from export.onnx_export import read_metadata, torch_to_onnx
-from export.pipeline import ExportOptions, export_checkpoint
-from infer.meta import ModelMeta
+from segkd.distill.checkpoint import save_checkpoint
+from segkd.distill.models import build_model
+from segkd.export.calib import synthetic_samples
+from segkd.export.formats import default_onnx_path
+from segkd.export.onnx_export import read_metadata, torch_to_onnx
+from segkd.export.pipeline import ExportOptions, export_checkpoint
+from segkd.infer.meta import ModelMeta
 
 REPO = Path(__file__).resolve().parents[1]
 K = 19
@@ -97,7 +97,7 @@ def test_tensorrt_graph_keeps_signed_symmetric_activations(work: Path) -> None:
 
 
 def test_runner_warns_when_the_tensorrt_form_runs_on_cpu(work: Path) -> None:
-    from infer.runtime.ort_runner import OrtRunner
+    from segkd.infer.runtime.ort_runner import OrtRunner
 
     with pytest.warns(RuntimeWarning, match="--target cpu"):
         OrtRunner(work / "best.int8.onnx")
@@ -117,7 +117,7 @@ def test_fp16_export_says_it_is_for_gpus(work: Path, tmp_path: Path) -> None:
         work / "best.pth", ExportOptions(out=str(tmp_path / "f.onnx"), **FAST), log=lines.append
     )
     assert not [line for line in lines if "slower than FP32" in line]
-    from infer.runtime.ort_runner import OrtRunner
+    from segkd.infer.runtime.ort_runner import OrtRunner
 
     with pytest.warns(
         RuntimeWarning, match="FP16 is meant for GPUs"
@@ -131,9 +131,9 @@ def test_fp16_export_says_it_is_for_gpus(work: Path, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------- memory
 _CALIBRATE = """
 import json, resource, sys
-from export.calib import CalibrationReader, synthetic_samples
-from export.quantize import quantize_int8
-from infer.meta import ModelMeta
+from segkd.export.calib import CalibrationReader, synthetic_samples
+from segkd.export.quantize import quantize_int8
+from segkd.infer.meta import ModelMeta
 graph, out, method = sys.argv[1], sys.argv[2], sys.argv[3]
 count, h, w = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 meta = ModelMeta(arch={"name": "deeplabv3_r18", "num_classes": 19}, class_names=[str(i) for i in range(19)],
@@ -193,7 +193,7 @@ def test_calibration_in_groups_bounds_memory_by_the_group(tmp_path: Path) -> Non
     At 512x1024 this model's calibrated tensors take ~150 MB per image (see ``calibrated_tensor_bytes``); held
     all at once the peak carries them, in groups of 16 MB it carries one group plus the largest tensor's copies.
     """
-    from export.quantize import QUANT_OP_TYPES, calibrated_tensor_bytes
+    from segkd.export.quantize import QUANT_OP_TYPES, calibrated_tensor_bytes
 
     size = (512, 1024)
     graph = _student_graph(tmp_path, size)
@@ -230,7 +230,7 @@ def _tiny_graph(path: Path) -> Path:
 
 
 def test_calibrated_tensor_bytes_resolve_dynamic_sizes(tmp_path: Path) -> None:
-    from export.quantize import calibrated_tensor_bytes
+    from segkd.export.quantize import calibrated_tensor_bytes
 
     sizes = calibrated_tensor_bytes(_tiny_graph(tmp_path / "t.onnx"), ["Conv"], (1, 3, 8, 10))
     # Conv inputs and outputs: input 3x8x10, c1 4x8x10 (output of the first Conv only: Relu is not calibrated),
@@ -239,7 +239,7 @@ def test_calibrated_tensor_bytes_resolve_dynamic_sizes(tmp_path: Path) -> None:
 
 
 def test_tensor_groups_pack_within_the_budget() -> None:
-    from export.quantize import tensor_groups
+    from segkd.export.quantize import tensor_groups
 
     sizes = {"a": 600, "b": 500, "c": 400, "d": 300, "e": 100, "big": 2000, "unknown": None}
     groups = tensor_groups(sizes, 1000)
@@ -252,8 +252,8 @@ def test_tensor_groups_pack_within_the_budget() -> None:
 def test_calibration_in_groups_gives_the_ranges_of_one_pass(tmp_path: Path, method: str) -> None:
     from onnxruntime.quantization.calibrate import load_tensors_data
 
-    from export.calib import CalibrationReader
-    from export.quantize import _calibrate
+    from segkd.export.calib import CalibrationReader
+    from segkd.export.quantize import _calibrate
 
     size = (64, 128)
     graph, meta = _student_graph(tmp_path, size), _meta("deeplabv3_r18", size)
@@ -272,7 +272,7 @@ def test_calibration_in_groups_gives_the_ranges_of_one_pass(tmp_path: Path, meth
 
 
 def test_cli_target_reaches_the_export_options() -> None:
-    from export.cli import _options, onnx_parser
+    from segkd.export.cli import _options, onnx_parser
 
     args = onnx_parser().parse_args(
         ["x.pth", "--precision", "int8", "--target", "cpu", "--calib-images", "f"]
@@ -295,8 +295,8 @@ def test_to_trt_refuses_the_cpu_form(work: Path) -> None:
 
 def test_calibration_method_table_runs_on_demo_data(tmp_path: Path) -> None:
     """benchmarks/calib_methods.py end to end on generated demo data and a 7-class checkpoint."""
-    from infer.datasets import build_dataset
-    from scenes.street import generate_demo
+    from segkd.infer.datasets import build_dataset
+    from segkd.scenes.street import generate_demo
 
     root = generate_demo(tmp_path / "demo", {"train": 3, "val": 2}, (64, 128), seed=0)
     ds = build_dataset("demo", root, "val")

@@ -13,11 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
-from infer.evaluate import predict_image, slide_windows
-from infer.meta import ModelMeta
-from infer.runtime import RUNTIMES, Runner, RunnerError, load_runner
-from infer.runtime.base import resize_scores, scores_to_labels
-from infer.runtime.ort_runner import select_providers
+from segkd.infer.evaluate import predict_image, slide_windows
+from segkd.infer.meta import ModelMeta
+from segkd.infer.runtime import RUNTIMES, Runner, RunnerError, load_runner
+from segkd.infer.runtime.base import resize_scores, scores_to_labels
+from segkd.infer.runtime.ort_runner import select_providers
 
 REPO = Path(__file__).resolve().parents[1]
 K = 19
@@ -86,7 +86,7 @@ def calibrate_bn(model, meta: ModelMeta, images: list[np.ndarray]) -> None:
     """Set BatchNorm statistics from real images: a random network then predicts varied, not constant, maps."""
     import torch
 
-    from infer.meta import preprocess
+    from segkd.infer.meta import preprocess
 
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -103,8 +103,8 @@ def calibrate_bn(model, meta: ModelMeta, images: list[np.ndarray]) -> None:
 def tiny(tmp_path_factory, images) -> dict[str, Path]:
     """A tiny checkpoint and ONNX variants of it (dynamic, static, fused uint8 input, labels output, fp16)."""
     torch = pytest.importorskip("torch")
-    from distill.checkpoint import save_checkpoint
-    from distill.models import build_model
+    from segkd.distill.checkpoint import save_checkpoint
+    from segkd.distill.models import build_model
 
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("tiny")
@@ -473,7 +473,7 @@ def _fake_tensorrt(cuda: _FakeCuda) -> types.ModuleType:
 def _fake_engine(tmp: Path, onnx_file: Path, *, trt_version="10.99.0", gpu="Fake GPU", shape=(-1, 3, -1, -1)):
     engine = tmp / "tiny.engine"
     engine.write_text(json.dumps({"onnx": str(onnx_file), "shape": list(shape)}))
-    record = {  # as export.trt_build.build_engine writes it
+    record = {  # as segkd.export.trt_build.build_engine writes it
         "format": "segkd-engine",
         "engine": engine.name,
         "meta": _meta(precision="fp32").to_dict(),
@@ -491,7 +491,7 @@ def _fake_engine(tmp: Path, onnx_file: Path, *, trt_version="10.99.0", gpu="Fake
 
 @pytest.fixture()
 def fake_trt(monkeypatch):
-    import infer.runtime.trt_runner as trt_runner
+    import segkd.infer.runtime.trt_runner as trt_runner
 
     cuda = _FakeCuda()
     monkeypatch.setitem(sys.modules, "tensorrt", _fake_tensorrt(cuda))
@@ -538,9 +538,9 @@ def test_tensorrt_runner_refuses_foreign_engines_and_missing_pieces(tiny, tmp_pa
 
 # ------------------------------------------------------------------------------------------- format table
 def test_format_table_has_the_shipped_rows_and_the_entry_point_row():
-    from distill.runner import PYTORCH, TorchRunner
-    from export.formats import PRECISIONS
-    from infer.formats import Format, format_for_path, formats, get_format, register_format
+    from segkd.distill.runner import PYTORCH, TorchRunner
+    from segkd.export.formats import PRECISIONS
+    from segkd.infer.formats import Format, format_for_path, formats, get_format, register_format
 
     assert [f.name for f in formats()][:2] == ["onnx", "tensorrt"]  # built in; then the installed rows
     assert get_format("pytorch") is PYTORCH and format_for_path("a/B.PTH").load_runner() is TorchRunner

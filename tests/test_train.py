@@ -15,14 +15,14 @@ import pytest
 import torch
 import yaml
 
-from distill.checkpoint import load_checkpoint, load_model, save_checkpoint
-from distill.checks import check_classes
-from distill.config import load_config
-from distill.data import RunSampler, ShardSampler, TrainSet, augment, normalize
-from distill.evaluation import sliding_window_logits
-from distill.guard import MAX_NONFINITE, NonFiniteGuard, NonFiniteLossError
-from distill.schedule import poly_lr_factor
-from infer.meta import ModelMeta, preprocess
+from segkd.distill.checkpoint import load_checkpoint, load_model, save_checkpoint
+from segkd.distill.checks import check_classes
+from segkd.distill.config import load_config
+from segkd.distill.data import RunSampler, ShardSampler, TrainSet, augment, normalize
+from segkd.distill.evaluation import sliding_window_logits
+from segkd.distill.guard import MAX_NONFINITE, NonFiniteGuard, NonFiniteLossError
+from segkd.distill.schedule import poly_lr_factor
+from segkd.infer.meta import ModelMeta, preprocess
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "distill" / "train.py"
@@ -53,7 +53,7 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from infer.datasets.demo import generate_demo
+    from segkd.scenes.street import generate_demo
 
     # 5 validation images: an odd count, so two processes get 3 and 2.
     return generate_demo(
@@ -64,7 +64,7 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def teacher_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny untrained 19-class teacher saved in the checkpoint format (the trainer only needs the file)."""
-    from distill.models import build_model
+    from segkd.distill.models import build_model
 
     torch.manual_seed(1)
     model = build_model("deeplabv3_r18", num_classes=19, width=0.25)
@@ -144,7 +144,7 @@ def test_plain_run_writes_a_complete_run_folder(tiny_config: Path, tmp_path: Pat
 
 @pytest.mark.slow
 def test_distillation_saves_the_student_only(distill_run: Path, teacher_ckpt: Path) -> None:
-    from distill.models import build_model
+    from segkd.distill.models import build_model
 
     losses = [r for r in _records(distill_run) if "loss/total" in r]
     assert {"loss/ce", "loss/aux", "loss/kd/kd", "loss/kd/cwd_feat"} <= set(losses[-1])
@@ -183,8 +183,8 @@ def test_stopped_and_resumed_run_matches_the_uninterrupted_one(
 
 _DRIVER = """
 import sys, torch
-from distill.config import load_config
-from distill.loop import train
+from segkd.distill.config import load_config
+from segkd.distill.loop import train
 cfg = load_config(sys.argv[1], sys.argv[2:])
 result = train(cfg)
 state = {k: v.detach().cpu() for k, v in result.student.state_dict().items()}
@@ -248,7 +248,7 @@ def test_non_finite_loss_skips_steps_then_stops(
 
 @pytest.mark.slow
 def test_class_count_mismatch_fails_before_any_compute(tiny_config: Path, tmp_path: Path) -> None:
-    from distill.models import build_model
+    from segkd.distill.models import build_model
 
     meta = ModelMeta(arch={"name": "pspnet_r18", "num_classes": 5, "width": 0.125}, class_names=list("abcde"),
                      palette=[[0, 0, 0]] * 5)  # fmt: skip
@@ -271,7 +271,7 @@ def test_class_count_mismatch_fails_before_any_compute(tiny_config: Path, tmp_pa
 
 def test_without_config_it_points_at_the_commands_that_make_the_demo(tmp_path: Path) -> None:
     proc = _run([sys.executable, str(TRAIN)], cwd=tmp_path, expect=2)
-    assert "python -m infer.datasets.demo --root data/demo" in proc.stderr
+    assert "segkd demo-data --root data/demo" in proc.stderr
     assert "accelerate launch distill/train.py --config configs/demo/teacher.yaml" in proc.stderr
 
 
@@ -318,7 +318,7 @@ def test_augment_pads_with_ignore_and_crops_to_size() -> None:
 
 
 def test_augmentation_depends_on_the_draw_only(demo_root: Path) -> None:
-    from infer.datasets import build_dataset
+    from segkd.infer.datasets import build_dataset
 
     ds = TrainSet(build_dataset("demo", demo_root, "train"), (32, 64), seed=3)
     a, b = ds[7], ds[7]
@@ -359,7 +359,7 @@ def test_non_finite_guard_counts_consecutive_steps_only() -> None:
 
 
 def test_class_check_names_every_disagreement(demo_root: Path) -> None:
-    from infer.datasets import build_dataset
+    from segkd.infer.datasets import build_dataset
 
     ds = build_dataset("demo", demo_root, "val")
     assert check_classes(ds, None, None) == 19
@@ -404,7 +404,7 @@ def _adv_overrides(teacher: Path) -> list[str]:
 
 
 def test_adversarial_objectives_by_hand() -> None:
-    from distill.adversarial import Adversarial
+    from segkd.distill.adversarial import Adversarial
 
     class Score(torch.nn.Module):  # D(z) = mean over channels: outputs known by hand
         def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -423,7 +423,7 @@ def test_adversarial_objectives_by_hand() -> None:
 
 
 def test_discriminator_scores_cirkd_sized_logits() -> None:
-    from distill.adversarial import Discriminator
+    from segkd.distill.adversarial import Discriminator
 
     d = Discriminator(19, width=8)
     assert d(torch.randn(2, 19, 64, 128)).shape == (2, 1, 1, 5)  # 512x1024 crops at 1/8: CIRKD's D output
@@ -457,8 +457,8 @@ def test_adversarial_run_trains_saves_and_resumes_bit_exactly(
 
 _ADV_DRIVER = """
 import sys, torch
-from distill.config import load_config
-from distill.loop import train
+from segkd.distill.config import load_config
+from segkd.distill.loop import train
 cfg = load_config(sys.argv[1], sys.argv[2:])
 result = train(cfg)
 state = {k: v.detach().cpu() for k, v in result.discriminator.state_dict().items()}

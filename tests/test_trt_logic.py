@@ -14,8 +14,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from export.cli import _shape_export_args
-from export.trt_build import (
+from segkd.export.cli import _shape_export_args
+from segkd.export.trt_build import (
     BuildOptions,
     EngineBuildError,
     EngineCompatError,
@@ -29,7 +29,7 @@ from export.trt_build import (
     rebuild_command,
     sidecar_path,
 )
-from infer.meta import ModelMeta
+from segkd.infer.meta import ModelMeta
 
 GPU = ("NVIDIA H100 80GB HBM3", "9.0")
 
@@ -345,7 +345,7 @@ def test_engine_compat(build: dict, runtime: tuple, ok: bool) -> None:
         assert check_engine_compat(record, *runtime) is record
         return
     with pytest.raises(
-        EngineCompatError, match="rebuild it on this machine with `python export/to_trt.py"
+        EngineCompatError, match="rebuild it on this machine with `segkd trt"
     ) as e:
         check_engine_compat(record, *runtime)
     assert "runs/best.fp16.onnx --shapes 1x3x512x1024 --workspace 4" in str(e.value)
@@ -360,7 +360,7 @@ def test_rebuild_command_keeps_the_build_options() -> None:
         "max": [4, 3, 64, 64],
     }
     assert rebuild_command(rec) == (
-        "python export/to_trt.py runs/best.fp16.onnx --shapes 1x3x64x64:2x3x64x64:4x3x64x64 --workspace 4 "
+        "segkd trt runs/best.fp16.onnx --shapes 1x3x64x64:2x3x64x64:4x3x64x64 --workspace 4 "
         "--version-compatible --hardware-compatible"
     )
 
@@ -383,7 +383,7 @@ def test_sidecar_is_read_beside_the_engine(tmp_path: Path) -> None:
 
 def test_deploy_runtime_reads_the_sidecar(tmp_path: Path) -> None:
     """The engine runner takes its metadata from the sidecar written here."""
-    trt_runner = pytest.importorskip("infer.runtime.trt_runner")
+    trt_runner = pytest.importorskip("segkd.infer.runtime.trt_runner")
     engine = tmp_path / "m.engine"
     build_engine(
         _onnx(tmp_path / "m.onnx"), engine, BuildOptions(parse_shapes("1x3x64x64")), trt=_fake_trt(), gpu=GPU

@@ -13,6 +13,7 @@ unknown key raises naming the closest valid one, a bad value raises naming the r
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -20,7 +21,7 @@ from typing import Any, ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from infer.registry import Registry
+from segkd.infer.registry import Registry
 
 __all__ = [
     "LOSSES",
@@ -28,6 +29,7 @@ __all__ = [
     "Param",
     "boolean",
     "optional_int",
+    "positive",
     "resize_labels",
     "check_same_shape",
     "cosine",
@@ -74,6 +76,14 @@ class Param:
         if self.check is not None and not self.check(value):
             raise ValueError(f"{owner} {name} must {self.rule}, got {value!r}")
         return value
+
+
+def positive(value: Any) -> float:
+    """``float`` that refuses zero, negatives and non-finite numbers (temperatures: a division, a softmax)."""
+    value = float(value)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"expected a positive number, got {value}")
+    return value
 
 
 def boolean(value: Any) -> bool:
@@ -140,13 +150,35 @@ class KDLoss(nn.Module):
         self._resolve_source_and_weight(owner)
         self.setup()
 
+    @classmethod
+    def option_problems(cls, options: Mapping[str, Any]) -> list[str]:
+        """What building this loss with ``options`` would refuse, found without building it (at config load).
+
+        Unknown names (with the closest declared one), values a :class:`Param` refuses and a ``source`` the loss
+        cannot compare. Options left out are not checked: the trainer supplies the shared ones (channels, classes).
+        """
+        owner, spec = loss_name(cls), cls.param_spec()
+        unknown = sorted(set(options) - set(spec))
+        problems = [_unknown_message(owner, unknown, list(spec))] if unknown else []
+        for name, value in options.items():
+            if name in spec and value is not None:
+                try:
+                    spec[name].resolve(name, value, owner)
+                except ValueError as err:
+                    problems.append(str(err))
+        source = options.get("source")
+        if isinstance(source, str) and source not in cls.sources:
+            problems.append(cls._source_message(owner, source))
+        return problems
+
+    @classmethod
+    def _source_message(cls, owner: str, source: str) -> str:
+        return f"{owner} compares {' or '.join(map(repr, cls.sources))}, not {source!r}; set source to one of those"
+
     def _resolve_source_and_weight(self, owner: str) -> None:
         source = self.sources[0] if self.source is None else self.source
         if source not in self.sources:
-            raise ValueError(
-                f"{owner} compares {' or '.join(map(repr, self.sources))}, not {source!r}; "
-                f"set source to one of those"
-            )
+            raise ValueError(self._source_message(owner, source))
         self.source = source
         if self.weight is None:
             dw = self.default_weight
@@ -183,10 +215,15 @@ def loss_name(cls: type) -> str:
     return next((name for name in LOSSES.names() if LOSSES.get(name) is cls), cls.__name__)
 
 
+# Names the papers and other toolkits use for an option these losses call otherwise.
+_SYNONYMS = {"temperature": "tau", "temp": "tau", "t": "tau", "loss_weight": "weight", "lambda": "weight"}
+
+
 def _unknown_message(owner: str, unknown: list[str], valid: list[str]) -> str:
     hints = []
     for key in unknown:
-        close = difflib.get_close_matches(key, valid, n=1)
+        synonym = _SYNONYMS.get(key.lower())
+        close = [synonym] if synonym in valid else difflib.get_close_matches(key, valid, n=1)
         hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     return f"loss {owner!r} got unknown parameter(s) {', '.join(hints)}; valid: {sorted(valid)}"
 

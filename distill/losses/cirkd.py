@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import LOSSES, KDLoss, Param, optional_int
+from .base import LOSSES, KDLoss, Param, optional_int, positive
 
 __all__ = ["CrossImagePixelKD"]
 
@@ -36,7 +36,7 @@ class CrossImagePixelKD(KDLoss):
     sources = ("feat",)
     default_weight = 1.0
     params = {
-        "tau": Param(0.1, "temperature of the similarity softmax", float),
+        "tau": Param(0.1, "temperature of the similarity softmax", positive),
         "pool": Param(1, "average-pool size applied first (1: none)", optional_int),
     }
 

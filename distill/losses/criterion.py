@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .base import LOSSES, KDLoss
 
-__all__ = ["KDCriterion", "build_loss", "build_losses", "loss_params"]
+__all__ = ["KDCriterion", "build_loss", "build_losses", "loss_params", "spec_problems"]
 
 PREFIX = "kd/"
 
@@ -26,6 +26,34 @@ def build_loss(name: str, **params: Any) -> KDLoss:
 def loss_params(name: str) -> list[str]:
     """Names of the parameters the loss ``name`` declares (its own, then those it inherits)."""
     return list(LOSSES.get(name).param_spec())
+
+
+def spec_problems(specs: Sequence[Any]) -> list[str]:
+    """Every problem of the loss entries that needs no model, one line each: the config loader reports them
+    with the rest of the config, before any data is read.
+
+    Checks each entry's loss name, its parameter names and values (:meth:`KDLoss.option_problems`) and that the
+    terms' names are unique; what depends on the models (channel counts, strides) is checked when they exist.
+    """
+    problems, keys = [], set()
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
+            continue  # the config's own check names these
+        where = f"losses.{i} ({spec['name']})"
+        try:
+            cls = LOSSES.get(spec["name"])
+        except KeyError as err:
+            problems.append(f"losses.{i}: {err.args[0]}")
+            continue
+        options = {k: v for k, v in spec.items() if k not in ("name", "key")}
+        problems += [f"{where}: {p}" for p in cls.option_problems(options)]
+        if not isinstance(spec.get("source", ""), str):
+            continue
+        key = _term_key(spec)
+        if key in keys:
+            problems.append(f"{where}: a second term named {key!r}; give one of the entries a unique 'key'")
+        keys.add(key)
+    return problems
 
 
 def _term_key(spec: Mapping[str, Any]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import LOSSES, Param
+from .base import LOSSES, Param, positive
 from .projector import ProjectedLoss
 
 __all__ = ["ChannelWiseKD", "channel_kl"]
@@ -51,7 +51,7 @@ class ChannelWiseKD(ProjectedLoss):
     default_weight = {"logits": 3.0, "feat": 50.0}
     term_suffix = True  # either source is a method of its own: "cwd_logits", "cwd_feat"
     params = {
-        "tau": Param(4.0, "softmax temperature tau", float),
+        "tau": Param(4.0, "softmax temperature tau", positive),
         "normalize": Param("teacher", "channel count used as C'", str, choices=_NORMALIZERS),
     }
 

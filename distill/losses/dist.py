@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import LOSSES, KDLoss, Param, boolean, check_same_shape
+from .base import LOSSES, KDLoss, Param, boolean, check_same_shape, positive
 
 __all__ = ["DISTKD", "pearson"]
 
@@ -40,7 +40,7 @@ class DISTKD(KDLoss):
     sources = ("logits", "aux")
     default_weight = {"logits": 1.0, "aux": 0.4}
     params = {
-        "tau": Param(1.0, "softmax temperature tau", float),
+        "tau": Param(1.0, "softmax temperature tau", positive),
         "beta": Param(1.0, "weight of the inter-class term", float),
         "gamma": Param(1.0, "weight of the intra-class term", float),
         "softmax": Param(True, "correlate probabilities (true) or raw logits (false)", boolean),

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import LOSSES, KDLoss, Param, check_same_shape, resize_labels
+from .base import LOSSES, KDLoss, Param, check_same_shape, positive, resize_labels
 
 __all__ = ["HolisticWeightedKD", "hwd_channel_weights", "class_pixel_count", "DIV_PIXEL"]
 
@@ -94,7 +94,7 @@ class HolisticWeightedKD(KDLoss):
     sources = ("logits",)
     default_weight = 3.0
     params = {
-        "tau": Param(4.0, "softmax temperature tau", float),
+        "tau": Param(4.0, "softmax temperature tau", positive),
         "beta": Param(
             0.1,
             "base of the saturating transform",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import LOSSES, KDLoss, Param, check_same_shape
+from .base import LOSSES, KDLoss, Param, check_same_shape, positive
 
 __all__ = ["PixelKD"]
 
@@ -27,7 +27,7 @@ class PixelKD(KDLoss):
 
     sources = ("logits",)
     default_weight = 1.0
-    params = {"tau": Param(1.0, "softmax temperature", float)}
+    params = {"tau": Param(1.0, "softmax temperature", positive)}
 
     def compute(self, s: Tensor, t: Tensor, target: Tensor | None) -> Tensor:
         check_same_shape(s, t, "kd logits")

@@ -52,7 +52,7 @@ def resolve_import(path: str) -> Any:
 
 
 class ImportedModel(nn.Module):
-    """A user's module with the :mod:`distill.models` output contract, read through forward hooks.
+    """A user's module with the :mod:`segkd.distill.models` output contract, read through forward hooks.
 
     ``stages`` holds the outputs of any named features other than ``feat`` (in the order given); ``aux`` is None.
     """

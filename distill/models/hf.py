@@ -82,7 +82,7 @@ def _offline_hint(source: str) -> str:
 
 def pretrained_model_type(source: str) -> str:
     """``model_type`` of a Hugging Face model id or local folder (from its ``config.json``), e.g. ``swin``."""
-    from distill.models.pretrained import WeightsError
+    from segkd.distill.models.pretrained import WeightsError
 
     transformers = require_transformers()
     try:
@@ -109,7 +109,7 @@ def load_pretrained(cls: Any, source: str, config: Any) -> tuple[nn.Module, Load
     Raises:
         WeightsError: ``source`` cannot be read or downloaded (the message says how to fetch it by hand).
     """
-    from distill.models.pretrained import WeightsError
+    from segkd.distill.models.pretrained import WeightsError
 
     try:
         with _quiet_transformers():
@@ -137,7 +137,7 @@ def unused(info: LoadInfo, prefix: str = "") -> list[str]:
 
 
 class HFSegModel(nn.Module):
-    """A ``transformers`` segmentation network with the :mod:`distill.models` output contract.
+    """A ``transformers`` segmentation network with the :mod:`segkd.distill.models` output contract.
 
     Args:
         net: the ``...ForSemanticSegmentation`` module.

@@ -7,13 +7,13 @@ Supported layouts:
   released DeepLabV3-ResNet101 Cityscapes teacher.
 
 - Hugging Face SegFormer / UPerNet-Swin models, by model id or from a local folder of one (read by the library's
-  ``from_pretrained``: safetensors or weights-only files, older key layouts mapped): see ``distill.models.hf``.
+  ``from_pretrained``: safetensors or weights-only files, older key layouts mapped): see ``segkd.distill.models.hf``.
 
 Convert a CIRKD checkpoint, or a public Hugging Face model, into a self-describing one::
 
-    python -m distill.models.pretrained deeplabv3_resnet101_citys_best_model.pth --arch deeplabv3_r101 \
+    segkd convert deeplabv3_resnet101_citys_best_model.pth --arch deeplabv3_r101 \
         --dataset cityscapes --out teacher_r101_citys.pth
-    python -m distill.models.pretrained openmmlab/upernet-swin-base --arch upernet_swin_b --dataset ade20k \
+    segkd convert openmmlab/upernet-swin-base --arch upernet_swin_b --dataset ade20k \
         --crop 512x512 --out teacher_upernet_swin_b_ade.pth
 
 An ImageNet encoder (``nvidia/mit-b0``, ``microsoft/swin-tiny-patch4-window7-224``) is not converted: it is a
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from infer.cliargs import parse_hw
+from segkd.infer.cliargs import parse_hw
 
 __all__ = [
     "LoadReport",
@@ -224,7 +224,7 @@ _CIRKD_PREFIXES = ("pretrained.", "head.", "auxlayer.")  # backbone, decode head
 @functools.lru_cache(maxsize=16)
 def _layout_shapes(arch: str, num_classes: int) -> dict[str, tuple[int, ...]]:
     """Key -> shape of a model's state dict, built on the meta device (no memory, no initialisation cost)."""
-    from distill.models import build_model
+    from segkd.distill.models import build_model
 
     with torch.device("meta"):
         model = build_model(arch, num_classes=num_classes)
@@ -274,10 +274,10 @@ def convert_cirkd_checkpoint(
     written. The model is recorded with CIRKD's final upsampling (bilinear, ``align_corners=True``), so that
     every runner and export reproduces CIRKD's full-size output.
     """
-    from distill.checkpoint import save_checkpoint
-    from distill.models import build_model
-    from infer.datasets import dataset_info
-    from infer.meta import CIRKD_BGR, ModelMeta
+    from segkd.distill.checkpoint import save_checkpoint
+    from segkd.distill.models import build_model
+    from segkd.infer.datasets import dataset_info
+    from segkd.infer.meta import CIRKD_BGR, ModelMeta
 
     class_names, palette = dataset_info(dataset)
     spec = {"name": arch, "num_classes": len(class_names), "align_corners": True}  # CIRKD's upsampling
@@ -300,7 +300,7 @@ def convert_cirkd_checkpoint(
     return report
 
 
-# Registered models whose weights come in the Hugging Face layout (distill.models.hf).
+# Registered models whose weights come in the Hugging Face layout (segkd.distill.models.hf).
 HF_ARCH_PREFIXES = ("segformer_", "upernet_swin_")
 
 
@@ -331,10 +331,10 @@ def convert_hf_checkpoint(
     RGB, what these models' image processors apply. Returns the names of the weights that did not come from the
     file (none but BatchNorm counters).
     """
-    from distill.checkpoint import save_checkpoint
-    from distill.models import build_model
-    from infer.datasets import dataset_info
-    from infer.meta import ModelMeta
+    from segkd.distill.checkpoint import save_checkpoint
+    from segkd.distill.models import build_model
+    from segkd.infer.datasets import dataset_info
+    from segkd.infer.meta import ModelMeta
 
     if not arch.startswith(HF_ARCH_PREFIXES):
         raise WeightsError(

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from infer.registry import Registry
+from segkd.infer.registry import Registry
 
 __all__ = ["MODELS", "BACKBONES", "HEADS", "register_model", "register_backbone", "register_head"]
 

@@ -1,6 +1,6 @@
 """The segmentation model every builder returns: backbone + decode head + optional auxiliary head.
 
-The output contract is written in the package docstring (:mod:`distill.models`); the trainer, the losses and the
+The output contract is written in the package docstring (:mod:`segkd.distill.models`); the trainer, the losses and the
 exporter rely on it.
 """
 
@@ -17,7 +17,7 @@ __all__ = ["SegModel", "segmentation_model"]
 
 
 class SegModel(nn.Module):
-    """Backbone + decode head + optional auxiliary head (see :mod:`distill.models` for the output contract).
+    """Backbone + decode head + optional auxiliary head (see :mod:`segkd.distill.models` for the output contract).
 
     ``align_corners`` is the final bilinear upsampling of the logits to the input size. It is part of the
     architecture (stored in the checkpoint's ``arch``) because the trainer's losses, the runners' resize and the

@@ -11,9 +11,9 @@ The library behind ``python infer/benchmark.py`` (see that script for the comman
   already imported). GPU: the runner's device-memory figure (named in the ``mem_method`` column). Each model runs
   in a fresh process (``isolate``), so that memory freed by one model does not hide the next one's, and a crash
   in a native library fails one row only.
-- GMACs: multiply-accumulates of convolutions and matrix products at batch 1 (see :mod:`infer.macs`);
+- GMACs: multiply-accumulates of convolutions and matrix products at batch 1 (see :mod:`segkd.infer.macs`);
   FLOPs would be 2 x GMACs.
-- Accuracy: :func:`infer.evaluate.evaluate` with the same pre-processing for every format.
+- Accuracy: :func:`segkd.infer.evaluate.evaluate` with the same pre-processing for every format.
 
 One model failing gives a row with ``status="failed"`` and the reason; the others still run.
 
@@ -21,13 +21,13 @@ Modules: `config` (settings), `memory` (peak RSS probe), `measure` (one model), 
 versions), `writers` (JSON/CSV/Markdown), `plot` (latency vs mIoU), `run` (every model, process isolation).
 """
 
-from infer.bench.config import BenchConfig
-from infer.bench.environment import environment
-from infer.bench.measure import benchmark_model
-from infer.bench.plot import plot_latency_vs_miou
-from infer.bench.run import run_benchmark
-from infer.bench.writers import COLUMNS, format_table, write_results
-from infer.cliargs import parse_hw
+from segkd.infer.bench.config import BenchConfig
+from segkd.infer.bench.environment import environment
+from segkd.infer.bench.measure import benchmark_model
+from segkd.infer.bench.plot import plot_latency_vs_miou
+from segkd.infer.bench.run import run_benchmark
+from segkd.infer.bench.writers import COLUMNS, format_table, write_results
+from segkd.infer.cliargs import parse_hw
 
 __all__ = [
     "COLUMNS",

@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from infer.runtime.gpu import gpu_names
+from segkd.infer.runtime.gpu import gpu_names
 
 __all__ = ["environment"]
 

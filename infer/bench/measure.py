@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from infer.bench.config import BenchConfig
-from infer.bench.memory import PeakRSS
-from infer.formats import format_for_path
+from segkd.infer.bench.config import BenchConfig
+from segkd.infer.bench.memory import PeakRSS
+from segkd.infer.formats import format_for_path
 
 __all__ = ["benchmark_model", "format_name", "hw_text", "runner_provider"]
 
@@ -85,7 +85,7 @@ def _measure_speed(runner: Any, cfg: BenchConfig, hw: tuple[int, int], row: dict
 
 
 def _evaluate(runner: Any, cfg: BenchConfig, dataset: Any, row: dict[str, Any]) -> None:
-    from infer.evaluate import evaluate
+    from segkd.infer.evaluate import evaluate
 
     result = evaluate(
         runner,
@@ -127,7 +127,7 @@ def benchmark_model(
     path: str | os.PathLike[str], cfg: BenchConfig, dataset: Any = None, name: str = ""
 ) -> dict:
     """Measure one model file; never raises for a problem with the file (the row says ``failed`` and why)."""
-    from infer.runtime import RunnerError, load_runner
+    from segkd.infer.runtime import RunnerError, load_runner
 
     path = Path(path)
     row: dict[str, Any] = {

@@ -10,8 +10,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from infer.fileio import atomic_path
-from infer.formats import formats
+from segkd.infer.fileio import atomic_path
+from segkd.infer.formats import formats
 
 __all__ = ["plot_latency_vs_miou", "plottable"]
 

@@ -172,8 +172,8 @@ def interleaved_rounds(rows: list[dict[str, Any]], cfg: Any, rounds: int) -> dic
 
     Returns the run-level facts: rounds, load average at start and end, the GEMM peak.
     """
-    from infer.bench.measure import runner_provider
-    from infer.runtime import load_runner
+    from segkd.infer.bench.measure import runner_provider
+    from segkd.infer.runtime import load_runner
 
     facts: dict[str, Any] = {"rounds": rounds, "load_start": load_average()}
     contenders = []

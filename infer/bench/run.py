@@ -12,12 +12,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from infer.bench.config import BenchConfig
-from infer.bench.environment import environment
-from infer.bench.measure import benchmark_model, format_name
-from infer.bench.rounds import interleaved_rounds, ratios_to
-from infer.bench.writers import format_table, write_results
-from infer.fileio import check_writable_dir
+from segkd.infer.bench.config import BenchConfig
+from segkd.infer.bench.environment import environment
+from segkd.infer.bench.measure import benchmark_model, format_name
+from segkd.infer.bench.rounds import interleaved_rounds, ratios_to
+from segkd.infer.bench.writers import format_table, write_results
+from segkd.infer.fileio import check_writable_dir
 
 __all__ = ["run_benchmark"]
 
@@ -31,7 +31,7 @@ def _names(paths: list[Path]) -> list[str]:
 def _dataset(cfg: BenchConfig) -> Any:
     if not cfg.dataset:
         return None
-    from infer.datasets import build_dataset
+    from segkd.infer.datasets import build_dataset
 
     return build_dataset(cfg.dataset, cfg.data_root, cfg.split)
 

@@ -10,10 +10,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from infer.bench.config import BenchConfig
-from infer.bench.measure import hw_text
-from infer.bench.plot import plot_latency_vs_miou, plottable
-from infer.fileio import atomic_write_text, to_json
+from segkd.infer.bench.config import BenchConfig
+from segkd.infer.bench.measure import hw_text
+from segkd.infer.bench.plot import plot_latency_vs_miou, plottable
+from segkd.infer.fileio import atomic_write_text, to_json
 
 __all__ = ["COLUMNS", "format_table", "write_results"]
 

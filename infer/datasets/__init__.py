@@ -2,13 +2,20 @@
 
 The registry `DATASETS` is the one list of names (`dataset_names()` for help texts); ``demo`` reads the
 generated Cityscapes-layout scenes of `scenes`. Labels are uint8 training ids with 255 = ignore. Check a dataset with
-``python -m infer.datasets check --dataset NAME --root DIR --split SPLIT``.
+``segkd check --dataset NAME --root DIR --split SPLIT``.
 """
 
 # Importing the reader modules registers them.
-from infer.datasets import ade20k, cityscapes, cocostuff, folder, voc  # noqa: E402, F401, I001
-from infer.datasets.base import DATASETS, DatasetError, LabelError, SegDataset, bit_palette, build_dataset
-from infer.datasets.reading import UnreadableFileError, read_image, read_label
+from segkd.infer.datasets import ade20k, cityscapes, cocostuff, folder, voc  # noqa: E402, F401, I001
+from segkd.infer.datasets.base import (
+    DATASETS,
+    DatasetError,
+    LabelError,
+    SegDataset,
+    bit_palette,
+    build_dataset,
+)
+from segkd.infer.datasets.reading import UnreadableFileError, read_image, read_label
 
 __all__ = [
     "DATASETS",

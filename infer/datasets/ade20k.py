@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from infer.datasets.base import DATASETS, SegDataset, bit_palette, pair_by_stem
+from segkd.infer.datasets.base import DATASETS, SegDataset, bit_palette, pair_by_stem
 
 __all__ = ["ADE20KDataset"]
 

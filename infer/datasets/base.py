@@ -14,8 +14,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from infer.datasets.reading import read_image, read_label
-from infer.registry import Registry
+from segkd.infer.datasets.reading import read_image, read_label
+from segkd.infer.registry import Registry
 
 __all__ = [
     "DATASETS",
@@ -164,7 +164,7 @@ class SegDataset:
             more = f"\n  ... and {len(unpaired) - 20} more" if len(unpaired) > 20 else ""
             raise DatasetError(
                 f"{len(unpaired)} unpaired file(s) and {len(samples)} complete sample(s) in {self.name} split "
-                f"{split!r}:\n  {listing}{more}\nFix or remove them (python -m infer.datasets check lists every "
+                f"{split!r}:\n  {listing}{more}\nFix or remove them (segkd check lists every "
                 "problem)."
             )
         if not samples:

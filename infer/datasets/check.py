@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from infer.datasets.base import DatasetError, LabelError, SegDataset, build_dataset, value_ranges
-from infer.datasets.reading import UnreadableFileError
+from segkd.infer.datasets.base import DatasetError, LabelError, SegDataset, build_dataset, value_ranges
+from segkd.infer.datasets.reading import UnreadableFileError
 
 __all__ = ["CheckReport", "check_dataset"]
 

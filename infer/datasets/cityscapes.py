@@ -22,7 +22,14 @@ from typing import ClassVar, NamedTuple
 
 import numpy as np
 
-from infer.datasets.base import DATASETS, DatasetError, SegDataset, pair_by_stem, train_id_table, value_ranges
+from segkd.infer.datasets.base import (
+    DATASETS,
+    DatasetError,
+    SegDataset,
+    pair_by_stem,
+    train_id_table,
+    value_ranges,
+)
 
 __all__ = [
     "CATEGORIES",
@@ -186,7 +193,7 @@ class CityscapesDataset(SegDataset):
 
 @DATASETS.register("demo")
 class DemoDataset(CityscapesDataset):
-    """The generated street scenes of `infer.datasets.demo`, read through the Cityscapes reader.
+    """The generated street scenes of `segkd.scenes` (`segkd demo-data`), read through the Cityscapes reader.
 
     The class set is the one the generator recorded in ``<root>/demo.json`` (``"classes"``: ``categories``, the
     7 Cityscapes categories, or ``cityscapes``, the 19 classes); an explicit ``label_type`` overrides it.
@@ -201,7 +208,7 @@ class DemoDataset(CityscapesDataset):
         if not path.is_dir():
             raise DatasetError(
                 f"demo data not found at {root}; generate it with "
-                f"`python -m infer.datasets.demo --root {root} --train 200 --val 50`"
+                f"`segkd demo-data --root {root} --train 200 --val 50`"
             )
         if label_type is None:
             label_type = DEMO_CLASS_SETS.get(_demo_classes(path), "labelIds")

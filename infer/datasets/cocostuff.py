@@ -19,7 +19,14 @@ from typing import ClassVar
 
 import numpy as np
 
-from infer.datasets.base import DATASETS, DatasetError, SegDataset, bit_palette, pair_by_stem, train_id_table
+from segkd.infer.datasets.base import (
+    DATASETS,
+    DatasetError,
+    SegDataset,
+    bit_palette,
+    pair_by_stem,
+    train_id_table,
+)
 
 __all__ = ["COCOStuffDataset"]
 

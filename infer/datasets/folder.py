@@ -21,7 +21,14 @@ from typing import ClassVar
 
 import numpy as np
 
-from infer.datasets.base import DATASETS, DatasetError, LabelError, SegDataset, bit_palette, pair_by_stem
+from segkd.infer.datasets.base import (
+    DATASETS,
+    DatasetError,
+    LabelError,
+    SegDataset,
+    bit_palette,
+    pair_by_stem,
+)
 
 __all__ = ["FolderDataset", "read_classes"]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from infer.fileio import atomic_path
+from segkd.infer.fileio import atomic_path
 
 __all__ = ["UnreadableFileError", "read_image", "read_label", "write_palette_png", "write_png"]
 

@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from infer.datasets.base import DATASETS, DatasetError, SegDataset, bit_palette
+from segkd.infer.datasets.base import DATASETS, DatasetError, SegDataset, bit_palette
 
 __all__ = ["VOCDataset"]
 

@@ -1,10 +1,10 @@
-"""Model runners behind one interface, chosen by file suffix through the format table (`infer.formats`).
+"""Model runners behind one interface, chosen by file suffix through the format table (`segkd.infer.formats`).
 
     runner = load_runner("student.onnx", device="cuda")   # or .pth, .engine
     labels = runner.predict([cv2.imread("frame.png")])    # one (H, W) label map per image
     logits = runner.predict_logits([image])               # float32 (N, K, h, w) at network resolution
 
-Every runner pre- and post-processes from the model's own metadata (see :class:`~infer.runtime.base.Runner`);
+Every runner pre- and post-processes from the model's own metadata (see :class:`~segkd.infer.runtime.base.Runner`);
 torch, onnxruntime, tensorrt and the CUDA buffer libraries are imported only by the runner that needs them.
 """
 
@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from infer.formats import format_for_path, suffixes
-from infer.runtime.base import Runner, RunnerError
-from infer.runtime.trt_runner import CUDA_LIBS
+from segkd.infer.formats import format_for_path, suffixes
+from segkd.infer.runtime.base import Runner, RunnerError
+from segkd.infer.runtime.trt_runner import CUDA_LIBS
 
 __all__ = ["CUDA_LIBS", "RUNTIMES", "Runner", "RunnerError", "load_runner"]
 
@@ -48,7 +48,7 @@ def load_runner(
     cuda_lib: str = "cuda-python",
     threads: int | None = None,
 ) -> Runner:
-    """Load a model file with the runner its suffix names (see `infer.formats`).
+    """Load a model file with the runner its suffix names (see `segkd.infer.formats`).
 
     Args:
         path: ``.pth``/``.pt`` checkpoint, ``.onnx`` file or ``.engine``/``.plan`` TensorRT engine.

@@ -16,7 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from infer.meta import ModelMeta, preprocess
+from segkd.infer.meta import ModelMeta, preprocess
 
 __all__ = ["Runner", "RunnerError", "output_to_labels", "resize_scores", "scores_to_labels"]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infer.runtime.gpu import gpu_info, import_tensorrt
+from segkd.infer.runtime.gpu import gpu_info, import_tensorrt
 
 __all__ = [
     "SIDECAR_FORMAT",
@@ -72,7 +72,7 @@ def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not side.is_file():
         raise EngineCompatError(
             f"{path} has no sidecar {side.name} recording how it was built; rebuild it with "
-            "`python export/to_trt.py MODEL.onnx` (an engine cannot be checked or run without one)"
+            "`segkd trt MODEL.onnx` (an engine cannot be checked or run without one)"
         )
     try:
         record = json.loads(side.read_text())
@@ -97,7 +97,7 @@ def rebuild_command(record: dict[str, Any]) -> str:
     """The ``to_trt.py`` command that rebuilds the engine a sidecar describes, with its original options."""
     b = record["build"]
     s = b.get("shapes") or {}
-    cmd = ["python", "export/to_trt.py", b.get("onnx") or "MODEL.onnx"]
+    cmd = ["segkd", "trt", b.get("onnx") or "MODEL.onnx"]
     if s:
         cmd += ["--shapes", str(ShapeProfile(tuple(s["min"]), tuple(s["opt"]), tuple(s["max"])))]
     if b.get("workspace_gb"):

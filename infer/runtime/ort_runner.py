@@ -10,7 +10,6 @@ read back from ``get_providers()``.
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from pathlib import Path
@@ -18,36 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from infer.meta import ModelMeta, guess_layout
-from infer.runtime.base import Runner, RunnerError
-from infer.runtime.gpu import gpu_used_bytes
+from segkd.infer.meta import ModelMeta, guess_layout
+from segkd.infer.runtime.base import Runner, RunnerError
+from segkd.infer.runtime.gpu import gpu_used_bytes
+from segkd.infer.runtime.ort_session import import_ort
 
-__all__ = ["ORT_DTYPES", "OrtRunner", "cpu_session", "select_providers"]
+__all__ = ["ORT_DTYPES", "OrtRunner", "select_providers"]
 
 _GPU_ORDER = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 # ONNX Runtime's type names of the inputs a segmentation graph takes -> numpy dtype.
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 _FLOAT_OUTPUTS = {"tensor(float)", "tensor(float16)", "tensor(double)"}
-
-
-def cpu_session(model: str | os.PathLike[str] | bytes) -> Any:
-    """A quiet CPU-only ONNX Runtime session (verification, shape probing): the reference every check uses."""
-    ort = _import_ort()
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # constant-folding notes about fp16 kernels are not the user's concern
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
-
-
-def _import_ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise RunnerError(
-            "running an .onnx file needs ONNX Runtime: pip install onnxruntime-gpu (or onnxruntime on "
-            "platforms without CUDA builds)"
-        ) from e
-    return onnxruntime
 
 
 def select_providers(device: str, provider: str | None, available: list[str]) -> list[str]:
@@ -86,13 +66,13 @@ def _with_options(providers: list[str], model: Path) -> list[Any]:
 
 
 class OrtRunner(Runner):
-    """An ``.onnx`` file whose ``metadata_props`` hold a :class:`~infer.meta.ModelMeta`."""
+    """An ``.onnx`` file whose ``metadata_props`` hold a :class:`~segkd.infer.meta.ModelMeta`."""
 
     format = "onnx"
 
     @staticmethod
     def import_library() -> None:
-        _import_ort()
+        import_ort()
 
     def __init__(
         self,
@@ -103,7 +83,7 @@ class OrtRunner(Runner):
         cuda_lib: str | None = None,
         threads: int | None = None,
     ) -> None:
-        ort = _import_ort()
+        ort = import_ort()
         path = Path(path)
         if not path.is_file():
             raise RunnerError(f"ONNX file {path} does not exist")
@@ -119,7 +99,7 @@ class OrtRunner(Runner):
         except Exception as e:  # onnxruntime raises its own exception types for corrupted/unsupported graphs
             raise RunnerError(
                 f"ONNX Runtime cannot load {path} ({type(e).__name__}: {_first_line(e)}); it is damaged or not an "
-                "ONNX file: re-export it with `python export/to_onnx.py CKPT`"
+                "ONNX file: re-export it with `segkd export CKPT`"
             ) from e
         actual = sess.get_providers()[0]
         if actual != providers[0]:
@@ -136,7 +116,7 @@ class OrtRunner(Runner):
         if actual == "CPUExecutionProvider" and _is_tensorrt_int8(meta):
             warnings.warn(
                 f"{path.name} is INT8 in the TensorRT form (s8 symmetric Q/DQ): ONNX Runtime on CPUs runs it no "
-                "faster than FP32, often slower; for CPUs export `python export/to_onnx.py CKPT --precision int8 "
+                "faster than FP32, often slower; for CPUs export `segkd export CKPT --precision int8 "
                 "--target cpu`",
                 RuntimeWarning,
                 stacklevel=2,
@@ -145,7 +125,7 @@ class OrtRunner(Runner):
             warnings.warn(
                 f"{path.name} is FP16: ONNX Runtime on CPUs has no FP16 convolution and casts around FP32 ones, so it "
                 "runs slower than the FP32 file there (1.06-1.40x measured); FP16 is meant for GPUs. For CPUs use "
-                "the FP32 file or `python export/to_onnx.py CKPT --precision int8 --target cpu`",
+                "the FP32 file or `segkd export CKPT --precision int8 --target cpu`",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -201,12 +181,12 @@ class OrtRunner(Runner):
         return (None if used is None else used - self._gpu_used0), "cudaMemGetInfo: used minus before loading"
 
     def count_params(self) -> int | None:
-        from infer.macs import count_params
+        from segkd.infer.macs import count_params
 
         return count_params(self.path)
 
     def count_macs(self, size: tuple[int, int]) -> int | None:
-        from infer.macs import count_macs
+        from segkd.infer.macs import count_macs
 
         return count_macs(self.path, size)
 

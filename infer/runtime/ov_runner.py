@@ -1,6 +1,6 @@
 """Run an OpenVINO IR (``.xml`` + ``.bin``) on the CPU with OpenVINO (imported only when such a file is loaded).
 
-The model's :class:`~infer.meta.ModelMeta` travels inside the IR as ``rt_info`` under ``segkd`` (the same
+The model's :class:`~segkd.infer.meta.ModelMeta` travels inside the IR as ``rt_info`` under ``segkd`` (the same
 key/value strings as an ONNX file's ``metadata_props``). ``provider`` selects OpenVINO's inference precision hint:
 ``"f32"`` computes in float32, ``"bf16"`` in bfloat16 where the CPU has it (AMX, AVX-512 BF16), None leaves
 OpenVINO's default (bf16 on AMX CPUs, f32 elsewhere); the hint that ran is reported in :attr:`provider`.
@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from infer.meta import ModelMeta
-from infer.runtime.base import Runner, RunnerError
+from segkd.infer.meta import ModelMeta
+from segkd.infer.runtime.base import Runner, RunnerError
 
 __all__ = ["META_KEY", "OvRunner", "PRECISION_HINTS", "read_ov_meta"]
 
@@ -134,7 +134,7 @@ class OvRunner(Runner):
         return int(params) if params else None
 
     def count_macs(self, size: tuple[int, int]) -> int | None:
-        """MACs at ``size`` (batch 1) of the IR's convolutions and matrix products (the rule of :mod:`infer.macs`)."""
+        """MACs at ``size`` (batch 1) of the IR's convolutions and matrix products (the rule of :mod:`segkd.infer.macs`)."""
         model = self._model
         if self.input_size is not None and tuple(size) != self.input_size:
             raise ValueError(

@@ -5,7 +5,7 @@ TensorRT 10 and 11 share the API used here (``deserialize_cuda_engine``, named I
 (``cuda_lib="pycuda"``); all three libraries are imported only when an engine is loaded.
 
 An engine only runs on the TensorRT version and GPU model that built it (unless built version/hardware
-compatible), so the sidecar's record of both is checked (`infer.runtime.engine_record.check_engine_compat`)
+compatible), so the sidecar's record of both is checked (`segkd.infer.runtime.engine_record.check_engine_compat`)
 before deserializing, and a mismatch asks for a rebuild. A version-compatible engine embeds its lean runtime:
 the runner allows that host code (``runtime.engine_host_code_allowed``) only when the sidecar says the engine
 was built so.
@@ -18,15 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from infer.meta import ModelMeta, guess_layout
-from infer.runtime.base import Runner, RunnerError
-from infer.runtime.engine_record import (
+from segkd.infer.meta import ModelMeta, guess_layout
+from segkd.infer.runtime.base import Runner, RunnerError
+from segkd.infer.runtime.engine_record import (
     EngineCompatError,
     check_engine_compat,
     host_code_allowed,
     read_sidecar,
 )
-from infer.runtime.gpu import TensorRTUnavailable, device_info, import_cudart, import_tensorrt
+from segkd.infer.runtime.gpu import TensorRTUnavailable, device_info, import_cudart, import_tensorrt
 
 __all__ = ["CUDA_LIBS", "TrtRunner", "read_engine_record"]
 
@@ -253,7 +253,7 @@ class TrtRunner(Runner):
             built = f"min {shapes.get('min')}, max {shapes.get('max')}" if shapes else "see its sidecar"
             raise RunnerError(
                 f"{self.path.name} does not accept input shape {tuple(x.shape)} (built for {built}); pass a size "
-                "inside its profile, or rebuild it with `python export/to_trt.py ... --shapes MIN:OPT:MAX`"
+                "inside its profile, or rebuild it with `segkd trt ... --shapes MIN:OPT:MAX`"
             )
         outs = []
         for n in (name, *self._outputs):
@@ -316,7 +316,7 @@ class TrtRunner(Runner):
         """Weights of the source ONNX when it is at hand, else the PyTorch count the exporter recorded."""
         source = self._source_onnx()
         if source is not None:
-            from infer.macs import count_params
+            from segkd.infer.macs import count_params
 
             return count_params(source)
         value = self.record.get("params") or self.meta.extra.get("params")
@@ -327,7 +327,7 @@ class TrtRunner(Runner):
         source = self._source_onnx()
         if source is None:
             return None
-        from infer.macs import count_macs
+        from segkd.infer.macs import count_macs
 
         return count_macs(source, size)
 

@@ -9,10 +9,10 @@ Modules: `sources` (cameras, streams, files), `render` (colours, legend, stats),
 `output` (MP4 writer, display check), `loop` (`run_demo`).
 """
 
-from infer.video.loop import DemoOptions, Summary, run_demo, write_summary
-from infer.video.output import DisplayError, VideoSink, check_display
-from infer.video.render import VIEWS, draw_legend, draw_stats, legend_entries, overlay, render
-from infer.video.sources import (
+from segkd.infer.video.loop import DemoOptions, Summary, run_demo, write_summary
+from segkd.infer.video.output import DisplayError, VideoSink, check_display
+from segkd.infer.video.render import VIEWS, draw_legend, draw_stats, legend_entries, overlay, render
+from segkd.infer.video.sources import (
     FileReader,
     LatestFrameReader,
     SourceError,
@@ -20,7 +20,7 @@ from infer.video.sources import (
     StreamStopped,
     open_source,
 )
-from infer.video.timing import STAGES, StageTimer
+from segkd.infer.video.timing import STAGES, StageTimer
 
 __all__ = [
     "STAGES",

@@ -16,13 +16,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from infer.fileio import atomic_path, atomic_write_text
-from infer.meta import ModelMeta
-from infer.runtime.base import output_to_labels
-from infer.video.output import VideoSink, check_display, screen_size, window_size
-from infer.video.render import VIEWS, draw_legend, draw_stats, legend_entries, render
-from infer.video.sources import FileReader, LatestFrameReader, StreamStopped
-from infer.video.timing import STAGES, StageTimer
+from segkd.infer.fileio import atomic_path, atomic_write_text
+from segkd.infer.meta import ModelMeta
+from segkd.infer.runtime.base import output_to_labels
+from segkd.infer.video.output import VideoSink, check_display, screen_size, window_size
+from segkd.infer.video.render import VIEWS, draw_legend, draw_stats, legend_entries, render
+from segkd.infer.video.sources import FileReader, LatestFrameReader, StreamStopped
+from segkd.infer.video.timing import STAGES, StageTimer
 
 __all__ = ["DemoOptions", "Summary", "run_demo", "write_summary"]
 
@@ -101,7 +101,7 @@ class Summary:
 class _Stages:
     """A runner's work split into the three timed steps.
 
-    Runners of :mod:`infer.runtime` expose ``make_input`` (resize, normalise) and ``forward`` (the network);
+    Runners of :mod:`segkd.infer.runtime` expose ``make_input`` (resize, normalise) and ``forward`` (the network);
     the label map is made here with the runtime's own resize and argmax, so it equals ``runner.predict``.
     ``fast`` takes the argmax at network resolution and upsamples the labels by nearest neighbour instead:
     with 19 classes at 720p that is ~1 ms instead of ~120 ms on a CPU, at the price of blockier class edges.

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
-from infer.meta import ModelMeta, colorize
+from segkd.infer.meta import ModelMeta, colorize
 
 __all__ = ["VIEWS", "draw_legend", "draw_stats", "legend_entries", "overlay", "render"]
 

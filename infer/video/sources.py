@@ -31,7 +31,7 @@ class SourceError(RuntimeError):
 class StreamStopped(RuntimeError):
     """A live source that stopped delivering frames; ``summary`` holds the run up to then, when known."""
 
-    summary: Any = None  # infer.video.loop.Summary
+    summary: Any = None  # segkd.infer.video.loop.Summary
 
 
 @dataclass

@@ -1,0 +1,5 @@
+"""``python -m segkd.scenes ...`` is ``segkd demo-data ...``."""
+
+from segkd.scenes.street import main
+
+main()
