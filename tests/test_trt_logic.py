@@ -344,9 +344,7 @@ def test_engine_compat(build: dict, runtime: tuple, ok: bool) -> None:
     if ok:
         assert check_engine_compat(record, *runtime) is record
         return
-    with pytest.raises(
-        EngineCompatError, match="rebuild it on this machine with `segkd trt"
-    ) as e:
+    with pytest.raises(EngineCompatError, match="rebuild it on this machine with `segkd trt") as e:
         check_engine_compat(record, *runtime)
     assert "runs/best.fp16.onnx --shapes 1x3x512x1024 --workspace 4" in str(e.value)
 
