@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distill.config import Config, ConfigError, default_output_dir, load_config, parse_overrides, save_config
+from segkd.distill.config import (
+    Config,
+    ConfigError,
+    default_output_dir,
+    load_config,
+    parse_overrides,
+    save_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -136,7 +143,8 @@ def test_base_cycles_and_missing_bases_are_errors(tmp_path: Path) -> None:
 
 
 def test_saved_config_loads_back_identical(tmp_path: Path) -> None:
-    cfg = load_config(CONFIGS / "cityscapes" / "deeplabv3_r18_hwd.yaml", ["train.seed=3", "optim.lr=1e-3"])
+    parts = ["dataset=cityscapes", "student=deeplabv3_r18", "method=hwd"]
+    cfg = load_config(None, [*parts, "train.seed=3", "optim.lr=1e-3"])
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
 
@@ -149,20 +157,82 @@ def test_default_output_dir_mirrors_the_config_path() -> None:
     assert default_output_dir("elsewhere/my_run.yaml") == "runs/my_run"
 
 
-def test_recipes_cover_every_student_and_method_per_dataset() -> None:
-    students = ["deeplabv3_r18", "pspnet_r18", "deeplabv3_mbv2", "pspnet_mbv2"]
-    methods = ["baseline", "kd", "cwd", "hwd", "lad", "cad"]
-    for dataset in ("cityscapes", "voc", "ade20k"):
-        names = {p.stem for p in (CONFIGS / dataset).glob("*.yaml")}
-        expected = {f"{s}_{m}" for s in students for m in methods} | {"_base", "teacher_deeplabv3_r101"}
-        assert expected <= names, sorted(expected - names)
-    assert {p.stem for p in (CONFIGS / "demo").glob("*.yaml")} >= {"teacher", "baseline", *methods[1:]}
+STUDENTS = sorted(p.stem for p in (CONFIGS / "_students").glob("*.yaml"))
+METHODS = sorted(p.stem for p in (CONFIGS / "_methods").glob("*.yaml"))
+DATASETS = ("cityscapes", "voc", "ade20k", "cocostuff")
+
+
+def test_the_papers_grid_is_composed_not_stored() -> None:
+    assert {"deeplabv3_r18", "pspnet_r18", "deeplabv3_mbv2", "pspnet_mbv2"} <= set(STUDENTS)
+    assert {"baseline", "kd", "cwd", "hwd", "lad", "cad"} <= set(METHODS)
+    for dataset in DATASETS:
+        assert (CONFIGS / dataset / "_base.yaml").is_file()
+        stored = {p.stem for p in (CONFIGS / dataset).glob("*.yaml")}
+        assert not {f"{s}_{m}" for s in STUDENTS for m in METHODS} & stored  # one way to say a run
+    assert {p.stem for p in (CONFIGS / "demo").glob("*.yaml")} >= {"teacher", "baseline", "kd", "cwd", "hwd"}
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_every_student_and_method_composes_on_every_dataset(dataset: str) -> None:
+    from segkd.distill.losses import LOSSES
+    from segkd.distill.models import MODELS
+
+    base = load_config(CONFIGS / dataset / "_base.yaml")
+    for student in STUDENTS:
+        for method in METHODS:
+            cfg = load_config(None, [f"dataset={dataset}", f"student={student}", f"method={method}"])
+            assert cfg.student.name in MODELS and (cfg.data.dataset, cfg.data.root) == (
+                base.data.dataset,
+                base.data.root,
+            )
+            assert all(spec["name"] in LOSSES for spec in cfg.losses)
+            assert cfg.train.output_dir == f"runs/{dataset}/{student}_{method}"
+
+
+def test_composition_merges_the_parts_in_order_then_the_overrides(tmp_path: Path) -> None:
+    root = tmp_path / "configs"
+    for folder in ("_students", "_methods", "mine"):
+        (root / folder).mkdir(parents=True)
+    _write(
+        root / "mine" / "_base.yaml", "data: {dataset: demo, batch_size: 2}\nteacher: {checkpoint: t.pth}\n"
+    )
+    _write(root / "_students" / "small.yaml", "student: {name: deeplabv3_mbv2}\ndata: {batch_size: 3}\n")
+    _write(root / "_methods" / "cwd.yaml", "losses: [{name: cwd, tau: 4.0}]\n")
+    _write(root / "_methods" / "kd.yaml", "losses: [{name: kd}]\n")
+    _write(root / "mine" / "_kd.yaml", "losses: [{name: kd, tau: 2.0}]\n")  # the dataset's own kd
+    cfg = load_config(None, ["method=cwd", "data.batch_size=5", "dataset=mine", "student=small"], root=root)
+    assert cfg.student.name == "deeplabv3_mbv2" and cfg.data.dataset == "demo"
+    assert cfg.data.batch_size == 5 and cfg.losses == [{"name": "cwd", "tau": 4.0}]
+    assert cfg.train.output_dir == "runs/mine/small_cwd"
+    own = load_config(None, ["dataset=mine", "student=small", "method=kd"], root=root)
+    assert own.losses == [{"name": "kd", "tau": 2.0}]
+    # after a --config file, and named after it
+    recipe = _write(
+        tmp_path / "recipe.yaml",
+        "student: {name: pspnet_r18}\ndata: {batch_size: 7}\nteacher: {checkpoint: t.pth}\n",
+    )
+    cfg = load_config([recipe], ["student=small", "method=kd"], root=root)
+    assert cfg.student.name == "deeplabv3_mbv2" and cfg.data.batch_size == 3
+    assert cfg.train.output_dir == "runs/recipe_small_kd"
+    # several --config files merge in order
+    first = _write(tmp_path / "first.yaml", "data: {batch_size: 9, dataset: voc}\n")
+    cfg = load_config([first, recipe], [])
+    assert (cfg.data.batch_size, cfg.data.dataset, cfg.student.name) == (7, "voc", "pspnet_r18")
+
+
+def test_a_misspelt_part_names_the_closest_one(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"method=hwdd: no configs/_methods/hwdd.yaml; did you mean 'hwd'\\?"
+    ):
+        load_config(None, ["dataset=cityscapes", "student=deeplabv3_r18", "method=hwdd"])
+    with pytest.raises(ConfigError, match=r"dataset=cityscape: .*did you mean 'cityscapes'\\?"):
+        load_config(None, ["dataset=cityscape"])
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_recipe_loads_and_names_registered_parts(path: Path) -> None:
-    from distill.losses import LOSSES, loss_params
-    from distill.models import MODELS
+    from segkd.distill.losses import LOSSES, loss_params
+    from segkd.distill.models import MODELS
 
     cfg = load_config(path)
     assert cfg.student.name in MODELS
@@ -176,7 +246,7 @@ def test_every_recipe_loads_and_names_registered_parts(path: Path) -> None:
 
 
 def test_method_files_build_their_losses() -> None:
-    from distill.losses import KDCriterion
+    from segkd.distill.losses import KDCriterion
 
     for path in sorted((CONFIGS / "_methods").glob("*.yaml")):
         specs = yaml.safe_load(path.read_text()).get("losses", [])
@@ -192,3 +262,47 @@ def test_accelerate_configs_parse(name: str) -> None:
     assert (cfg.num_processes, cfg.num_machines) == {"1gpu": (1, 1), "8gpu": (8, 1), "2machines": (16, 2)}[
         name
     ]
+
+
+def test_loss_parameters_are_checked_when_the_config_loads(tmp_path: Path) -> None:
+    # The first spelling most users try; the project's own docstring once used it.
+    path = _write(
+        tmp_path / "run.yaml",
+        "teacher: {checkpoint: t.pth}\ntrain: {max_iters: 0}\nlosses:\n"
+        "  - {name: cwd, temperature: 4.0}\n  - {name: kd, tau: -1}\n  - {name: hwdd}\n"
+        "  - {name: cwd, source: feats}\n",
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    lines = str(e.value).splitlines()[1:]
+    assert len(lines) == 5, lines  # every problem, the loss ones with the rest
+    assert "train.max_iters must be positive" in lines[0]
+    assert "losses.0 (cwd)" in lines[1] and "'temperature' (did you mean 'tau'?)" in lines[1]
+    assert "losses.1 (kd)" in lines[2] and "tau=-1 is invalid" in lines[2]
+    assert "losses.2" in lines[3] and "Did you mean 'hwd'?" in lines[3]
+    assert "losses.3 (cwd)" in lines[4] and "not 'feats'" in lines[4]
+
+
+def test_two_terms_with_one_name_are_refused_at_load(tmp_path: Path) -> None:
+    path = _write(tmp_path / "run.yaml", "teacher: {checkpoint: t.pth}\nlosses: [{name: kd}, {name: kd}]\n")
+    with pytest.raises(ConfigError, match="second term named 'kd'"):
+        load_config(path)
+    ok = _write(
+        tmp_path / "ok.yaml", "teacher: {checkpoint: t.pth}\nlosses: [{name: kd}, {name: kd, key: kd2}]\n"
+    )
+    assert [spec["name"] for spec in load_config(ok).losses] == ["kd", "kd"]
+
+
+def test_a_loss_typo_fails_before_the_data_is_read(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    missing = tmp_path / "no-such-data"
+    res = subprocess.run(
+        [sys.executable, str(REPO / "distill" / "train.py"), "--config", str(CONFIGS / "demo" / "cwd.yaml"),
+         f"data.root={missing}", f"train.output_dir={tmp_path / 'run'}", "losses.0.temperature=2"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "did you mean 'tau'?" in res.stderr and str(missing) not in res.stderr
+    assert not (tmp_path / "run").exists()

@@ -9,7 +9,7 @@ pytest.importorskip(
     "transformers", reason="SegFormer/UPerNet need the transformers extra: pip install 'segkd[transformers]'"
 )
 
-from distill.models import build_model  # noqa: E402
+from segkd.distill.models import build_model  # noqa: E402
 
 # published parameter counts at 150 classes (SegFormer paper Table 1; Swin paper Table 3, with the auxiliary head)
 PUBLISHED = {
@@ -92,7 +92,7 @@ def test_r101_teacher_distils_into_segformer_through_train_py(
     tmp_path, distill_run, tiny_r101_teacher
 ) -> None:
     """A 1/8 CNN teacher and a 1/4 transformer student: KD on the logits, CWD on projected features."""
-    from distill.checkpoint import load_model
+    from segkd.distill.checkpoint import load_model
 
     steps = distill_run(
         {"name": "segformer_b0", "options": SMALL["segformer_b0"]}, tiny_r101_teacher,
@@ -115,8 +115,8 @@ def test_swin_b_teacher_distils_into_swin_t_through_train_py(tmp_path, distill_r
     Both sides are at 1/4 with different decoder widths (128 vs 32): CWD on the logits needs no resize, CWD on
     the features a projector; the loss weight is seed 003's 10 for transformers.
     """
-    from distill.checkpoint import load_model, save_checkpoint
-    from infer.meta import ModelMeta
+    from segkd.distill.checkpoint import load_model, save_checkpoint
+    from segkd.infer.meta import ModelMeta
 
     torch.manual_seed(2)
     arch = {"name": "upernet_swin_b", "num_classes": 19, "depths": [1, 1, 1, 1], "head_channels": 128}
@@ -139,7 +139,7 @@ def test_swin_b_teacher_distils_into_swin_t_through_train_py(tmp_path, distill_r
 
 def test_logit_loss_resizes_the_teacher_to_the_student() -> None:
     """Student logits at 1/4 and teacher logits at 1/8: the teacher's map is upsampled, the student's kept."""
-    from distill.losses import build_loss
+    from segkd.distill.losses import build_loss
 
     torch.manual_seed(0)
     s, t = torch.randn(2, 4, 16, 16), torch.randn(2, 4, 8, 8)
@@ -155,9 +155,9 @@ def test_segformer_b0_exports_to_onnx_fp32_matching_pytorch(tmp_path, exporter: 
     """Full-size SegFormer-B0 (random weights) through the export pipeline, then read back and run here."""
     np = pytest.importorskip("numpy")
     ort = pytest.importorskip("onnxruntime")
-    from distill.checkpoint import save_checkpoint
-    from export.pipeline import ExportOptions, export_checkpoint
-    from infer.meta import ModelMeta
+    from segkd.distill.checkpoint import save_checkpoint
+    from segkd.export.pipeline import ExportOptions, export_checkpoint
+    from segkd.infer.meta import ModelMeta
 
     torch.manual_seed(0)
     model = build_model("segformer_b0", num_classes=19).eval()
@@ -178,26 +178,31 @@ def test_segformer_b0_exports_to_onnx_fp32_matching_pytorch(tmp_path, exporter: 
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
 
 
-RECIPES = {
-    "configs/ade20k/upernet_swin_t_baseline.yaml": ("upernet_swin_t", []),
-    "configs/ade20k/upernet_swin_t_kd.yaml": ("upernet_swin_t", ["kd"]),
-    "configs/ade20k/upernet_swin_t_cwd.yaml": ("upernet_swin_t", ["cwd"]),
-    "configs/ade20k/upernet_swin_t_lad.yaml": ("upernet_swin_t", ["lad"]),
-    "configs/ade20k/upernet_swin_t_cad.yaml": ("upernet_swin_t", ["cad"]),
-    "configs/cityscapes/segformer_b0_baseline.yaml": ("segformer_b0", []),
-    "configs/cityscapes/segformer_b0_cwd.yaml": ("segformer_b0", ["cwd"]),
-    "configs/cityscapes/segformer_b0_hwd.yaml": ("segformer_b0", ["hwd"]),
+RECIPES = {  # a named recipe, or dataset student method composed from configs/: the losses
+    "configs/ade20k/upernet_swin_b_to_t_kd.yaml": ["kd"],
+    "configs/ade20k/upernet_swin_b_to_t_cwd.yaml": ["cwd"],
+    "configs/ade20k/upernet_swin_b_to_t_lad.yaml": ["lad"],
+    "configs/ade20k/upernet_swin_b_to_t_cad.yaml": ["cad"],
+    "ade20k upernet_swin_t baseline": [],
+    "cityscapes segformer_b0 baseline": [],
+    "cityscapes segformer_b0 cwd": ["cwd"],
+    "cityscapes segformer_b0 hwd": ["hwd"],
 }
 
 
-@pytest.mark.parametrize("path", sorted(RECIPES))
-def test_transformer_recipes_load_with_their_student_and_losses(path: str) -> None:
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_transformer_recipes_load_with_their_student_and_losses(recipe: str) -> None:
     from pathlib import Path
 
-    from distill.config import load_config
+    from segkd.distill.config import GROUPS, load_config
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / path)
-    name, losses = RECIPES[path]
+    if recipe.endswith(".yaml"):
+        cfg = load_config(Path(__file__).resolve().parents[1] / recipe)
+        assert cfg.teacher.checkpoint == "runs/ade20k/teacher_upernet_swin_b/best.pth"
+    else:
+        cfg = load_config(None, [f"{g}={v}" for g, v in zip(GROUPS, recipe.split(), strict=True)])
+    name, losses = cfg.student.name, RECIPES[recipe]
+    assert name in recipe or name == "upernet_swin_t"
     assert cfg.student.name == name and cfg.student.channel_order == "RGB"
     assert [spec["name"] for spec in cfg.losses] == losses
     assert (cfg.teacher.checkpoint is None) == (not losses)
@@ -207,8 +212,8 @@ def test_transformer_recipes_load_with_their_student_and_losses(path: str) -> No
 
 def _small_checkpoint(tmp_path, name: str):  # noqa: ANN202 (a Path)
     """A randomly initialised small variant of ``name`` (5 classes, 64x128) saved as a checkpoint."""
-    from distill.checkpoint import save_checkpoint
-    from infer.meta import ModelMeta
+    from segkd.distill.checkpoint import save_checkpoint
+    from segkd.infer.meta import ModelMeta
 
     torch.manual_seed(0)
     arch = {"name": name, "num_classes": 5, **SMALL[name]}
@@ -226,8 +231,8 @@ def test_transformers_export_fp16_and_int8_with_attention_kept_float(tmp_path, n
     pytest.importorskip("onnxruntime")
     import onnx
 
-    from export.calib import synthetic_samples
-    from export.pipeline import ExportOptions, export_checkpoint
+    from segkd.export.calib import synthetic_samples
+    from segkd.export.pipeline import ExportOptions, export_checkpoint
 
     ckpt = _small_checkpoint(tmp_path, name)
     frames = tmp_path / "frames"
@@ -259,8 +264,8 @@ def test_dynamic_sizes_where_the_model_allows(tmp_path, name: str, exporter: str
     """SegFormer exports with dynamic batch/height/width (checked at other sizes by the exporter); UPerNet-Swin
     does not (its graph fails at another size), and the exporter says to export at a fixed size instead."""
     pytest.importorskip("onnxruntime")
-    from export.onnx_export import ExportError
-    from export.pipeline import ExportOptions, export_checkpoint
+    from segkd.export.onnx_export import ExportError
+    from segkd.export.pipeline import ExportOptions, export_checkpoint
 
     ckpt = _small_checkpoint(tmp_path, name)
     opts = ExportOptions(dynamic="all", exporter=exporter, verify_count=2)
