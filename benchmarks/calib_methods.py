@@ -68,7 +68,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parse(argv)
-    from segkd.distill.checkpoint import load_model
+    from segkd.distill.load import load_model
     from segkd.export.calib import CalibrationReader, dataset_samples
     from segkd.export.pipeline import ExportOptions, export_model
     from segkd.export.quantize import quantize_int8

@@ -33,7 +33,6 @@ __all__ = [
     "CheckpointError",
     "half_copy",
     "load_checkpoint",
-    "load_model",
     "save_checkpoint",
 ]
 
@@ -80,14 +79,16 @@ def save_checkpoint(
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint` (weights only: nothing is unpickled)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"checkpoint {path} is a folder; pass the .pth file in it (e.g. {path / 'best.pth'})"
+        )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupted, truncated, or a pickle with arbitrary objects
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint ({_load_failure(path, e)}); {_FIX}"
-        ) from e
+        raise CheckpointError(f"{path} is not a readable checkpoint ({load_failure(path, e)}); {_FIX}") from e
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         keys = list(blob)[:5] if isinstance(blob, dict) else type(blob).__name__
         raise CheckpointError(
@@ -121,7 +122,7 @@ def half_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
 _FIX = "pass a .pth written by distill/train.py, or convert foreign weights with `segkd convert`"
 
 
-def _load_failure(path: Path, e: Exception) -> str:
+def load_failure(path: Path, e: Exception) -> str:
     """Why ``torch.load`` refused the file, in one line, without torch's advice to turn ``weights_only`` off."""
     if path.stat().st_size == 0:
         return "the file is empty"
@@ -138,32 +139,3 @@ def _load_failure(path: Path, e: Exception) -> str:
         if first
         else f"{type(e).__name__} (truncated or not a torch file)"
     )
-
-
-def load_model(
-    path: str | os.PathLike[str], device: str | torch.device = "cpu"
-) -> tuple[nn.Module, ModelMeta]:
-    """Build the model a checkpoint describes, load its weights strictly, and return it in eval mode."""
-    from segkd.distill.models import build_model
-
-    ckpt = load_checkpoint(path)
-    arch = dict(ckpt.meta.arch)
-    try:
-        model = build_model(arch.pop("name", None), **arch)
-    except (KeyError, TypeError, ValueError) as e:  # unknown architecture name or options
-        raise CheckpointError(
-            f"{path}: cannot build its model {ckpt.meta.arch}: {e.args[0] if e.args else e}"
-        ) from e
-    try:
-        model.load_state_dict(ckpt.state_dict, strict=True)
-    except RuntimeError as e:  # missing/unexpected keys, wrong shapes
-        detail = " ".join(str(e).split())[:400]
-        raise CheckpointError(
-            f"{path}: its weights do not fit the {_arch_name(ckpt.meta)} it describes ({detail}); the file is "
-            "damaged or was edited: use the checkpoint training wrote"
-        ) from e
-    return model.to(device).eval(), ckpt.meta
-
-
-def _arch_name(meta: ModelMeta) -> str:
-    return str(meta.arch.get("name", "model"))

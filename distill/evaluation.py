@@ -134,9 +134,9 @@ def evaluate(
 def evaluate_checkpoint(path: str, cfg: Config) -> dict[str, Any]:
     """Evaluate a checkpoint on ``cfg``'s validation split (over all launched processes); returns the metrics."""
     from segkd.distill.build import make_accelerator
-    from segkd.distill.checkpoint import load_model
     from segkd.distill.checks import check_classes, load_datasets
     from segkd.distill.data import EvalSet, build_eval_loader
+    from segkd.distill.load import load_model
 
     accelerator = make_accelerator(cfg, Path(cfg.train.output_dir))
     _, val_set = load_datasets(cfg)

@@ -91,7 +91,8 @@ class TorchRunner(Runner):
         threads: int | None = None,
     ) -> None:
         torch = _import_torch()
-        from segkd.distill.checkpoint import CheckpointError, load_model
+        from segkd.distill.checkpoint import CheckpointError
+        from segkd.distill.load import load_model
 
         if provider not in _PRECISIONS:
             raise RunnerError(

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segkd.distill.checkpoint import load_model
 from segkd.distill.data import normalize
+from segkd.distill.load import load_model
 from segkd.infer.meta import ModelMeta
 
 if TYPE_CHECKING:

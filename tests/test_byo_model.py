@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from segkd.distill.checkpoint import load_model
+from segkd.distill.load import load_model
 from segkd.distill.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,6 +66,7 @@ def test_bad_names_are_refused_with_the_valid_ones() -> None:
         build_model("imported", num_classes=19, import_path="test_byo_model.build")
 
 
+@pytest.mark.slow
 def test_user_module_distils_saves_its_import_path_and_exports(
     tmp_path: Path, distill_run, tiny_r101_teacher: Path
 ) -> None:

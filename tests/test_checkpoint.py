@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from segkd.distill.checkpoint import CheckpointError, half_copy, load_checkpoint, load_model, save_checkpoint
+from segkd.distill.checkpoint import CheckpointError, half_copy, load_checkpoint, save_checkpoint
+from segkd.distill.load import load_model
 from segkd.distill.models import build_model
 from segkd.infer.meta import ModelMeta
 
@@ -101,3 +102,17 @@ def test_half_copy_stores_float16_weights_that_load_back_as_float32(tmp_path) ->
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=2e-2, atol=2e-2)
+
+
+def test_metadata_naming_more_classes_than_the_weights_predict_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "m.pth"
+    model = build_model("deeplabv3_mbv2", num_classes=3, width=0.25)
+    good = ModelMeta(arch={"name": "deeplabv3_mbv2", "num_classes": 3, "width": 0.25},
+                     class_names=["a", "b", "c"], palette=[[0, 0, 0]] * 3)  # fmt: skip
+    save_checkpoint(path, model, good)
+    blob = torch.load(path, weights_only=True)
+    blob["meta"]["class_names"].append("d")  # edited by hand: four names for three output channels
+    blob["meta"]["palette"].append([1, 1, 1])
+    torch.save(blob, path)
+    with pytest.raises(CheckpointError, match=r"4 class names for a model of 3 classes"):
+        load_checkpoint(path)

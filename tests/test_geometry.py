@@ -139,7 +139,7 @@ def test_the_onnx_graph_upsamples_corner_to_corner_and_equals_pytorch(tmp_path: 
     import numpy as np
     import onnxruntime as ort
 
-    from segkd.distill.checkpoint import load_model
+    from segkd.distill.load import load_model
     from segkd.export.onnx_export import read_metadata
     from segkd.export.pipeline import ExportOptions, export_checkpoint
 
@@ -168,7 +168,7 @@ def test_the_onnx_graph_upsamples_corner_to_corner_and_equals_pytorch(tmp_path: 
 def test_the_runners_resize_logits_to_the_image_with_the_models_mode(tmp_path: Path, suffix: str) -> None:
     import numpy as np
 
-    from segkd.distill.checkpoint import load_model
+    from segkd.distill.load import load_model
     from segkd.export.pipeline import ExportOptions, export_checkpoint
     from segkd.infer.runtime import load_runner
 

@@ -19,9 +19,10 @@ transformers = pytest.importorskip(
     "transformers", reason="SegFormer/UPerNet need the transformers extra: pip install 'segkd[transformers]'"
 )
 
-from segkd.distill.checkpoint import load_model  # noqa: E402
+from segkd.distill.convert import convert_hf_checkpoint, main  # noqa: E402
+from segkd.distill.load import load_model  # noqa: E402
 from segkd.distill.models import build_model  # noqa: E402
-from segkd.distill.models.pretrained import WeightsError, convert_hf_checkpoint, main  # noqa: E402
+from segkd.distill.models.pretrained import WeightsError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEPTHS = [1, 1, 1, 1]
@@ -149,6 +150,7 @@ def test_conversion_refuses_an_encoder_and_another_class_count(files, tmp_path) 
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.slow
 def test_a_model_id_without_network_says_how_to_download_it() -> None:
     code = (
         "from segkd.distill.models import build_model\n"

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from segkd.distill.convert import convert_cirkd_checkpoint
 from segkd.distill.models import BACKBONES, HEADS, MODELS, STUDENTS, build_model
 from segkd.distill.models.heads import adaptive_avg_pool2d_exact
 from segkd.distill.models.pretrained import (
     WeightsError,
-    convert_cirkd_checkpoint,
     load_backbone_weights,
     load_mapped,
     map_cirkd_segmentation,
@@ -64,13 +64,10 @@ def test_every_model_builds_and_follows_the_contract(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", MODELS.names())
-def test_every_builder_is_keyword_only_with_visible_defaults(name: str) -> None:
-    import inspect
-
-    params = inspect.signature(MODELS.get(name)).parameters
-    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values()), name
-    assert all(p.default is not inspect.Parameter.empty for p in params.values()), name
-    assert params["num_classes"].default == 19 and params["pretrained"].default is None
+def test_every_model_refuses_an_option_it_lacks_before_building(name: str) -> None:
+    # Checked against the family builder's signature before anything is built (no transformers import needed).
+    with pytest.raises(TypeError, match=rf"^model '{name}' has no option 'no_such_option'; its options: \w"):
+        build_model(name, num_classes=19, no_such_option=1)
 
 
 @pytest.mark.parametrize("name", BACKBONES.names())
@@ -202,17 +199,18 @@ def test_resnet_imagenet_files_load_and_stem_mismatch_is_explained(tmp_path) -> 
         build_model("pspnet_r18", num_classes=19, pretrained=str(tmp_path / "tv.pth"))
 
 
+@pytest.mark.slow
 def test_cirkd_checkpoint_converts_to_a_self_describing_one(shared_fixtures, tmp_path) -> None:
     import subprocess
     import sys
 
-    from segkd.distill.checkpoint import load_model
+    from segkd.distill.load import load_model
 
     layout = json.loads((shared_fixtures / "cirkd_v1_state_dicts.json").read_text())["deeplab_mobile_mbv2"]
     sd = {f"module.{k}": (torch.randn(s) if s else torch.tensor(1)) for k, s in layout}
     torch.save({"state_dict": sd}, tmp_path / "cirkd.pth")
     out = tmp_path / "converted.pth"
-    cmd = [sys.executable, "-m", "segkd.distill.models.pretrained", str(tmp_path / "cirkd.pth"), "--arch",
+    cmd = [sys.executable, "-m", "segkd.distill.convert", str(tmp_path / "cirkd.pth"), "--arch",
            "deeplabv3_mbv2", "--dataset", "cityscapes", "--out", str(out)]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -243,7 +241,7 @@ def _random_cirkd_file(shared_fixtures, cirkd: str, path, edit=None):  # noqa: A
 def test_a_converted_cirkd_model_upsamples_its_logits_as_cirkd_does(
     shared_fixtures, tmp_path, cirkd, ours
 ) -> None:
-    from segkd.distill.checkpoint import load_model
+    from segkd.distill.load import load_model
 
     _random_cirkd_file(shared_fixtures, cirkd, tmp_path / "cirkd.pth")
     convert_cirkd_checkpoint(tmp_path / "cirkd.pth", ours, "cityscapes", tmp_path / "ours.pth")

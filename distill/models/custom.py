@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .registry import register_model
+from .registry import model_family, register_model
 
 __all__ = ["ImportedModel", "imported", "resolve_import"]
 
@@ -117,6 +117,7 @@ class ImportedModel(nn.Module):
 
 
 @register_model
+@model_family  # a family of one: an option it lacks is refused like any model's
 def imported(
     *,
     num_classes: int = 19,

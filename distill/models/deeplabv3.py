@@ -3,108 +3,40 @@
 Decoder feature widths follow CIRKD: 256 channels on ResNet-50/101, 128 on ResNet-18 and MobileNetV2, times
 ``width``. ResNet models carry the auxiliary FCN head on stage 3, MobileNetV2 ones do not (as in CIRKD).
 ``align_corners=True`` is CIRKD's final upsampling of the logits (the papers' recipes set it); the default False
-keeps checkpoints that predate the option as they were.
+keeps checkpoints that predate the option as they were. The options and their defaults: :func:`.segmodel.on_resnet`
+and :func:`.segmodel.on_mobilenetv2`.
 """
 
 from __future__ import annotations
 
-from .backbones import mobilenetv2, resnet18, resnet50, resnet101, scale_channels
+from typing import Any
+
+from .backbones import resnet18, resnet50, resnet101
 from .registry import register_model
-from .segmodel import SegModel, segmentation_model
+from .segmodel import SegModel, on_mobilenetv2, on_resnet
 
 __all__ = ["deeplabv3_r18", "deeplabv3_r50", "deeplabv3_r101", "deeplabv3_mbv2"]
 
 
 @register_model
-def deeplabv3_r18(
-    *,
-    num_classes: int = 19,
-    width: float = 1.0,
-    output_stride: int = 8,
-    deep_stem: bool = True,
-    aux: bool = True,
-    align_corners: bool = False,
-    pretrained: str | None = None,
-) -> SegModel:
+def deeplabv3_r18(**kw: Any) -> SegModel:
     """DeepLabV3-ResNet18, the papers' main student (13.6M parameters at 19 classes)."""
-    backbone = resnet18(deep_stem=deep_stem, output_stride=output_stride, width=width)
-    return segmentation_model(
-        backbone,
-        "aspp",
-        num_classes=num_classes,
-        head_channels=scale_channels(128, width),
-        aux=aux,
-        align_corners=align_corners,
-        pretrained=pretrained,
-    )
+    return on_resnet(resnet18, "aspp", 128, **kw)
 
 
 @register_model
-def deeplabv3_r50(
-    *,
-    num_classes: int = 19,
-    width: float = 1.0,
-    output_stride: int = 8,
-    deep_stem: bool = True,
-    aux: bool = True,
-    align_corners: bool = False,
-    pretrained: str | None = None,
-) -> SegModel:
+def deeplabv3_r50(**kw: Any) -> SegModel:
     """DeepLabV3-ResNet50."""
-    backbone = resnet50(deep_stem=deep_stem, output_stride=output_stride, width=width)
-    return segmentation_model(
-        backbone,
-        "aspp",
-        num_classes=num_classes,
-        head_channels=scale_channels(256, width),
-        aux=aux,
-        align_corners=align_corners,
-        pretrained=pretrained,
-    )
+    return on_resnet(resnet50, "aspp", 256, **kw)
 
 
 @register_model
-def deeplabv3_r101(
-    *,
-    num_classes: int = 19,
-    width: float = 1.0,
-    output_stride: int = 8,
-    deep_stem: bool = True,
-    aux: bool = True,
-    align_corners: bool = False,
-    pretrained: str | None = None,
-) -> SegModel:
+def deeplabv3_r101(**kw: Any) -> SegModel:
     """DeepLabV3-ResNet101, the papers' teacher (61.1M parameters at 19 classes)."""
-    backbone = resnet101(deep_stem=deep_stem, output_stride=output_stride, width=width)
-    return segmentation_model(
-        backbone,
-        "aspp",
-        num_classes=num_classes,
-        head_channels=scale_channels(256, width),
-        aux=aux,
-        align_corners=align_corners,
-        pretrained=pretrained,
-    )
+    return on_resnet(resnet101, "aspp", 256, **kw)
 
 
 @register_model
-def deeplabv3_mbv2(
-    *,
-    num_classes: int = 19,
-    width: float = 1.0,
-    output_stride: int = 8,
-    aux: bool = False,
-    align_corners: bool = False,
-    pretrained: str | None = None,
-) -> SegModel:
+def deeplabv3_mbv2(**kw: Any) -> SegModel:
     """DeepLabV3-MobileNetV2, the papers' light student (3.2M parameters at 19 classes)."""
-    backbone = mobilenetv2(output_stride=output_stride, width=width)
-    return segmentation_model(
-        backbone,
-        "aspp",
-        num_classes=num_classes,
-        head_channels=scale_channels(128, width),
-        aux=aux,
-        align_corners=align_corners,
-        pretrained=pretrained,
-    )
+    return on_mobilenetv2("aspp", 128, **kw)

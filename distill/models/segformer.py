@@ -12,11 +12,13 @@ Sizes follow the SegFormer paper (Xie et al., 2021): B0 3.8M parameters at 150 c
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
 from .hf import HFSegModel, load_pretrained, require_transformers, unloaded, unused
-from .registry import register_model
+from .pretrained import WeightsError
+from .registry import model_family, register_model
 
 __all__ = ["segformer_b0", "segformer_b1", "segformer_b2", "segformer_b3", "segformer_b4", "segformer_b5"]
 
@@ -35,16 +37,18 @@ def _encode(net: nn.Module, x: Tensor) -> Sequence[Tensor]:
     return net.segformer(x, output_hidden_states=True, return_dict=True).hidden_states
 
 
+@model_family
 def _segformer(
     variant: str,
     *,
-    num_classes: int,
-    depths: Sequence[int] | None,
-    decoder_hidden_size: int | None,
-    drop_path_rate: float,
-    align_corners: bool,
-    pretrained: str | None,
+    num_classes: int = 19,
+    depths: Sequence[int] | None = None,
+    decoder_hidden_size: int | None = None,
+    drop_path_rate: float = 0.1,
+    align_corners: bool = False,
+    pretrained: str | None = None,
 ) -> HFSegModel:
+    """SegFormer-``variant`` (``b0`` ... ``b5``); ``depths`` and ``decoder_hidden_size`` default to the paper's."""
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     hidden_sizes, default_depths, default_decoder = _VARIANTS[variant]
@@ -82,8 +86,6 @@ def _segformer(
 
 def _require_encoder(arch: str, source: str, not_loaded: list[str]) -> None:
     """Refuse weights that leave part of the encoder at random or hold more of it: another MiT size."""
-    from .pretrained import WeightsError
-
     encoder = [k for k in not_loaded if k.startswith("segformer.")]
     if encoder:
         raise WeightsError(
@@ -93,34 +95,37 @@ def _require_encoder(arch: str, source: str, not_loaded: list[str]) -> None:
         )
 
 
-def _builder(variant: str, doc: str):
-    def build(
-        *,
-        num_classes: int = 19,
-        depths: Sequence[int] | None = None,
-        decoder_hidden_size: int | None = None,
-        drop_path_rate: float = 0.1,
-        align_corners: bool = False,
-        pretrained: str | None = None,
-    ) -> HFSegModel:
-        return _segformer(
-            variant,
-            num_classes=num_classes,
-            depths=depths,
-            decoder_hidden_size=decoder_hidden_size,
-            drop_path_rate=drop_path_rate,
-            align_corners=align_corners,
-            pretrained=pretrained,
-        )
-
-    build.__name__ = build.__qualname__ = f"segformer_{variant}"
-    build.__doc__ = doc
-    return register_model(build)
+@register_model(hf=True, transformer=True)
+def segformer_b0(**kw: Any) -> HFSegModel:
+    """SegFormer-B0 (3.8M parameters at 150 classes), the edge-GPU student."""
+    return _segformer("b0", **kw)
 
 
-segformer_b0 = _builder("b0", "SegFormer-B0 (3.8M parameters at 150 classes), the edge-GPU student.")
-segformer_b1 = _builder("b1", "SegFormer-B1 (13.7M parameters at 150 classes).")
-segformer_b2 = _builder("b2", "SegFormer-B2 (27.5M parameters at 150 classes).")
-segformer_b3 = _builder("b3", "SegFormer-B3 (47.3M parameters at 150 classes).")
-segformer_b4 = _builder("b4", "SegFormer-B4 (64.1M parameters at 150 classes).")
-segformer_b5 = _builder("b5", "SegFormer-B5 (84.7M parameters at 150 classes).")
+@register_model(hf=True, transformer=True)
+def segformer_b1(**kw: Any) -> HFSegModel:
+    """SegFormer-B1 (13.7M parameters at 150 classes)."""
+    return _segformer("b1", **kw)
+
+
+@register_model(hf=True, transformer=True)
+def segformer_b2(**kw: Any) -> HFSegModel:
+    """SegFormer-B2 (27.5M parameters at 150 classes)."""
+    return _segformer("b2", **kw)
+
+
+@register_model(hf=True, transformer=True)
+def segformer_b3(**kw: Any) -> HFSegModel:
+    """SegFormer-B3 (47.3M parameters at 150 classes)."""
+    return _segformer("b3", **kw)
+
+
+@register_model(hf=True, transformer=True)
+def segformer_b4(**kw: Any) -> HFSegModel:
+    """SegFormer-B4 (64.1M parameters at 150 classes)."""
+    return _segformer("b4", **kw)
+
+
+@register_model(hf=True, transformer=True)
+def segformer_b5(**kw: Any) -> HFSegModel:
+    """SegFormer-B5 (84.7M parameters at 150 classes)."""
+    return _segformer("b5", **kw)

@@ -1,19 +1,22 @@
-"""The segmentation model every builder returns: backbone + decode head + optional auxiliary head.
+"""The segmentation model every CNN builder returns: backbone + decode head + optional auxiliary head.
 
 The output contract is written in the package docstring (:mod:`segkd.distill.models`); the trainer, the losses and the
-exporter rely on it.
+exporter rely on it. The two CNN families end this file: a decode head on a ResNet (:func:`on_resnet`) and on a
+MobileNetV2 (:func:`on_mobilenetv2`), each holding the options of the ``deeplabv3_*`` and ``pspnet_*`` builders.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .registry import HEADS
+from .backbones import mobilenetv2, scale_channels
+from .registry import HEADS, model_family
 
-__all__ = ["SegModel", "segmentation_model"]
+__all__ = ["SegModel", "on_mobilenetv2", "on_resnet", "segmentation_model"]
 
 
 class SegModel(nn.Module):
@@ -85,3 +88,71 @@ def segmentation_model(
     decode = HEADS.build(head, cin=backbone.channels[-1], channels=head_channels, num_classes=num_classes)
     aux_head = HEADS.build("fcn", cin=backbone.channels[2], num_classes=num_classes) if aux else None
     return SegModel(backbone, decode, aux_head, align_corners=align_corners)
+
+
+@model_family
+def on_resnet(
+    resnet: Callable[..., nn.Module],
+    head: str,
+    head_channels: int,
+    *,
+    num_classes: int = 19,
+    width: float = 1.0,
+    output_stride: int = 8,
+    deep_stem: bool = True,
+    aux: bool = True,
+    align_corners: bool = False,
+    pretrained: str | None = None,
+) -> SegModel:
+    """Decode head ``head`` on the ResNet that ``resnet`` builds, with the auxiliary FCN head (as in CIRKD).
+
+    Args:
+        resnet: ``resnet18``, ``resnet50`` or ``resnet101`` (:mod:`.backbones`).
+        head: decode head name in ``HEADS``.
+        head_channels: the decoder feature's width at ``width=1`` (CIRKD's: 128 on ResNet-18, 256 or 512 on the
+            deeper ones).
+        width: channel multiplier of backbone and heads. The other options: :func:`segmentation_model` and the
+            backbone's.
+    """
+    backbone = resnet(deep_stem=deep_stem, output_stride=output_stride, width=width)
+    return segmentation_model(
+        backbone,
+        head,
+        num_classes=num_classes,
+        head_channels=scale_channels(head_channels, width),
+        aux=aux,
+        align_corners=align_corners,
+        pretrained=pretrained,
+    )
+
+
+@model_family
+def on_mobilenetv2(
+    head: str,
+    head_channels: int,
+    *,
+    num_classes: int = 19,
+    width: float = 1.0,
+    output_stride: int = 8,
+    aux: bool = False,
+    align_corners: bool = False,
+    pretrained: str | None = None,
+) -> SegModel:
+    """Decode head ``head`` on MobileNetV2, without the auxiliary head by default (as in CIRKD).
+
+    Args:
+        head: decode head name in ``HEADS``.
+        head_channels: the decoder feature's width at ``width=1`` (CIRKD's: 128).
+        width: channel multiplier of backbone and heads. The other options: :func:`segmentation_model` and the
+            backbone's.
+    """
+    backbone = mobilenetv2(output_stride=output_stride, width=width)
+    return segmentation_model(
+        backbone,
+        head,
+        num_classes=num_classes,
+        head_channels=scale_channels(head_channels, width),
+        aux=aux,
+        align_corners=align_corners,
+        pretrained=pretrained,
+    )

@@ -14,11 +14,13 @@ entirely.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
 from .hf import HFSegModel, load_pretrained, pretrained_model_type, require_transformers, unloaded, unused
-from .registry import register_model
+from .pretrained import WeightsError
+from .registry import model_family, register_model
 
 __all__ = ["upernet_swin_t", "upernet_swin_s", "upernet_swin_b"]
 
@@ -34,18 +36,20 @@ def _encode(net: nn.Module, x: Tensor) -> Sequence[Tensor]:
     return net.backbone(x).feature_maps
 
 
-def _upernet(
+@model_family
+def _upernet_swin(
     variant: str,
     *,
-    num_classes: int,
-    depths: Sequence[int] | None,
-    head_channels: int,
-    window_size: int,
-    aux: bool,
-    drop_path_rate: float,
-    align_corners: bool,
-    pretrained: str | None,
+    num_classes: int = 19,
+    depths: Sequence[int] | None = None,
+    head_channels: int = 512,
+    window_size: int = 7,
+    aux: bool = True,
+    drop_path_rate: float = 0.3,
+    align_corners: bool = False,
+    pretrained: str | None = None,
 ) -> HFSegModel:
+    """UPerNet on Swin-``variant`` (``t``, ``s``, ``b``); ``depths`` defaults to the paper's."""
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     embed_dim, default_depths, heads = _VARIANTS[variant]
@@ -99,8 +103,6 @@ def _upernet(
 
 def _require_backbone(arch: str, source: str, not_loaded: list[str]) -> None:
     """Refuse weights that leave part of the Swin backbone at random or hold more of it (another size/window)."""
-    from .pretrained import WeightsError
-
     backbone = [k for k in not_loaded if k.startswith("backbone.") and ".hidden_states_norms." not in f".{k}"]
     if backbone:
         raise WeightsError(
@@ -110,35 +112,19 @@ def _require_backbone(arch: str, source: str, not_loaded: list[str]) -> None:
         )
 
 
-def _builder(variant: str, doc: str):
-    def build(
-        *,
-        num_classes: int = 19,
-        depths: Sequence[int] | None = None,
-        head_channels: int = 512,
-        window_size: int = 7,
-        aux: bool = True,
-        drop_path_rate: float = 0.3,
-        align_corners: bool = False,
-        pretrained: str | None = None,
-    ) -> HFSegModel:
-        return _upernet(
-            variant,
-            num_classes=num_classes,
-            depths=depths,
-            head_channels=head_channels,
-            window_size=window_size,
-            aux=aux,
-            drop_path_rate=drop_path_rate,
-            align_corners=align_corners,
-            pretrained=pretrained,
-        )
-
-    build.__name__ = build.__qualname__ = f"upernet_swin_{variant}"
-    build.__doc__ = doc
-    return register_model(build)
+@register_model(hf=True, transformer=True)
+def upernet_swin_t(**kw: Any) -> HFSegModel:
+    """UPerNet-Swin-T (60M parameters at 150 classes), seed 003's student."""
+    return _upernet_swin("t", **kw)
 
 
-upernet_swin_t = _builder("t", "UPerNet-Swin-T (60M parameters at 150 classes), seed 003's student.")
-upernet_swin_s = _builder("s", "UPerNet-Swin-S (81M parameters at 150 classes).")
-upernet_swin_b = _builder("b", "UPerNet-Swin-B (121M parameters at 150 classes), seed 003's teacher.")
+@register_model(hf=True, transformer=True)
+def upernet_swin_s(**kw: Any) -> HFSegModel:
+    """UPerNet-Swin-S (81M parameters at 150 classes)."""
+    return _upernet_swin("s", **kw)
+
+
+@register_model(hf=True, transformer=True)
+def upernet_swin_b(**kw: Any) -> HFSegModel:
+    """UPerNet-Swin-B (121M parameters at 150 classes), seed 003's teacher."""
+    return _upernet_swin("b", **kw)
