@@ -7,15 +7,14 @@ import json
 import os
 import re
 import shutil
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from segkd.infer.datasets import (
     DATASETS,
@@ -88,20 +87,10 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _write_palette_png(path: Path, indices: np.ndarray, palette: list[tuple[int, int, int]]) -> None:
-    """Minimal 8-bit palette PNG (colour type 3), written by hand so that no imaging library is needed."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    h, w = indices.shape
-    rows = b"".join(b"\x00" + row.astype(np.uint8).tobytes() for row in indices)  # filter type 0 per row
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 3, 0, 0, 0))
-        + chunk(b"PLTE", bytes(c for rgb in palette for c in rgb))
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
+    """An 8-bit palette PNG (colour type 3) holding ``indices``, with ``palette`` as its PLTE chunk."""
+    image = Image.fromarray(indices.astype(np.uint8))
+    image.putpalette([c for rgb in palette for c in rgb])
+    image.save(path, bits=8)
 
 
 # --------------------------------------------------------------------------------------------- registry
@@ -211,12 +200,21 @@ def test_palette_indices_not_colours(tmp_path: Path) -> None:
     palette = [(7, 7, 7)] * 256  # every entry the same colour: only the indices tell the classes apart
     _write_palette_png(tmp_path / "p.png", indices, palette)
     np.testing.assert_array_equal(read_label(tmp_path / "p.png"), indices)
+    # a palette shorter than the indices (21 classes, 255 = void): every index is read as stored, none as 0
+    _write_palette_png(tmp_path / "short.png", indices, [(i, i, i) for i in range(21)])
+    assert Image.open(tmp_path / "short.png").getpalette() == [i for i in range(21) for _ in range(3)]
+    np.testing.assert_array_equal(read_label(tmp_path / "short.png"), indices)
 
 
 def test_unreadable_files(tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     with pytest.raises(UnreadableFileError, match="bad.png"):
         read_label(tmp_path / "bad.png")
+    _write_palette_png(tmp_path / "p.png", np.arange(64 * 64).reshape(64, 64) % 251, [(7, 7, 7)] * 256)
+    data = (tmp_path / "p.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])  # a palette PNG cut short in its pixel data
+    with pytest.raises(UnreadableFileError, match="cut.png"):
+        read_label(tmp_path / "cut.png")
     with pytest.raises(UnreadableFileError, match="missing.jpg"):
         read_image(tmp_path / "missing.jpg")
 

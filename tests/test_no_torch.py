@@ -2,9 +2,9 @@
 
 `infer/` is the torch-free deploy runtime: it imports neither the training side (`distill`) nor the exporter
 (`export`), not even lazily (checked on the source with `ast`); the `.pth` runner reaches the runtime only as a
-row of its format table (the `segkd.formats` entry point). One subprocess with torch blocked then runs everything
-a deployment does: datasets, checks, metrics, ONNX inference, MACs, the benchmark (where a `.pth` fails with the
-install hint) and the video modules.
+row of its format table (the `segkd.formats` entry point). One subprocess with torch (and matplotlib) blocked then
+runs everything a deployment does: datasets, checks, metrics, ONNX inference, MACs, the benchmark (where a `.pth`
+fails with the install hint, and the plot is skipped with the plot extra's) and the video modules.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def test_the_scan_catches_lazy_and_dynamic_imports() -> None:
 SCRIPT = textwrap.dedent(
     """
     import json, runpy, sys
-    for name in ("torch", "torchvision", "accelerate"):
+    for name in ("torch", "torchvision", "accelerate", "matplotlib"):
         sys.modules[name] = None  # every `import torch` now raises ImportError, as if it were not installed
 
     import numpy as np
@@ -179,4 +179,5 @@ def test_deploy_side_runs_without_torch(deploy_files, tmp_path) -> None:
     )
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     assert "torch-free ok" in res.stdout
+    assert "no latency-vs-mIoU plot: matplotlib is not installed (pip install -e .[plot])" in res.stdout
     assert json.loads((tmp_path / "benchmark.json").read_text())["results"][0]["format"] == "onnx"

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from segkd.infer.bench.config import BenchConfig
 from segkd.infer.bench.environment import environment
 from segkd.infer.bench.measure import benchmark_model, format_name
+from segkd.infer.bench.plot import PLOT_INSTALL, plottable
 from segkd.infer.bench.rounds import interleaved_rounds, ratios_to
 from segkd.infer.bench.writers import format_table, write_results
 from segkd.infer.fileio import check_writable_dir
@@ -34,6 +35,14 @@ def _dataset(cfg: BenchConfig) -> Any:
     from segkd.infer.datasets import build_dataset
 
     return build_dataset(cfg.dataset, cfg.data_root, cfg.split)
+
+
+def _no_plot_reason(cfg: BenchConfig, rows: list[dict[str, Any]]) -> str:
+    if cfg.dataset is None:
+        return "it needs --dataset and --data-root"
+    if not plottable(rows):
+        return "no model has a finite mIoU"
+    return f"matplotlib is not installed ({PLOT_INSTALL})"
 
 
 def _child(path: str, cfg: BenchConfig, name: str) -> dict[str, Any]:
@@ -103,6 +112,5 @@ def run_benchmark(
     print(format_table(rows))
     print("written: " + ", ".join(str(p) for p in written.values()))
     if "png" not in written:
-        why = "it needs --dataset and --data-root" if cfg.dataset is None else "no model has a finite mIoU"
-        print(f"no latency-vs-mIoU plot: {why}")
+        print(f"no latency-vs-mIoU plot: {_no_plot_reason(cfg, rows)}")
     return rows, written

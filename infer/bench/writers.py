@@ -1,4 +1,4 @@
-"""The benchmark's result files: benchmark.json, .csv and .md (and the plot when there is an mIoU)."""
+"""The benchmark's result files: benchmark.json, .csv, .md and the latency-vs-mIoU plot (with matplotlib)."""
 
 from __future__ import annotations
 
@@ -171,7 +171,8 @@ def write_results(
     out_dir: str | os.PathLike[str],
     command: str,
 ) -> dict[str, Path]:
-    """Write ``benchmark.{json,csv,md}`` and ``latency_vs_miou.png`` (when there is an mIoU); returns the paths."""
+    """Write ``benchmark.{json,csv,md}`` and ``latency_vs_miou.png`` (when there is an mIoU and matplotlib is
+    installed); returns the paths."""
     out = Path(out_dir)
     paths = {"json": out / "benchmark.json", "csv": out / "benchmark.csv", "md": out / "benchmark.md"}
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("models", "progress", "out")}
@@ -183,7 +184,7 @@ def write_results(
     writer.writerows(rows)
     atomic_write_text(paths["csv"], buf.getvalue())
     atomic_write_text(paths["md"], _markdown(rows, env, cfg, command))
-    if plottable(rows):
-        paths["png"] = out / "latency_vs_miou.png"
-        plot_latency_vs_miou(rows, paths["png"])
+    png = plot_latency_vs_miou(rows, out / "latency_vs_miou.png") if plottable(rows) else None
+    if png is not None:  # None: matplotlib is not installed
+        paths["png"] = png
     return paths
