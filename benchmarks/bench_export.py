@@ -70,7 +70,7 @@ def _time(fn, warmup: int, runs: int) -> dict[str, float]:  # noqa: ANN001 (a no
 def _models(args: argparse.Namespace, classes: list[str], palette: list[list[int]], size: tuple[int, int]):  # noqa: ANN202
     """(label, float32 eval model, meta) for each checkpoint, else each registered name with untrained weights."""
     if args.checkpoint:
-        from segkd.distill.checkpoint import load_model
+        from segkd.distill.load import load_model
 
         for path in args.checkpoint:
             model, meta = load_model(path)
@@ -127,7 +127,7 @@ def _bench_model(label, model, meta, trained, demo, work, size, args) -> list[di
         row.update(export_s=round(time.perf_counter() - t0, 1), size_mb=round(out.stat().st_size / 2**20, 1))
         row.update(_ort_latency(out, args))
         row.update(
-            agreement=report.agreement, miou_torch=report.miou_torch, miou_onnx=report.miou_onnx,
+            agreement=report.agreement, miou_torch=report.miou_torch, miou_exported=report.miou_exported,
             passed=report.passed, trained=trained,
         )  # fmt: skip
         rows.append(row)
@@ -149,7 +149,7 @@ def _table(rows: list[dict]) -> str:
             f"{r['p90_ms']:.0f} | {eager[r['model']] / r['median_ms']:.2f}x | "
             + (f"{r['agreement']:.2f} | " if "agreement" in r else "- | ")
             + (
-                f"{r['miou_torch']:.2f}{note} | {r['miou_onnx']:.2f} | {r['miou_onnx'] - r['miou_torch']:+.2f} |"
+                f"{r['miou_torch']:.2f}{note} | {r['miou_exported']:.2f} | {r['miou_exported'] - r['miou_torch']:+.2f} |"
                 if miou
                 else "- | - | - |"
             )

@@ -1,4 +1,6 @@
-"""Command lines of ``export/to_onnx.py`` and ``export/to_trt.py`` (parsing, messages, exit codes).
+"""The export commands (``export/to_onnx.py``, ``to_openvino.py``, ``to_trt.py`` and any format added to the table),
+their parsers generated from the format table (:data:`segkd.export.formats.EXPORT_FORMATS`): each command offers
+the options its format honours and refuses the others, naming the commands that take them.
 
 Exit codes: 0 done; 1 verification failed (nothing written); 2 a user mistake (bad option, missing or foreign
 checkpoint, unusable calibration images, ...); 3 TensorRT failed to build.
@@ -7,93 +9,76 @@ checkpoint, unusable calibration images, ...); 3 TensorRT failed to build.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from segkd.export.formats import CALIB_METHODS, INT8_TARGETS, LABEL_DTYPES, PRECISIONS
-from segkd.infer.datasets import dataset_names
-from segkd.script import command, prog
+from segkd.export.formats import EXPORT_FORMATS, PRECISIONS, ExportFormat
+from segkd.export.options import add_option_arguments, option_flags
+from segkd.script import command, exit_status, prog, stop_on_sigterm
 
-__all__ = ["onnx_main", "openvino_main", "trt_main"]
+__all__ = ["format_main", "format_parser", "onnx_main", "openvino_main", "parse_format_args", "trt_main"]
 
 EXIT_VERIFY, EXIT_USAGE, EXIT_BUILD = 1, 2, 3
 
 
-def _add_export_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("export")
-    g.add_argument("--height", type=int, help="input height (default: the checkpoint's input_size)")
-    g.add_argument("--width", type=int, help="input width (default: the checkpoint's input_size)")
-    g.add_argument("--batch", type=int, default=1, help="batch size of a fixed-batch graph (default 1)")
-    g.add_argument(
-        "--dynamic", nargs="?", const="all", default="none", choices=["none", "batch", "all"],
-        help="dynamic axes: 'batch', or 'all' (batch, height, width; the default when the flag has no value)",
-    )  # fmt: skip
-    g.add_argument("--argmax", action="store_true", help="output the (N, H, W) label map instead of logits")
-    g.add_argument(
-        "--label-dtype", default="uint8", choices=list(LABEL_DTYPES), help="label map dtype with --argmax"
+def format_parser(fmt: ExportFormat, *, source_help: str | None = None) -> argparse.ArgumentParser:
+    """The parser of ``fmt``'s command: the checkpoint, ``--precision``, ``--out`` and the options it honours."""
+    p = argparse.ArgumentParser(
+        prog=prog(fmt.script),
+        description=f"Export a checkpoint to a {fmt.description}, verified against PyTorch.",
+        epilog="precisions: "
+        + "; ".join(f"{k}: {v.description}" for k, v in PRECISIONS.items())
+        + f". INT8: {fmt.quantizer}.",
     )
-    g.add_argument(
-        "--fuse-preprocess", action="store_true",
-        help="graph takes raw BGR uint8 NHWC frames and normalises inside (metadata: fused_preprocess=true)",
-    )  # fmt: skip
-    g.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18; dynamo needs >= 18)")
-    g.add_argument(
-        "--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],
-        help="torch exporter; auto = dynamo when onnxscript is installed, else torchscript",
-    )  # fmt: skip
-    g.add_argument(
-        "--no-slim", dest="slim", action="store_false", help="do not simplify the graph with onnxslim"
+    p.add_argument("checkpoint", help=source_help or "self-describing .pth written by distill/train.py")
+    names = ", ".join(str(fmt.default_path("<ckpt>", k)) for k in PRECISIONS)
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        default=["fp32"],
+        choices=list(PRECISIONS),
+        help=f"one or more; files {names}",
     )
-    c = p.add_argument_group("calibration (int8) and verification images")
-    c.add_argument("--calib-dataset", help=f"dataset name ({dataset_names()})")
-    c.add_argument("--calib-root", help="dataset root folder")
-    c.add_argument("--calib-split", default="train", help="split to calibrate on (default train)")
-    c.add_argument(
-        "--calib-images", help="folder of images to calibrate (and verify) on, searched recursively"
+    p.add_argument(
+        "--out", help=f"output {fmt.suffix} path (one precision only; default derived from the checkpoint)"
     )
-    c.add_argument("--calib-count", type=int, default=32, help="calibration images (default 32)")
-    c.add_argument(
-        "--calib-method",
-        default="percentile",
-        choices=list(CALIB_METHODS),
-        help="activation ranges: percentile (default; clips the top 0.01 %%), minmax (the full range: level with "
-        "percentile on the demo students), entropy (KL search: clipped most, 0.3-1.3 mIoU lost on the demo "
-        "students, and 5-10x slower); docs/quantization.md has the measurements",
-    )
-    c.add_argument(
-        "--calib-percentile",
-        type=float,
-        default=99.99,
-        help="with --calib-method percentile: percent of each activation histogram the range keeps (default 99.99)",
-    )
-    c.add_argument(
-        "--calib-group-mb",
-        type=float,
-        default=512.0,
-        help="ONNX Runtime calibration: megabytes of one batch's activations held at once (default 512); more are "
-        "calibrated in further passes over the images, so memory stays bounded at any resolution (lower it on a "
-        "small machine; each pass costs one more inference per image)",
-    )
-    c.add_argument(
-        "--no-verify", dest="verify", action="store_false", help="write without checking against PyTorch"
-    )
-    c.add_argument("--verify-split", default="val", help="labelled split to verify on with --calib-dataset")
-    c.add_argument("--verify-count", type=int, default=8, help="verification images (default 8)")
-    c.add_argument(
-        "--force",
-        action="store_true",
-        help="replace an existing output that was exported with other options (size, precision, target, "
-        "dynamic axes, argmax, fused preprocessing); without it such a file is kept and the export stops",
-    )
+    add_option_arguments(p, fmt.options)
+    return p
+
+
+def parse_format_args(
+    fmt: ExportFormat, parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> argparse.Namespace:
+    """Parse ``argv``; an export option ``fmt`` does not honour is refused with the commands that take it."""
+    args, extra = parser.parse_known_args(argv)
+    flags = option_flags()
+    for token in extra:
+        name = flags.get(token.split("=", 1)[0])
+        if name is not None:
+            takers = [f"segkd {f.command}" for f in EXPORT_FORMATS.values() if name in f.options]
+            parser.error(
+                f"{token.split('=', 1)[0]} has no effect on {fmt.name} files, so this command does not take it"
+                + (f"; it is an option of {', '.join(takers)}" if takers else "")
+            )
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def _options(args: argparse.Namespace, precision: str, out: str | None):  # noqa: ANN202 (lazy import)
-    from segkd.export.pipeline import ExportOptions
+    from segkd.export.options import ExportOptions
 
     fields = ExportOptions.__dataclass_fields__
     kw = {k: v for k, v in vars(args).items() if k in fields and k not in ("precision", "out")}
     return ExportOptions(precision=precision, out=out, **kw)
+
+
+def _exporter(fmt: ExportFormat) -> Any:
+    module, func = fmt.exporter.split(":")
+    return getattr(importlib.import_module(module), func)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -117,47 +102,56 @@ def _print_verification(result) -> None:  # noqa: ANN001 (segkd.export.pipeline.
         print("  not verified (--no-verify)")
 
 
-def _export(checkpoint: str, args: argparse.Namespace, precision: str, out: str | None) -> Path:
-    from segkd.export.pipeline import export_checkpoint
-
-    result = export_checkpoint(checkpoint, _options(args, precision, out))
+def _export(
+    fmt: ExportFormat, checkpoint: str, args: argparse.Namespace, precision: str, out: str | None
+) -> Path:
+    """Export one precision with the format's exporter and say what was written."""
+    result = _exporter(fmt)(checkpoint, _options(args, precision, out))
     m = result.meta.extra
     size = "x".join(map(str, result.meta.input_size))
-    shape = f"dynamic ({m['dynamic']}) around {size}" if m["dynamic"] else size
+    shape = f"dynamic ({m['dynamic']}) around {size}" if m.get("dynamic") else size
+    files = [result.path, *(result.path.with_suffix(c) for c in fmt.companions)]
+    mb = sum(f.stat().st_size for f in files if f.is_file()) / 2**20
+    also = "".join(f" + {c}" for c in fmt.companions)
     print(
-        f"wrote {result.path} ({result.path.stat().st_size / 2**20:.1f} MB, {precision}, input {m['input_dtype']} "
-        f"{m['input_layout']} {shape}, output {m['output']}, {result.exporter} exporter) in {result.seconds:.1f} s"
+        f"wrote {result.path}{also} ({mb:.1f} MB, {precision}, input {m.get('input_dtype', '?')} "
+        f"{m.get('input_layout', '?')} {shape}, output {m.get('output', 'logits')}, {result.exporter} exporter) in "
+        f"{result.seconds:.1f} s"
     )
     _print_verification(result)
     return result.path
 
 
-def _export_openvino(checkpoint: str, args: argparse.Namespace, precision: str, out: str | None) -> Path:
-    from segkd.export.openvino_export import export_openvino
-
-    result = export_openvino(checkpoint, _options(args, precision, out))
-    size = result.path.stat().st_size + result.path.with_suffix(".bin").stat().st_size
-    print(f"wrote {result.path} + .bin ({size / 2**20:.1f} MB, {precision}) in {result.seconds:.1f} s")
-    _print_verification(result)
-    return result.path
-
-
-def _each_precision(args: argparse.Namespace, export) -> int:  # noqa: ANN001 (export: _export or _export_openvino)
-    """Run ``export`` once per requested precision (``--out`` names one file, so it takes one precision)."""
+def _each_precision(fmt: ExportFormat, args: argparse.Namespace) -> int:
+    """Export once per requested precision (``--out`` names one file, so it takes one precision)."""
     precisions = list(dict.fromkeys(args.precision))
     if args.out and len(precisions) > 1:
         print("error: --out names one file; give one --precision with it", file=sys.stderr)
         return EXIT_USAGE
     for precision in precisions:
-        export(args.checkpoint, args, precision, args.out)
+        _export(fmt, args.checkpoint, args, precision, args.out)
     return 0
+
+
+def format_main(name: str, argv: Sequence[str] | None = None) -> int:
+    """The command of export format ``name``: parse, export each precision, verify; returns the exit status."""
+    fmt = EXPORT_FORMATS[name]
+    return _run(_each_precision, fmt, parse_format_args(fmt, format_parser(fmt), argv))
 
 
 def _run(fn, *a) -> int:  # noqa: ANN001 (fn: one of the *_main bodies)
     from segkd.export.verify import VerificationError
 
+    stop_on_sigterm()
     try:
         return fn(*a)
+    except (
+        KeyboardInterrupt
+    ) as e:  # Ctrl-C or SIGTERM: temporary files are gone, the output was never replaced
+        code = exit_status(e)
+        what = "terminated (SIGTERM)" if code == 143 else "interrupted"
+        print(f"{what}: nothing was written, any earlier file at the output path is kept", file=sys.stderr)
+        return code
     except VerificationError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_VERIFY
@@ -167,42 +161,20 @@ def _run(fn, *a) -> int:  # noqa: ANN001 (fn: one of the *_main bodies)
 
 
 # --------------------------------------------------------------------------------------------------- to_onnx
-def onnx_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog("export/to_onnx.py"),
-        description="Export a checkpoint to ONNX (FP32 / FP16 / INT8 Q/DQ), verified against PyTorch.",
-        epilog="precisions: " + "; ".join(f"{k}: {v.description}" for k, v in PRECISIONS.items()),
-    )
-    p.add_argument("checkpoint", help="self-describing .pth written by distill/train.py")
-    p.add_argument(
-        "--precision", nargs="+", default=["fp32"], choices=list(PRECISIONS),
-        help="one or more; files <ckpt>.onnx, <ckpt>.fp16.onnx, <ckpt>.int8.onnx (<ckpt>.int8-cpu.onnx for --target cpu)",
-    )  # fmt: skip
-    p.add_argument(
-        "--target", default="tensorrt", choices=list(INT8_TARGETS),
-        help="INT8 form: " + "; ".join(f"{k}: {v[1]}" for k, v in INT8_TARGETS.items()) + " (default tensorrt)",
-    )  # fmt: skip
-    p.add_argument("--out", help="output path (one precision only; default derived from the checkpoint)")
-    _add_export_args(p)
-    return p
-
-
-def _onnx_body(args: argparse.Namespace) -> int:
-    return _each_precision(args, _export)
-
-
 def onnx_main(argv: Sequence[str] | None = None) -> int:
-    return _run(_onnx_body, onnx_parser().parse_args(argv))
+    return format_main("onnx", argv)
 
 
 # --------------------------------------------------------------------------------------------------- to_trt
 def trt_parser() -> argparse.ArgumentParser:
+    fmt = EXPORT_FORMATS["tensorrt"]
     p = argparse.ArgumentParser(
-        prog=prog("export/to_trt.py"),
+        prog=prog(fmt.script),
         description=(
-            "Build a strongly typed TensorRT engine (+ JSON sidecar). From a checkpoint, the ONNX of the precision "
-            "is exported and verified first; without TensorRT the command stops there (exit 2: no engine was "
-            "built) and says how to install it."
+            "Build a strongly typed TensorRT engine (+ JSON sidecar) and verify it on the GPU against PyTorch (from "
+            "a checkpoint) or the ONNX file it was built from. From a checkpoint, the ONNX of the precision is "
+            "exported and verified first; without TensorRT the command stops there (exit 2: no engine was built) "
+            "and says how to install it."
         ),
     )
     p.add_argument("source", help="checkpoint (.pth) or ONNX file written by to_onnx.py")
@@ -217,7 +189,7 @@ def trt_parser() -> argparse.ArgumentParser:
     p.add_argument("--version-compatible", action="store_true", help="engine runs on later TensorRT versions")
     p.add_argument("--hardware-compatible", action="store_true", help="engine runs on Ampere and newer GPUs")
     p.add_argument("--out", help="engine path (default <onnx name>.engine)")
-    _add_export_args(p)
+    add_option_arguments(p, fmt.options)
     return p
 
 
@@ -297,7 +269,7 @@ def _trt_body(args: argparse.Namespace) -> int:
     else:
         if shapes is not None:
             _shape_export_args(args, shapes)
-        onnx_path = _export(str(source), args, args.precision or "fp32", None)
+        onnx_path = _export(EXPORT_FORMATS["onnx"], str(source), args, args.precision or "fp32", None)
     try:
         trt = import_tensorrt()
     except TensorRTUnavailable:
@@ -324,13 +296,21 @@ def _trt_body(args: argparse.Namespace) -> int:
     print(
         f"wrote {record['engine']} and its sidecar {record['engine']}.json in {record['build']['build_time_s']:.1f} s"
     )
+    if args.verify:
+        from segkd.export.engine import verify_engine
+
+        precision = args.precision or "fp32"
+        report = verify_engine(record["engine"], source, _options(args, precision, None))
+        print(f"  verified on the GPU: {report.summary()} [{report.gate}]")
+    else:
+        print("  not verified (--no-verify)")
     return 0
 
 
 def trt_main(argv: Sequence[str] | None = None) -> int:
     from segkd.export.trt_build import TensorRTUnavailable
 
-    args = trt_parser().parse_args(argv)
+    args = parse_format_args(EXPORT_FORMATS["tensorrt"], trt_parser(), argv)
     try:
         return _run(_trt_body, args)
     except TensorRTUnavailable as e:
@@ -339,24 +319,5 @@ def trt_main(argv: Sequence[str] | None = None) -> int:
 
 
 # --------------------------------------------------------------------------------------------------- to_openvino
-def openvino_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog("export/to_openvino.py"),
-        description="Export a checkpoint to an OpenVINO IR (FP32 / FP16 / INT8 with NNCF), verified against PyTorch.",
-    )
-    p.add_argument("checkpoint", help="self-describing .pth written by distill/train.py")
-    p.add_argument(
-        "--precision", nargs="+", default=["fp32"], choices=list(PRECISIONS),
-        help="one or more; files <ckpt>.xml, <ckpt>.fp16.xml, <ckpt>.int8.xml (each with its .bin)",
-    )  # fmt: skip
-    p.add_argument("--out", help="output .xml path (one precision only; default derived from the checkpoint)")
-    _add_export_args(p)
-    return p
-
-
-def _openvino_body(args: argparse.Namespace) -> int:
-    return _each_precision(args, _export_openvino)
-
-
 def openvino_main(argv: Sequence[str] | None = None) -> int:
-    return _run(_openvino_body, openvino_parser().parse_args(argv))
+    return format_main("openvino", argv)

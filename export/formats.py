@@ -1,4 +1,5 @@
-"""The one table of export precisions and output kinds: it drives the CLI choices, file names and checks.
+"""The export tables: formats (:data:`EXPORT_FORMATS`: one row per format, its command, options, exporter and
+quantizer) and precisions (:data:`PRECISIONS`); they drive the commands' parsers, file names and checks.
 
 | precision | file                 | graph          | input (unfused)   | output logits | verification gate                |
 |-----------|----------------------|----------------|-------------------|---------------|----------------------------------|
@@ -25,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "EXPORT_FORMATS",
     "EXTRA_KEYS",
+    "ExportFormat",
     "LABEL_DTYPES",
     "OUTPUTS",
     "PRECISIONS",
@@ -34,6 +37,7 @@ __all__ = [
     "Precision",
     "default_onnx_path",
     "get_precision",
+    "register_export_format",
 ]
 
 
@@ -129,3 +133,93 @@ def default_onnx_path(source: str | os.PathLike[str], precision: str, target: st
             raise ValueError(f"unknown INT8 target {target!r}; choose one of {', '.join(INT8_TARGETS)}")
         suffix = INT8_TARGETS[target][0]
     return source.with_name(source.stem + suffix + ".onnx")
+
+
+# ------------------------------------------------------------------------------------------------ formats
+@dataclass(frozen=True)
+class ExportFormat:
+    """One row of the export table: what a format's command offers, how it exports and quantizes, what it needs.
+
+    Attributes:
+        name: the format (``onnx``), as in the runtime's format table (:mod:`segkd.infer.formats`).
+        command: its ``segkd`` subcommand (``export``); ``script``: the same command as a file of the checkout.
+        suffix: the file's suffix; ``companions``: suffixes of files written beside it (an IR's ``.bin``).
+        exporter: ``"module:function"`` taking (checkpoint, :class:`~segkd.export.options.ExportOptions`, log)
+            and returning an :class:`~segkd.export.pipeline.ExportResult` of a verified file.
+        quantizer: what makes its INT8 file, in words.
+        requires: modules that must import for it to run; a benchmark of every format skips it otherwise.
+        install: how to install them.
+        options: the :class:`~segkd.export.options.ExportOptions` fields it honours: its command offers these and
+            refuses the others, naming the formats that take them.
+        description: one line for ``--help``.
+    """
+
+    name: str
+    command: str
+    script: str
+    suffix: str
+    exporter: str
+    quantizer: str
+    requires: tuple[str, ...]
+    install: str
+    options: frozenset[str]
+    description: str
+    companions: tuple[str, ...] = ()
+
+    def default_path(
+        self, checkpoint: str | os.PathLike[str], precision: str, target: str = "tensorrt"
+    ) -> Path:
+        """``runs/x/best.pth`` -> ``runs/x/best<precision infix><suffix>`` (see :func:`default_onnx_path`)."""
+        return default_onnx_path(checkpoint, precision, target).with_suffix(self.suffix)
+
+
+# What every graph export honours: the graph's shape, output and exporter, calibration and verification images.
+_GRAPH = frozenset({"height", "width", "batch", "dynamic", "opset", "exporter", "slim"})
+_IMAGES = frozenset(
+    {"calib_dataset", "calib_root", "calib_split", "calib_images", "calib_count", "verify", "verify_split",
+     "verify_count"}
+)  # fmt: skip
+_ORT = frozenset(
+    {
+        "argmax",
+        "label_dtype",
+        "fuse_preprocess",
+        "calib_method",
+        "calib_percentile",
+        "calib_group_mb",
+        "force",
+    }
+)
+
+EXPORT_FORMATS: dict[str, ExportFormat] = {}
+
+
+def register_export_format(fmt: ExportFormat) -> ExportFormat:
+    """Add a row to :data:`EXPORT_FORMATS` (a new format is one exporter and this row); returns it."""
+    if fmt.name in EXPORT_FORMATS:
+        raise ValueError(f"export format {fmt.name!r} is already registered")
+    EXPORT_FORMATS[fmt.name] = fmt
+    return fmt
+
+
+for _fmt in (
+    ExportFormat(
+        "onnx", "export", "export/to_onnx.py", ".onnx", "segkd.export.pipeline:export_checkpoint",
+        "ONNX Runtime static quantization (Q/DQ; --target tensorrt or cpu)", ("onnxruntime",),
+        "pip install onnxruntime-gpu (or onnxruntime)", _GRAPH | _IMAGES | _ORT | {"target"},
+        "verified ONNX (FP32 / FP16 / INT8 Q/DQ)",
+    ),
+    ExportFormat(
+        "openvino", "openvino", "export/to_openvino.py", ".xml", "segkd.export.openvino_export:export_openvino",
+        "NNCF post-training quantization (accuracy-aware past 1.0 mIoU lost)", ("openvino", "nncf"),
+        "pip install -e .[openvino]", _GRAPH | _IMAGES, "verified OpenVINO IR (FP32 / FP16 / INT8 with NNCF)",
+        companions=(".bin",),
+    ),
+    ExportFormat(
+        "tensorrt", "trt", "export/to_trt.py", ".engine", "segkd.export.engine:export_engine",
+        "the TensorRT-form INT8 ONNX file (s8 Q/DQ), built strongly typed", ("tensorrt",),
+        "pip install -e .[trt] on a machine with an NVIDIA GPU", _GRAPH | _IMAGES | _ORT,
+        "strongly typed TensorRT engine (+ JSON sidecar), verified on the GPU",
+    ),
+):  # fmt: skip
+    register_export_format(_fmt)

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
+from segkd.distill.models import MODELS, model_traits
 from segkd.export.calib import Sample, network_input
 from segkd.export.formats import get_precision
 from segkd.export.onnx_export import ExportError
@@ -36,10 +35,10 @@ from segkd.export.pipeline import (
     export_model,
     verification_samples,
 )
-from segkd.export.verify import VerificationError, VerifyReport, apply_gates
-from segkd.infer.fileio import check_writable
-from segkd.infer.meta import ModelMeta, preprocess
-from segkd.infer.runtime.ov_runner import META_KEY, OvRunner
+from segkd.export.verify import VerificationError, VerifyReport, torch_reference, verify
+from segkd.infer.fileio import check_writable, sha256_file, work_dir_beside
+from segkd.infer.meta import ModelMeta
+from segkd.infer.runtime.ov_runner import META_KEY, WEIGHTS_KEY, OvRunner
 
 __all__ = ["default_openvino_path", "export_openvino", "verify_openvino"]
 
@@ -66,7 +65,9 @@ MAX_INT8_DROP = 1.0
 
 
 def _is_transformer(meta: ModelMeta) -> bool:
-    return str(meta.arch.get("name", "")).startswith(("segformer_", "upernet_swin_"))
+    """Registered with ``transformer=True`` (attention, LayerNorm); an unregistered architecture is not."""
+    name = meta.arch.get("name")
+    return name in MODELS and model_traits(name).transformer
 
 
 def _nncf_options(meta: ModelMeta) -> dict[str, Any]:
@@ -153,46 +154,22 @@ def _quantize(
 def verify_openvino(
     path: Path, model: nn.Module, meta: ModelMeta, samples: Sequence[Sample], *, precision: str, source: str
 ) -> VerifyReport:
-    """OpenVINO (f32 inference) against the float32 PyTorch model on ``samples``: the ONNX gates of ``precision``."""
-    from segkd.infer.metrics import ConfusionMatrix
+    """:func:`~segkd.export.verify.verify` of an IR on OpenVINO (f32 inference) against the PyTorch model."""
+    with OvRunner(path, provider="f32") as runner:
+        return verify(runner, torch_reference(model, meta), meta, samples, precision=precision, source=source)
 
-    runner = OvRunner(path, provider="f32")
-    labelled = all(s.label is not None for s in samples)
-    cms = {k: ConfusionMatrix(meta.num_classes, meta.ignore_index) for k in ("torch", "ir")}
-    agree = pixels = n_values = 0
-    max_diff = sum_diff = 0.0
-    non_finite = 0
-    for s in samples:
-        x = runner.make_input([s.image])
-        out = runner.forward(x).astype(np.float32)  # (1, K, H, W)
-        with torch.no_grad():
-            ref = model(torch.from_numpy(preprocess([s.image], meta))).numpy()  # (1, K, H, W)
-        non_finite += int((~np.isfinite(out)).sum()) + int((~np.isfinite(ref)).sum())
-        diff = np.abs(out - ref)
-        max_diff, sum_diff, n_values = (
-            max(max_diff, float(diff.max())),
-            sum_diff + float(diff.sum()),
-            n_values + diff.size,
-        )
-        labels, ref_labels = out.argmax(1)[0], ref.argmax(1)[0]
-        agree, pixels = agree + int((labels == ref_labels).sum()), pixels + ref_labels.size
-        if labelled:
-            cms["torch"].update(ref_labels, s.label)
-            cms["ir"].update(labels, s.label)
-    runner.close()
-    report = VerifyReport(
-        non_finite=non_finite,
-        precision=precision,
-        source=source,
-        images=len(samples),
-        size=list(samples[0].image.shape[:2]),
-        agreement=100.0 * agree / pixels,
-        max_abs_diff=max_diff,
-        mean_abs_diff=sum_diff / n_values,
-        miou_torch=cms["torch"].compute()["mIoU"] if labelled else None,
-        miou_onnx=cms["ir"].compute()["mIoU"] if labelled else None,
-    )
-    return apply_gates(report)
+
+def _record_weights(ov: Any, xml: Path, signed: Path) -> Path:
+    """The IR saved again with its ``.bin``'s SHA-256 in ``rt_info``, so that a runner pairing it with another
+    model's ``.bin`` refuses it instead of running (or crashing on) foreign weights. Saving an unchanged model
+    writes the same ``.bin`` byte for byte; that is checked."""
+    digest = sha256_file(xml.with_suffix(".bin"))
+    model = ov.Core().read_model(str(xml))
+    model.set_rt_info(digest, [WEIGHTS_KEY, "bin_sha256"])
+    ov.save_model(model, str(signed), compress_to_fp16=False)
+    if sha256_file(signed.with_suffix(".bin")) != digest:
+        raise ExportError(f"OpenVINO rewrote the weights of {xml.name} when saving it again; export again")
+    return signed
 
 
 def _save(ov: Any, ov_model: Any, meta: ModelMeta, xml: Path, fp16: bool) -> None:
@@ -210,7 +187,7 @@ def export_openvino(
         ExportError: bad options, missing OpenVINO/NNCF, or the conversion failed.
         VerificationError: the IR disagrees with PyTorch beyond the precision's gate (nothing written).
     """
-    from segkd.distill.checkpoint import load_model
+    from segkd.distill.load import load_model
 
     ov, _ = _import()
     t0 = time.perf_counter()
@@ -230,7 +207,7 @@ def export_openvino(
     checks, check_source = verification_samples(opts, meta, size, log) if opts.verify else ([], "")
     check_writable(out, "OpenVINO output")
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".segkd-openvino-", dir=out.parent) as tmp:
+    with work_dir_beside(out, "openvino") as tmp:
         onnx_opts = dataclasses.replace(opts, precision="fp32", verify=False, out=None)
         graph = export_model(model, meta, Path(tmp) / "graph.onnx", onnx_opts, source=checkpoint, log=log)
         ov_model = ov.convert_model(str(graph.path))
@@ -257,6 +234,7 @@ def export_openvino(
                 ov, staged_model, export_meta, final, False
             )  # weights are already in their stored precision
             staged = final
+        staged = _record_weights(ov, staged, Path(tmp) / "signed" / out.name)
         os.replace(staged.with_suffix(".bin"), out.with_suffix(".bin"))
         os.replace(staged, out)
     return ExportResult(out, export_meta, report, graph.exporter, time.perf_counter() - t0)

@@ -38,7 +38,8 @@ from segkd.export.onnx_export import (
     torch_to_onnx,
     write_metadata,
 )
-from segkd.export.quantize import CALIB_GROUP_MB, DEFAULT_PERCENTILE, quantize_int8
+from segkd.export.options import ExportOptions
+from segkd.export.quantize import quantize_int8
 from segkd.export.verify import VerificationError, VerifyReport, verify_onnx
 from segkd.infer import __version__
 from segkd.infer.fileio import atomic_path, check_writable, sha256_file, work_dir
@@ -67,43 +68,6 @@ _NOTES = {
 }
 # Relative logits tolerance of the dynamic-shape check, per float dtype of the graph.
 _DYNAMIC_RTOL = {"float32": 1e-3, "float16": 2e-2}
-
-
-@dataclass
-class ExportOptions:
-    """Everything ``to_onnx.py`` takes besides the checkpoint (see ``--help`` for each)."""
-
-    precision: str = "fp32"
-    height: int | None = None  # None: the checkpoint's input_size
-    width: int | None = None
-    batch: int = 1
-    dynamic: str = "none"
-    argmax: bool = False
-    label_dtype: str = "uint8"
-    fuse_preprocess: bool = False
-    opset: int = 18
-    exporter: str = "auto"
-    slim: bool = True
-    calib_dataset: str | None = None
-    calib_root: str | None = None
-    calib_split: str = "train"
-    calib_images: str | None = None
-    calib_count: int = 32
-    calib_method: str = "percentile"  # chosen by measurement: docs/quantization.md
-    calib_percentile: float = DEFAULT_PERCENTILE  # --calib-method percentile: percent of each histogram kept
-    calib_group_mb: float = CALIB_GROUP_MB  # activations per image one calibration pass holds (bounds memory)
-    target: str = "tensorrt"  # INT8 form: tensorrt | cpu (segkd.export.formats.INT8_TARGETS)
-    verify: bool = True
-    verify_split: str = "val"
-    verify_count: int = 8
-    out: str | None = None
-    force: bool = False  # replace an existing file that was exported with other options
-
-    def size(self, meta: ModelMeta) -> tuple[int, int]:
-        """(H, W) of the export: the options', else the checkpoint's input size."""
-        h = self.height if self.height is not None else int(meta.input_size[0])
-        w = self.width if self.width is not None else int(meta.input_size[1])
-        return h, w
 
 
 @dataclass
@@ -333,8 +297,12 @@ def export_model(
                           percentile=opts.calib_percentile, group_mb=opts.calib_group_mb, log=log)  # fmt: skip
             graph = quantized
         report = None
-        if opts.verify:
-            report = verify_onnx(graph, model, meta, checks, precision=prec.name, source=check_source)
+        if (
+            opts.verify
+        ):  # the runner reads the file's own metadata (input form, output), as a deployment would
+            staged = tmp / "staged.onnx"
+            write_metadata(graph, staged, _export_meta(meta, opts, model, exporter, None, None))
+            report = verify_onnx(staged, model, meta, checks, precision=prec.name, source=check_source)
             if not report.passed:
                 raise VerificationError(report)
         export_meta = _export_meta(meta, opts, model, exporter, Path(source) if source else None, report)
@@ -354,7 +322,7 @@ def export_checkpoint(
     Raises:
         segkd.distill.checkpoint.CheckpointError: missing file or not a checkpoint of this toolkit.
     """
-    from segkd.distill.checkpoint import load_model
+    from segkd.distill.load import load_model
 
     out = opts.out or default_onnx_path(
         checkpoint,

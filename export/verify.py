@@ -1,4 +1,5 @@
-"""Prove an exported ONNX file faithful: ONNX Runtime (CPU) against the PyTorch float32 model on the same images.
+"""Prove an exported file faithful: its runner (ONNX Runtime, OpenVINO, TensorRT) against a reference (the PyTorch
+float32 model, or the ONNX file an engine was built from) on the same images.
 
 Measured: max and mean absolute logits difference, argmax pixel agreement, and with labelled images the mIoU of
 both. The gates come from `segkd.export.formats.PRECISIONS`: FP32 agreement >= 99.9 %, FP16 >= 99.0 % and mIoU within 0.1 point, INT8 mIoU
@@ -9,20 +10,28 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from segkd.export.calib import Sample, batches, network_input
+from segkd.export.calib import Sample
 from segkd.export.formats import get_precision
 from segkd.infer.meta import ModelMeta, preprocess
-from segkd.infer.runtime.ort_runner import ORT_DTYPES
-from segkd.infer.runtime.ort_session import cpu_session
+from segkd.infer.runtime.base import Runner
 
-__all__ = ["VerificationError", "VerifyReport", "apply_gates", "verify_onnx"]
+__all__ = [
+    "VerificationError",
+    "VerifyReport",
+    "apply_gates",
+    "runner_reference",
+    "torch_reference",
+    "verify",
+    "verify_onnx",
+]
 
 
 class VerificationError(RuntimeError):
@@ -47,9 +56,11 @@ class VerifyReport:
     agreement: float
     max_abs_diff: float | None = None
     mean_abs_diff: float | None = None
-    miou_torch: float | None = None
-    miou_onnx: float | None = None
-    non_finite: int = 0  # NaN/inf values in the ONNX outputs or the PyTorch reference
+    miou_torch: float | None = None  # the reference's mIoU (PyTorch, or the file an engine was built from)
+    miou_exported: float | None = None  # the exported file's own mIoU, whatever its format
+    non_finite: int = 0  # NaN/inf values in the exported file's outputs or the reference's
+    format: str = "onnx"  # the runner's format: onnx, openvino, tensorrt, ...
+    reference: str = "PyTorch"  # what the file was compared with
     gate: str = ""
     passed: bool = True
     failures: list[str] = field(default_factory=list)
@@ -61,7 +72,7 @@ class VerifyReport:
             parts.append(f"max |diff| {self.max_abs_diff:.3g}, mean {self.mean_abs_diff:.3g}")
         parts.append(f"argmax agreement {self.agreement:.3f}%")
         if self.miou_torch is not None:
-            parts.append(f"mIoU PyTorch {self.miou_torch:.2f} / exported {self.miou_onnx:.2f}")
+            parts.append(f"mIoU {self.reference} {self.miou_torch:.2f} / exported {self.miou_exported:.2f}")
         return ", ".join(parts)
 
     def to_dict(self) -> dict:
@@ -89,12 +100,103 @@ def apply_gates(report: VerifyReport) -> VerifyReport:
         if report.miou_torch is None or np.isnan(report.miou_torch):
             report.gate += f"; mIoU within {p.max_miou_drop} point not checked (no labelled images)"
         else:
-            report.gate += f"; mIoU within {p.max_miou_drop} point of PyTorch"
-            drop = report.miou_torch - report.miou_onnx
+            report.gate += f"; mIoU within {p.max_miou_drop} point of {report.reference}"
+            drop = report.miou_torch - report.miou_exported
             if not drop <= p.max_miou_drop:  # also catches nan
-                failures.append(f"mIoU {report.miou_onnx:.2f} is {drop:.2f} points below PyTorch's")
+                failures.append(
+                    f"mIoU {report.miou_exported:.2f} is {drop:.2f} points below {report.reference}'s"
+                )
     report.failures, report.passed = failures, not failures
     return report
+
+
+Reference = Callable[[list[np.ndarray]], np.ndarray]
+
+
+def torch_reference(model: nn.Module, meta: ModelMeta) -> Reference:
+    """The float32 PyTorch model as a reference: BGR images -> (N, K, H, W) logits, always normalised NCHW."""
+    model = model.float().eval()
+
+    def run(images: list[np.ndarray]) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(preprocess(images, meta))).numpy()
+
+    return run
+
+
+def runner_reference(runner: Runner) -> Reference:
+    """Another exported file as the reference (an engine against the ONNX file it was built from)."""
+
+    def run(images: list[np.ndarray]) -> np.ndarray:
+        return runner.predict_logits(images)
+
+    run.name = runner.path.name  # type: ignore[attr-defined]
+    return run
+
+
+def verify(
+    runner: Runner,
+    reference: Reference,
+    meta: ModelMeta,
+    samples: Sequence[Sample],
+    *,
+    precision: str,
+    source: str,
+) -> VerifyReport:
+    """Run ``samples`` through an exported file (any runner: ONNX Runtime, OpenVINO, a TensorRT engine) and the
+    reference; return the report gated by ``precision``'s thresholds.
+
+    The runner feeds the file as its metadata says (float32/float16 NCHW normalised, or uint8 NHWC raw) and
+    returns logits or, for a graph ending in an argmax, labels. The reference always gives float32 logits of the
+    same images, so every precision and format is compared against the same answer.
+    """
+    from segkd.infer.metrics import ConfusionMatrix
+
+    assert samples, "verification needs at least one image"
+    labelled = all(s.label is not None for s in samples)
+    cms = {k: ConfusionMatrix(meta.num_classes, meta.ignore_index) for k in ("reference", "exported")}
+    agree = pixels = n_values = non_finite = 0
+    max_diff = sum_diff = 0.0
+    logits_out = not runner.outputs_labels
+    step = runner.fixed_batch or 1
+    for i in range(0, len(samples), step):
+        group = samples[i : i + step]
+        images = [s.image for s in group]
+        out = runner.forward(runner.make_input(images))  # (n, K, H, W) logits or (n, H, W) labels
+        ref = reference(images)  # (n, K, H, W) float32
+        ref_labels = ref.argmax(1)
+        non_finite += int((~np.isfinite(ref)).sum())
+        if logits_out:
+            out = out.astype(np.float32)
+            non_finite += int((~np.isfinite(out)).sum())
+            diff = np.abs(out - ref)
+            max_diff = max(max_diff, float(diff.max()))
+            sum_diff += float(diff.sum(dtype=np.float64))
+            n_values += diff.size
+            labels = out.argmax(1)
+        else:
+            labels = out.astype(np.int64)
+        agree += int((labels == ref_labels).sum())
+        pixels += ref_labels.size
+        if labelled:
+            for s, r, o in zip(group, ref_labels, labels, strict=True):
+                cms["reference"].update(r, s.label)
+                cms["exported"].update(o, s.label)
+    report = VerifyReport(
+        precision=precision,
+        source=source,
+        images=len(samples),
+        size=list(samples[0].image.shape[:2]),
+        agreement=100.0 * agree / pixels,
+        max_abs_diff=max_diff if logits_out else None,
+        mean_abs_diff=sum_diff / n_values if logits_out else None,
+        miou_torch=cms["reference"].compute()["mIoU"] if labelled else None,
+        miou_exported=cms["exported"].compute()["mIoU"] if labelled else None,
+        non_finite=non_finite,
+        format=runner.format,
+        reference=getattr(reference, "name", "PyTorch"),
+    )
+    return apply_gates(report)
 
 
 def verify_onnx(
@@ -106,66 +208,13 @@ def verify_onnx(
     precision: str,
     source: str,
 ) -> VerifyReport:
-    """Run ``samples`` through the ONNX file and the PyTorch model; return the gated report.
+    """:func:`verify` of an ONNX file on ONNX Runtime's CPU provider against the PyTorch model."""
+    from segkd.infer.runtime.ort_runner import OrtRunner
 
-    The graph's input dtype and layout say how to feed it (float32/float16 NCHW normalised, or uint8 NHWC raw);
-    its output dtype says whether it returns logits or labels. PyTorch always runs in float32 on the normalised
-    images, so every precision is compared against the same reference.
-    """
-    from segkd.infer.metrics import ConfusionMatrix
-
-    assert samples, "verification needs at least one image"
-    sess = cpu_session(path)
-    inp = sess.get_inputs()[0]
-    in_dtype = np.dtype(ORT_DTYPES[inp.type]).name
-    batch = inp.shape[0] if isinstance(inp.shape[0], int) else 1
-    labelled = all(s.label is not None for s in samples)
-    cms = (
-        {k: ConfusionMatrix(meta.num_classes, meta.ignore_index) for k in ("torch", "onnx")}
-        if labelled
-        else {}
-    )
-    agree = pixels = 0
-    max_diff, sum_diff, n_values, logits_out, non_finite = 0.0, 0.0, 0, True, 0
-    model = model.float().eval()
-    seen = 0
-    for group in batches(samples, batch):
-        real = min(batch, len(samples) - seen)  # the padded tail of the last group is not counted
-        seen += real
-        images = [s.image for s in group]
-        x = network_input(
-            images, meta, fused=in_dtype == "uint8", dtype=in_dtype if in_dtype != "uint8" else "float32"
-        )
-        out = sess.run(None, {inp.name: x})[0][:real]
-        with torch.no_grad():
-            ref = model(torch.from_numpy(preprocess(images, meta))).numpy()[:real]  # (n, K, H, W)
-        ref_labels = ref.argmax(1)
-        logits_out = out.dtype.kind == "f"
-        non_finite += int((~np.isfinite(ref)).sum()) + (int((~np.isfinite(out)).sum()) if logits_out else 0)
-        if logits_out:
-            diff = np.abs(out.astype(np.float32) - ref)
-            max_diff = max(max_diff, float(diff.max()))
-            sum_diff += float(diff.sum(dtype=np.float64))
-            n_values += diff.size
-            labels = out.argmax(1)
-        else:
-            labels = out.astype(np.int64)
-        agree += int((labels == ref_labels).sum())
-        pixels += ref_labels.size
-        for s, r, o in zip(group[:real], ref_labels, labels):
-            if labelled:
-                cms["torch"].update(r, s.label)
-                cms["onnx"].update(o, s.label)
-    report = VerifyReport(
-        precision=precision,
-        source=source,
-        images=len(samples),
-        size=list(samples[0].image.shape[:2]),
-        agreement=100.0 * agree / pixels,
-        max_abs_diff=max_diff if logits_out else None,
-        mean_abs_diff=sum_diff / n_values if logits_out else None,
-        miou_torch=cms["torch"].compute()["mIoU"] if labelled else None,
-        miou_onnx=cms["onnx"].compute()["mIoU"] if labelled else None,
-        non_finite=non_finite,
-    )
-    return apply_gates(report)
+    with (
+        warnings.catch_warnings()
+    ):  # "FP16/TensorRT-form INT8 is slow on CPU" is for deployments, not for checks
+        warnings.simplefilter("ignore", RuntimeWarning)
+        runner = OrtRunner(path, device="cpu")
+    with runner:
+        return verify(runner, torch_reference(model, meta), meta, samples, precision=precision, source=source)

@@ -7,6 +7,9 @@ Exit status: 0 all measured, 1 some model failed (its row says why), 2 bad setti
 Each MODEL is a file of a format in `segkd.infer.formats` (``.pth`` checkpoint, ``.onnx``, TensorRT ``.engine``). Writes benchmark.md/.csv/.json
 and latency_vs_miou.png to --out; a model that fails gets a failed row with the reason. Conventions (warm-up,
 timing, MACs, memory) are in ``infer/bench/``.
+
+``segkd benchmark CKPT --formats all`` exports the checkpoint to every installed format first (each file
+verified), then benchmarks them with it; see ``python -m segkd.export.bench_formats --help``.
 """
 
 from __future__ import annotations

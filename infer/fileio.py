@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "FolderBusy",
+    "lock_folder",
+    "unlock_folder",
     "DiskFullError",
     "OutputPathError",
     "check_writable",
@@ -29,6 +32,7 @@ __all__ = [
     "sha256_file",
     "to_json",
     "work_dir",
+    "work_dir_beside",
 ]
 
 
@@ -166,6 +170,20 @@ def work_dir(kind: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def work_dir_beside(path: str | os.PathLike[str], kind: str) -> Iterator[Path]:
+    """A private folder ``.segkd-<kind>-<pid>-*`` beside ``path`` (same disk: its files are renamed into place),
+    removed on exit; those of killed writers go first."""
+    parent = Path(path).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".segkd-{kind}-"
+    for old in parent.glob(f"{prefix}*"):
+        if old.is_dir() and _dead_owner(old.name, prefix):
+            shutil.rmtree(old, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-", dir=parent) as tmp:
+        yield Path(tmp)
+
+
+@contextlib.contextmanager
 def scratch_cwd(kind: str) -> Iterator[Path]:
     """Run the block with a private temporary folder as the working directory (restored on exit).
 
@@ -211,3 +229,52 @@ def finite_json(value: Any) -> Any:
 def to_json(value: Any, **kwargs: Any) -> str:
     """Strict JSON (NaN/inf written as null, which every JSON reader accepts; Python's default ``NaN`` is not)."""
     return json.dumps(finite_json(value), allow_nan=False, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------- one writer per folder
+class FolderBusy(RuntimeError):
+    """Another live process holds the folder's lock; ``holder`` names it ("process N on HOST")."""
+
+    def __init__(self, folder: Path, holder: str) -> None:
+        super().__init__(f"{folder} is being written by {holder or 'another process'}")
+        self.folder, self.holder = folder, holder
+
+
+LOCK_NAME, OWNER_NAME = ".lock", ".lock.owner"
+
+
+def lock_folder(folder: str | os.PathLike[str]) -> tuple[Any, str]:
+    """Hold ``folder/.lock`` (an OS lock, dropped when the holder dies; ``filelock`` works on every OS) and name
+    the holder in ``.lock.owner``. Returns (the lock, the previous holder's name when one died holding it).
+
+    Raises:
+        FolderBusy: a live process holds it.
+    """
+    import socket
+
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock, owner = FileLock(folder / LOCK_NAME, timeout=0), folder / OWNER_NAME
+    try:
+        lock.acquire()
+    except Timeout:
+        raise FolderBusy(folder, _holder(owner)) from None
+    previous = _holder(owner)
+    atomic_write_text(owner, f"process {os.getpid()} on {socket.gethostname()}")
+    return lock, previous
+
+
+def unlock_folder(folder: str | os.PathLike[str], lock: Any) -> None:
+    """Empty the holder record, then release the lock (a failure to write must not hide the caller's error)."""
+    with contextlib.suppress(OSError):
+        (Path(folder) / OWNER_NAME).write_text("")
+    lock.release()
+
+
+def _holder(owner: Path) -> str:
+    try:
+        return owner.read_text().strip()
+    except OSError:
+        return ""

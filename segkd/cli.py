@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["COMMANDS", "Command", "main", "version"]
+__all__ = ["COMMANDS", "Command", "benchmark", "main", "version"]
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "compare": Command("segkd.distill.compare:main", "compare distillation methods over seeds"),
     "curves": Command("segkd.distill.curves:main", "redraw a run's training curves (curves.png)"),
-    "convert": Command(
-        "segkd.distill.models.pretrained:main", "official / Hugging Face weights -> checkpoint"
-    ),
+    "convert": Command("segkd.distill.convert:main", "official / Hugging Face weights -> checkpoint"),
     "export": Command(
         "segkd.export.cli:onnx_main", "checkpoint -> verified ONNX (fp32/fp16/int8)", "export/to_onnx.py"
     ),
@@ -56,7 +54,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "trt": Command("segkd.export.cli:trt_main", "checkpoint or ONNX -> TensorRT engine", "export/to_trt.py"),
     "benchmark": Command(
-        "segkd.infer.benchmark:main", "params, GMACs, latency and mIoU in one table", "infer/benchmark.py"
+        "segkd.cli:benchmark",
+        "params, GMACs, latency and mIoU in one table (CKPT --formats all: export to every format first)",
+        "infer/benchmark.py",
     ),
     "camera": Command(
         "segkd.infer.run_camera:main", "live segmentation of a camera, file or stream", "infer/run_camera.py"
@@ -67,6 +67,16 @@ COMMANDS: dict[str, Command] = {
     "check": Command("segkd.infer.datasets.__main__:main", "check a dataset before training"),
     "demo-data": Command("segkd.scenes.street:main", "generate the demo street scenes (and a video)"),
 }
+
+
+def benchmark(argv: Sequence[str]) -> int:
+    """``segkd benchmark``: files as they are, or with ``--formats`` a checkpoint exported to each format first.
+
+    The deploy runtime's benchmark never imports the exporter; only this front chooses between them.
+    """
+    formats = any(a == "--formats" or a.startswith("--formats=") for a in argv)
+    module = "segkd.export.bench_formats" if formats else "segkd.infer.benchmark"
+    return int(importlib.import_module(module).main(list(argv)) or 0)
 
 
 def version() -> str:
@@ -106,12 +116,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         print(f"error: unknown subcommand {name!r}{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
-    sys.argv[0] = f"segkd {name}"  # argparse's prog: `segkd predict --help` shows `usage: segkd predict ...`
+    from segkd.script import exit_status, stop_on_sigterm
+
+    argv0, sys.argv[0] = (
+        sys.argv[0],
+        f"segkd {name}",
+    )  # argparse's prog: `usage: segkd predict ...`; hints too
+    stop_on_sigterm()
     try:
         return COMMANDS[name].run(rest)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        code = exit_status(e)
+        print("terminated (SIGTERM)" if code == 143 else "interrupted", file=sys.stderr)
+        return code
+    finally:
+        sys.argv[0] = argv0  # a caller in the same process (a test, a notebook) keeps its own name
 
 
 if __name__ == "__main__":

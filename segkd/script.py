@@ -11,7 +11,33 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-__all__ = ["command", "detach_script_folder", "prog"]
+__all__ = ["Terminated", "command", "detach_script_folder", "exit_status", "prog", "stop_on_sigterm"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Slurm, Kubernetes, ``docker stop`` and systemd send), raised where Ctrl-C would be.
+
+    A subclass of KeyboardInterrupt, so every path that saves and cleans up on Ctrl-C does the same on SIGTERM;
+    only the exit status differs (143 instead of 130).
+    """
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM raise :class:`Terminated` in the main thread (commands call this first)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def exit_status(interrupt: KeyboardInterrupt) -> int:
+    """143 for SIGTERM, 130 for Ctrl-C (128 + the signal number, as a shell reports them)."""
+    return 143 if isinstance(interrupt, Terminated) else 130
 
 
 def detach_script_folder(script: str) -> None:

@@ -18,7 +18,8 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from segkd.distill.checkpoint import CheckpointError, load_model, save_checkpoint
+from segkd.distill.checkpoint import CheckpointError, save_checkpoint
+from segkd.distill.load import load_model
 from segkd.distill.models import STUDENTS, build_model
 from segkd.export.calib import CalibrationError, CalibrationReader, synthetic_samples
 from segkd.export.formats import EXTRA_KEYS, PRECISIONS, default_onnx_path
@@ -71,7 +72,7 @@ def _session(path: Path) -> ort.InferenceSession:
 
 
 def _torch_logits(ckpt: Path, images: list[np.ndarray], meta: ModelMeta) -> np.ndarray:
-    from segkd.distill.checkpoint import load_model
+    from segkd.distill.load import load_model
 
     model, _ = load_model(ckpt)
     with torch.no_grad():
@@ -288,7 +289,7 @@ def test_int8_on_labelled_dataset_reports_miou(work: Path, shared_fixtures: Path
     result = export_checkpoint(work / "deeplabv3_mbv2.pth", opts, log=lambda _: None)
     r = result.report
     assert r.source == "cityscapes:val" and r.images == 1
-    assert r.miou_torch is not None and abs(r.miou_torch - r.miou_onnx) <= 1.0
+    assert r.miou_torch is not None and abs(r.miou_torch - r.miou_exported) <= 1.0
     assert "mIoU within 1.0 point of PyTorch" in r.gate
 
 
@@ -333,7 +334,7 @@ def test_entropy_calibration_differs_from_minmax(tmp_path: Path) -> None:
 )
 def test_gates(precision: str, agreement: float, mious: tuple[float, float] | None, passed: bool) -> None:
     mt, mo = mious or (None, None)
-    report = apply_gates(VerifyReport(precision, "x", 1, [8, 8], agreement, miou_torch=mt, miou_onnx=mo))
+    report = apply_gates(VerifyReport(precision, "x", 1, [8, 8], agreement, miou_torch=mt, miou_exported=mo))
     assert report.passed is passed and bool(report.failures) is not passed
 
 

@@ -221,12 +221,12 @@ def test_bad_numbers_are_refused_up_front(files, capsys, tmp_path):
 
 
 def test_output_paths_are_checked_before_the_work(files, capsys, tmp_path, monkeypatch):
-    import segkd.distill.checkpoint
+    import segkd.distill.load
 
     def never(*a, **k):
         raise AssertionError("the checkpoint was loaded before the output path was checked")
 
-    monkeypatch.setattr(segkd.distill.checkpoint, "load_model", never)
+    monkeypatch.setattr(segkd.distill.load, "load_model", never)
     folder = tmp_path / "a_folder.onnx"
     folder.mkdir()
     assert onnx_main([str(files["good"]), "--out", str(folder), *QUICK]) == 2
@@ -269,8 +269,14 @@ def test_disk_full_during_export_keeps_the_last_good_file(files, capsys, tmp_pat
     good = out.read_bytes()
     capsys.readouterr()
 
+    real_save = segkd.export.onnx_export.onnx.save
+
     def full_disk(model, path, *a, **k):
-        Path(path).write_bytes(b"partial")  # the first bytes went out, then the device filled up
+        if Path(path).parent != tmp_path:  # the staged copy that verification reads, in a temporary folder
+            return real_save(model, path, *a, **k)
+        Path(path).write_bytes(
+            b"partial"
+        )  # the first bytes of the output went out, then the device filled up
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(segkd.export.onnx_export.onnx, "save", full_disk)
@@ -298,6 +304,15 @@ def test_leftovers_of_killed_writes_are_cleaned_up(tmp_path):
     with work_dir("export") as tmp:
         assert tmp.name.startswith(f"segkd-export-{os.getpid()}-")
     assert not old.exists() and not tmp.exists()
+    # the OpenVINO export stages its files beside the output (same disk): a killed one's folder goes next time
+    from segkd.infer.fileio import work_dir_beside
+
+    killed = tmp_path / f".segkd-openvino-{dead}-xyz"
+    killed.mkdir()
+    (killed / "m.bin").write_bytes(b"x")
+    with work_dir_beside(tmp_path / "m.xml", "openvino") as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(f".segkd-openvino-{os.getpid()}-")
+    assert not killed.exists() and not tmp.exists()
 
 
 # --------------------------------------------------------------------------------------------- TensorRT, ORT

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +51,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _torch_logits(ckpt: Path, image: np.ndarray) -> np.ndarray:
-    from segkd.distill.checkpoint import load_model
+    from segkd.distill.load import load_model
 
     model, meta = load_model(ckpt)
     with torch.no_grad():
@@ -128,8 +129,35 @@ def test_runner_refuses_an_ir_without_metadata_and_a_missing_bin(work: Path) -> 
     with pytest.raises(RunnerError, match="no segkd metadata"):
         load_runner(work / "plain.xml")
     (work / "plain.bin").unlink()
-    with pytest.raises(RunnerError, match="does not exist"):
+    with pytest.raises(RunnerError, match="is here but its weights plain.bin are missing"):
         load_runner(work / "plain.xml")
+
+
+def test_a_bin_of_another_model_is_refused(work: Path, tmp_path: Path) -> None:
+    # Two exports of one architecture with other weights: .bin files of the same size, which OpenVINO would run.
+    from segkd.export.openvino_export import export_openvino
+
+    torch.manual_seed(1)
+    meta = ModelMeta(
+        arch={"name": "pspnet_r18", "num_classes": K, "width": 0.25},
+        class_names=[f"c{i}" for i in range(K)],
+        palette=[[30 * i, 255 - 30 * i, 7 * i] for i in range(K)],
+        input_size=list(SIZE),
+        extra={},
+    )
+    other = save_checkpoint(
+        tmp_path / "other.pth", build_model("pspnet_r18", num_classes=K, width=0.25), meta
+    )
+    opts = {"exporter": "torchscript", "verify_count": 1}
+    a = export_openvino(
+        work / "m.pth", ExportOptions(out=str(tmp_path / "a.xml"), **opts), log=lambda _: None
+    ).path
+    b = export_openvino(other, ExportOptions(out=str(tmp_path / "b.xml"), **opts), log=lambda _: None).path
+    assert a.with_suffix(".bin").stat().st_size == b.with_suffix(".bin").stat().st_size
+    load_runner(a).close()  # its own weights: accepted
+    shutil.copy(b.with_suffix(".bin"), a.with_suffix(".bin"))
+    with pytest.raises(RunnerError, match=r"a\.bin is not the weights file exported with a\.xml"):
+        load_runner(a)
 
 
 def test_lossy_int8_falls_back_to_accuracy_aware_quantization(
@@ -149,7 +177,7 @@ def test_lossy_int8_falls_back_to_accuracy_aware_quantization(
     )
     result = export_openvino(work / "m.pth", opts, log=lines.append)
     assert any("accuracy-aware quantization" in line for line in lines), lines
-    assert result.report is not None and result.report.passed and result.report.miou_onnx is not None
+    assert result.report is not None and result.report.passed and result.report.miou_exported is not None
     runner = load_runner(out)
     image = cv2.imread(str(next((root / "leftImg8bit" / "val").rglob("*.png"))))
     assert runner.predict([cv2.resize(image, SIZE[::-1])])[0].shape[-2:] == SIZE

@@ -171,6 +171,7 @@ def _student_graph(tmp_path: Path, size: tuple[int, int]) -> Path:
     return graph
 
 
+@pytest.mark.slow  # measures peak memory in subprocesses
 def test_calibration_memory_does_not_grow_with_the_number_of_images(tmp_path: Path) -> None:
     """Peak resident memory of an entropy calibration over 2 and over 10 images (fresh processes, no torch).
 
@@ -187,6 +188,7 @@ def test_calibration_memory_does_not_grow_with_the_number_of_images(tmp_path: Pa
     assert many < few + 200, (few, many)
 
 
+@pytest.mark.slow  # measures peak memory in subprocesses
 def test_calibration_in_groups_bounds_memory_by_the_group(tmp_path: Path) -> None:
     """Tensors calibrated in passes of 16 MB hold far less than all of one image's tensors at once.
 
@@ -272,7 +274,11 @@ def test_calibration_in_groups_gives_the_ranges_of_one_pass(tmp_path: Path, meth
 
 
 def test_cli_target_reaches_the_export_options() -> None:
-    from segkd.export.cli import _options, onnx_parser
+    from segkd.export.cli import _options, format_parser
+    from segkd.export.formats import EXPORT_FORMATS
+
+    def onnx_parser():  # noqa: ANN202
+        return format_parser(EXPORT_FORMATS["onnx"])
 
     args = onnx_parser().parse_args(
         ["x.pth", "--precision", "int8", "--target", "cpu", "--calib-images", "f"]
@@ -293,6 +299,7 @@ def test_to_trt_refuses_the_cpu_form(work: Path) -> None:
     assert not list(work.glob("*.engine"))
 
 
+@pytest.mark.slow
 def test_calibration_method_table_runs_on_demo_data(tmp_path: Path) -> None:
     """benchmarks/calib_methods.py end to end on generated demo data and a 7-class checkpoint."""
     from segkd.infer.datasets import build_dataset

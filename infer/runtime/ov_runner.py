@@ -16,9 +16,10 @@ import numpy as np
 from segkd.infer.meta import ModelMeta
 from segkd.infer.runtime.base import Runner, RunnerError
 
-__all__ = ["META_KEY", "OvRunner", "PRECISION_HINTS", "read_ov_meta"]
+__all__ = ["META_KEY", "WEIGHTS_KEY", "OvRunner", "PRECISION_HINTS", "read_ov_meta"]
 
 META_KEY = "segkd"  # rt_info section holding the ModelMeta properties
+WEIGHTS_KEY = "segkd_weights"  # rt_info section holding bin_sha256, the SHA-256 of the IR's own .bin
 PRECISION_HINTS = ("f32", "bf16")
 _OV_DTYPES = {"f32": np.float32, "f16": np.float16, "u8": np.uint8}
 
@@ -60,6 +61,41 @@ def read_ov_meta(model: Any, path: Path) -> ModelMeta:
         raise RunnerError(f"{path}: {e}") from e
 
 
+def _recorded_bin_sha256(xml: Path) -> str | None:
+    """The ``.bin`` SHA-256 the IR records (``rt_info/segkd_weights/bin_sha256``), read from the XML alone (the
+    weights are not read); None for an IR exported before it was recorded."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        rt_info = ET.parse(xml).getroot().find("rt_info")
+    except ET.ParseError as e:
+        raise RunnerError(f"{xml} is not an OpenVINO IR (XML error: {e}); re-export it") from e
+    node = rt_info.find(f"{WEIGHTS_KEY}/bin_sha256") if rt_info is not None else None
+    return node.get("value") if node is not None else None
+
+
+def _check_files(xml: Path) -> None:
+    """Both files exist, and the ``.bin`` is the one exported with this ``.xml``."""
+    from segkd.infer.fileio import sha256_file
+
+    weights = xml.with_suffix(".bin")
+    if xml.is_dir() or weights.is_dir():
+        raise RunnerError(f"{xml if xml.is_dir() else weights} is a folder, not an OpenVINO IR file")
+    if not xml.is_file():
+        raise RunnerError(f"OpenVINO IR {xml} does not exist")
+    if not weights.is_file():
+        raise RunnerError(
+            f"OpenVINO IR {xml} is here but its weights {weights.name} are missing: copy the .bin exported with it "
+            "beside it (an IR is two files)"
+        )
+    recorded = _recorded_bin_sha256(xml)
+    if recorded is not None and sha256_file(weights) != recorded:
+        raise RunnerError(
+            f"{weights} is not the weights file exported with {xml.name} (its SHA-256 differs from the one the IR "
+            "records): it belongs to another model. Put the .bin exported with this .xml beside it, or re-export"
+        )
+
+
 class OvRunner(Runner):
     """An OpenVINO IR written by ``export/to_openvino.py``."""
 
@@ -86,8 +122,7 @@ class OvRunner(Runner):
             raise RunnerError(
                 f"OpenVINO precision hint {provider!r} is unknown; choose one of {', '.join(PRECISION_HINTS)}"
             )
-        if not path.is_file() or not path.with_suffix(".bin").is_file():
-            raise RunnerError(f"OpenVINO IR {path} (and its {path.with_suffix('.bin').name}) does not exist")
+        _check_files(path)
         core = ov.Core()
         try:
             model = core.read_model(str(path))
