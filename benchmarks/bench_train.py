@@ -3,6 +3,7 @@
     python benchmarks/bench_train.py                                   # the demo recipes, on this CPU
     python benchmarks/bench_train.py --device cuda --crop 512x1024 --batch 8 --precision bf16 \
         --student deeplabv3_r18 --student-width 1 --teacher deeplabv3_r101 --teacher-width 1 --json out.json
+    python benchmarks/bench_train.py --device cuda --precision bf16 --channels-last --compile --methods kd
 
 For each configuration it times full training iterations (forward, backward, SGD step) of the trainer's own
 ``DistillStep`` on synthetic uint8 batches (no data loading), after warm-up, and reports the median:
@@ -58,6 +59,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=list(_DTYPES), default="no", help="autocast dtype")
+    p.add_argument("--channels-last", action="store_true", help="models and batches in NHWC memory format")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models (compiles in warm-up)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
@@ -121,6 +124,12 @@ def main(argv: list[str] | None = None) -> dict:
         .eval()
         .requires_grad_(False)
     )
+    if args.channels_last:  # NHWC activations, the layout GPU convolution kernels prefer
+        student, teacher = (m.to(memory_format=torch.channels_last) for m in (student, teacher))
+        images = images.contiguous(memory_format=torch.channels_last)
+    # The step runs the compiled modules; the losses' channel counts still come from the models themselves.
+    run_student = torch.compile(student) if args.compile else student
+    run_teacher = torch.compile(teacher) if args.compile else teacher
 
     results: dict = {"config": {k2: str(v) for k2, v in vars(args).items()}, "device": str(device)}
     if device.type == "cpu":
@@ -131,9 +140,9 @@ def main(argv: list[str] | None = None) -> dict:
     def measure(specs: list[dict] | None) -> float:
         crit = KDCriterion(specs, student_channels=student.feat_channels, teacher_channels=teacher.feat_channels,
                            num_classes=k) if specs else None  # fmt: skip
-        step = DistillStep(student, crit, 0.4, 255).to(device)
+        step = DistillStep(run_student, crit, 0.4, 255).to(device)
         opt = torch.optim.SGD(step.parameters(), lr=1e-4, momentum=0.9)
-        fn = _step_fn(step, opt, images, labels, meta, teacher if specs else None, autocast)
+        fn = _step_fn(step, opt, images, labels, meta, run_teacher if specs else None, autocast)
         with autocast():
             return _time(fn, device, args.warmup, args.iters)
 
@@ -141,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
         from segkd.distill.data import normalize
 
         with torch.no_grad(), autocast():
-            teacher(normalize(images, meta.mean, meta.std, meta.channel_order), return_features=True)
+            run_teacher(normalize(images, meta.mean, meta.std, meta.channel_order), return_features=True)
 
     def losses_only(specs: list[dict]):
         """Forward + backward of the losses alone, on fixed student/teacher outputs."""
@@ -184,9 +193,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _print(results: dict, args: argparse.Namespace) -> None:
     where = results.get("gpu") or f"{results['device']} ({results.get('threads', '?')} threads)"
+    layout = ("channels_last" if args.channels_last else "NCHW") + (", compiled" if args.compile else "")
     print(
         f"{args.student} x{args.student_width:g} <- {args.teacher} x{args.teacher_width:g}, batch {args.batch} of "
-        f"{args.crop[0]}x{args.crop[1]}, precision {args.precision}, {where}; median of {args.iters}"
+        f"{args.crop[0]}x{args.crop[1]}, precision {args.precision}, {layout}, {where}; median of {args.iters}"
     )
     print(f"{'':12} {'step ms':>9} {'img/s':>7} {'vs student':>10} {'losses ms':>10} {'losses/T fwd':>12}")
     for name, r in results["rows"].items():

@@ -118,7 +118,7 @@ def exported_model(tiny_checkpoint: Path) -> Path:
     out = tiny_checkpoint.with_name("tiny_labels.onnx")
     cmd = [sys.executable, str(REPO / "export" / "to_onnx.py"), str(tiny_checkpoint), "--out", str(out)]
     r = subprocess.run(
-        [*cmd, "--argmax", "--fuse-preprocess"],
+        [*cmd, "--argmax", "--fuse-preprocess", "--exporter", "torchscript"],  # the fast exporter
         capture_output=True,
         text=True,
         env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),
@@ -323,6 +323,7 @@ def test_file_source_reads_every_frame_in_order(bikes: Path) -> None:
 # --------------------------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_whole_video_headless_save(tmp_path: Path, exported_model: Path, bikes: Path) -> None:
     out, summary_path = tmp_path / "out.mp4", tmp_path / "summary.json"
     r = _run(exported_model, "--source", bikes, "--headless", "--save", out, "--json-summary", summary_path)
@@ -412,6 +413,7 @@ def test_unloadable_model_exits_2(tmp_path: Path, bikes: Path) -> None:
     assert r.returncode == 2 and "model file suffix" in r.stderr
 
 
+@pytest.mark.slow
 def test_checkpoint_runs_through_the_demo(tmp_path: Path, tiny_checkpoint: Path, bikes: Path) -> None:
     summary_path = tmp_path / "summary.json"
     args = (

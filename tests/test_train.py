@@ -15,12 +15,13 @@ import pytest
 import torch
 import yaml
 
-from segkd.distill.checkpoint import load_checkpoint, load_model, save_checkpoint
+from segkd.distill.checkpoint import load_checkpoint, save_checkpoint
 from segkd.distill.checks import check_classes
 from segkd.distill.config import load_config
 from segkd.distill.data import RunSampler, ShardSampler, TrainSet, augment, normalize
 from segkd.distill.evaluation import sliding_window_logits
 from segkd.distill.guard import MAX_NONFINITE, NonFiniteGuard, NonFiniteLossError
+from segkd.distill.load import load_model
 from segkd.distill.schedule import poly_lr_factor
 from segkd.infer.meta import ModelMeta, preprocess
 
@@ -179,6 +180,63 @@ def test_stopped_and_resumed_run_matches_the_uninterrupted_one(
     a = {r["iter"]: r["loss/total"] for r in _records(distill_run) if "loss/total" in r}
     b = {r["iter"]: r["loss/total"] for r in _records(run) if "loss/total" in r}
     assert a == pytest.approx(b, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_accumulating_run_stopped_and_resumed_matches_the_uninterrupted_one(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    # 4 images per optimizer step in 2 micro-batches of 2 (BatchNorm needs 2): resuming must skip 2 micro-batches
+    # per finished iteration, not 1, or the resumed run trains on other images.
+    accum = ["train.grad_accum=2", "data.batch_size=4", "train.max_iters=4", "train.eval_every=2"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _train(tiny_config, *accum, f"train.output_dir={straight}")
+    first = _train(tiny_config, *accum, f"train.output_dir={resumed}", "train.stop_after=2")
+    assert "stopped at iteration 2/4" in first.stdout
+    second = _train(tiny_config, *accum, f"train.output_dir={resumed}")
+    assert "resumed" in second.stdout and "at iteration 2" in second.stdout
+    a, b = _state(straight / "last.pth"), _state(resumed / "last.pth")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    la = {r["iter"]: r["loss/total"] for r in _records(straight) if "loss/total" in r}
+    lb = {r["iter"]: r["loss/total"] for r in _records(resumed) if "loss/total" in r}
+    assert la == lb and sorted(la) == [1, 2, 3, 4]  # the same losses, iteration by iteration
+
+
+def _cpu_bf16_problem() -> str | None:
+    """Why this machine cannot train under CPU bf16 autocast, or None when it can."""
+    try:
+        conv = torch.nn.Conv2d(3, 4, 3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = conv(torch.randn(2, 3, 8, 8))
+        y.float().sum().backward()
+    except RuntimeError as e:
+        return f"CPU bf16 autocast fails with torch {torch.__version__}: {e}"
+    if y.dtype != torch.bfloat16:
+        return f"CPU autocast with torch {torch.__version__} leaves convolutions in {y.dtype}, not bfloat16"
+    return None
+
+
+@pytest.mark.slow
+def test_bf16_run_on_cpu_trains_evaluates_and_saves_a_loadable_checkpoint(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    if (problem := _cpu_bf16_problem()) is not None:
+        pytest.skip(problem)
+    run = tmp_path / "bf16"
+    _train(tiny_config, "train.mixed_precision=bf16", "train.max_iters=2", "train.eval_every=2",
+           f"train.output_dir={run}")  # fmt: skip
+    records = _records(run)
+    assert records[0]["mixed_precision"] == "bf16"
+    losses = [r for r in records if "loss/total" in r]
+    assert [r["iter"] for r in losses] == [1, 2] and all(np.isfinite(r["loss/total"]) for r in losses)
+    evals = [r for r in records if "eval/mIoU" in r]
+    assert [r["iter"] for r in evals] == [2] and 0 <= evals[0]["eval/mIoU"] <= 100  # percent
+    # autocast runs the matrix products in bf16; the weights and the checkpoint stay float32
+    state = _state(run / "last.pth")
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    model, meta = load_model(run / "last.pth")
+    x = torch.from_numpy(preprocess([np.zeros((64, 128, 3), np.uint8)], meta))
+    assert torch.isfinite(model(x)).all() and model(x).shape == (1, 19, 64, 128)
 
 
 _DRIVER = """
@@ -482,3 +540,23 @@ def test_adversarial_run_on_two_processes_keeps_one_discriminator(
     assert d0.keys() == d1.keys() and all(torch.equal(d0[k], d1[k]) for k in d0)
     start = torch.load(run / "state" / "discriminator.pt", weights_only=True)
     assert all(torch.equal(start[k], d0[k]) for k in d0)  # what was saved is what both processes hold
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("student", ["pidnet_s", "bisenetv2"])
+def test_a_real_time_student_distils_and_exports_without_a_recipe_file(
+    tiny_config: Path, teacher_ckpt: Path, tmp_path: Path, student: str
+) -> None:
+    # student=NAME composes a registered model with its builder's defaults (the config's R18 width is dropped)
+    # and its official normalisation; its fixed 1/8 stride is compared with any teacher's, resized to it.
+    run = tmp_path / student
+    _train(tiny_config, f"student={student}", *_distill_overrides(teacher_ckpt), f"train.output_dir={run}",
+           "train.max_iters=2", "train.eval_every=2")  # fmt: skip
+    ckpt = load_checkpoint(run / "best.pth")
+    assert ckpt.meta.arch["name"] == student and "width" not in ckpt.meta.arch
+    proc = _run([sys.executable, str(REPO / "export" / "to_onnx.py"), str(run / "best.pth"), "--exporter",
+                 "torchscript", "--verify-count", "2"])  # fmt: skip
+    assert "verified:" in proc.stdout
+    import onnx
+
+    assert len(onnx.load(str(run / "best.onnx")).graph.output) == 1  # the auxiliary heads are training-only

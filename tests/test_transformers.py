@@ -88,11 +88,12 @@ def test_bad_depths_are_refused() -> None:
         build_model("segformer_b0", num_classes=3, depths=[1, 1])
 
 
+@pytest.mark.slow
 def test_r101_teacher_distils_into_segformer_through_train_py(
     tmp_path, distill_run, tiny_r101_teacher
 ) -> None:
     """A 1/8 CNN teacher and a 1/4 transformer student: KD on the logits, CWD on projected features."""
-    from segkd.distill.checkpoint import load_model
+    from segkd.distill.load import load_model
 
     steps = distill_run(
         {"name": "segformer_b0", "options": SMALL["segformer_b0"]}, tiny_r101_teacher,
@@ -109,13 +110,15 @@ def test_r101_teacher_distils_into_segformer_through_train_py(
         assert student(torch.randn(1, 3, 64, 64)).shape == (1, 19, 64, 64)
 
 
+@pytest.mark.slow
 def test_swin_b_teacher_distils_into_swin_t_through_train_py(tmp_path, distill_run) -> None:
     """Seed 003's pairing, reduced in depth and head width: UPerNet-Swin-B -> UPerNet-Swin-T, 4 iterations.
 
     Both sides are at 1/4 with different decoder widths (128 vs 32): CWD on the logits needs no resize, CWD on
     the features a projector; the loss weight is seed 003's 10 for transformers.
     """
-    from segkd.distill.checkpoint import load_model, save_checkpoint
+    from segkd.distill.checkpoint import save_checkpoint
+    from segkd.distill.load import load_model
     from segkd.infer.meta import ModelMeta
 
     torch.manual_seed(2)
@@ -224,7 +227,7 @@ def _small_checkpoint(tmp_path, name: str):  # noqa: ANN202 (a Path)
     return save_checkpoint(tmp_path / f"{name}.pth", build_model(**arch).eval(), meta)
 
 
-@pytest.mark.parametrize("name", ["segformer_b0", "upernet_swin_t"])
+@pytest.mark.parametrize("name", ["segformer_b0", pytest.param("upernet_swin_t", marks=pytest.mark.slow)])
 def test_transformers_export_fp16_and_int8_with_attention_kept_float(tmp_path, name: str) -> None:
     """FP16 and INT8 (TensorRT form) pass the export gates; INT8 covers Conv and the Linear layers (Gemm) and
     leaves attention's MatMuls, Softmax, LayerNorm and GELU in float."""
@@ -258,7 +261,8 @@ def test_transformers_export_fp16_and_int8_with_attention_kept_float(tmp_path, n
 
 
 @pytest.mark.parametrize(
-    ("name", "exporter"), [("segformer_b0", "torchscript"), ("upernet_swin_t", "dynamo")]
+    ("name", "exporter"),
+    [("segformer_b0", "torchscript"), pytest.param("upernet_swin_t", "dynamo", marks=pytest.mark.slow)],
 )
 def test_dynamic_sizes_where_the_model_allows(tmp_path, name: str, exporter: str) -> None:
     """SegFormer exports with dynamic batch/height/width (checked at other sizes by the exporter); UPerNet-Swin
