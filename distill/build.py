@@ -17,6 +17,7 @@ from segkd.distill.guard import MAX_NONFINITE, NonFiniteGuard
 from segkd.distill.run import Progress, Run
 from segkd.distill.schedule import build_optimizer
 from segkd.distill.step import DistillStep, frozen_teacher
+from segkd.infer.fileio import sha256_file
 from segkd.infer.meta import ModelMeta
 
 __all__ = ["build_run", "make_accelerator"]
@@ -80,6 +81,8 @@ def build_run(cfg: Config) -> Run:
         world=accelerator.num_processes,
     )
     progress = Progress(guard=NonFiniteGuard(MAX_NONFINITE, run_dir))
+    if cfg.distill:
+        progress.teacher_sha256 = sha256_file(cfg.teacher.checkpoint)
     adversarial = _build_adversarial(cfg, num_classes, accelerator)
     return Run(cfg, accelerator, run_dir, step, optimizer, train_loader, eval_loader, teacher, teacher_meta, meta,
                progress, adversarial)  # fmt: skip

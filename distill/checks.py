@@ -11,6 +11,7 @@ import torch
 
 from segkd.distill.checkpoint import CheckpointError, load_checkpoint
 from segkd.distill.config import Config, ConfigError
+from segkd.distill.models import MODELS, model_traits
 from segkd.distill.runlog import warn
 from segkd.infer.meta import ModelMeta
 from segkd.script import command
@@ -41,7 +42,7 @@ class Inputs:
 
 def check_inputs(cfg: Config, num_processes: int) -> Inputs:
     """Check everything a user can get wrong, reporting every problem together, before any model is built."""
-    problems: list[str] = []
+    problems: list[str] = _inputs_inside_outputs(cfg)
     datasets, teacher_meta, micro = None, None, 0
     try:
         datasets = load_datasets(cfg)
@@ -71,6 +72,23 @@ def check_inputs(cfg: Config, num_processes: int) -> Inputs:
 
 
 _DEMO_TEACHER = Path("assets", "demo_teacher.pth")  # configs/demo/_base.yaml's teacher
+
+
+def _inputs_inside_outputs(cfg: Config) -> list[str]:
+    """Files the run reads (teacher, student weights) inside the folder it writes: its checkpoints would replace
+    them (``best.pth``), and ``train.overwrite=true`` would delete them, so later resumes distil from the student."""
+    out = Path(cfg.train.output_dir).resolve()
+    reads = {"teacher.checkpoint": cfg.teacher.checkpoint if cfg.distill else None}
+    reads["student.pretrained"] = cfg.student.pretrained
+    problems = []
+    for key, value in reads.items():
+        if value and Path(value).exists() and Path(value).resolve().is_relative_to(out):
+            problems.append(
+                f"{key} {value} lies inside train.output_dir {cfg.train.output_dir}, which this run writes "
+                "(best.pth, last.pth, its state) and train.overwrite=true empties: train into another folder "
+                f"(train.output_dir={cfg.train.output_dir}-student) or move {Path(value).name} out of it"
+            )
+    return problems
 
 
 def _teacher_hint(path: Path) -> str:
@@ -170,11 +188,28 @@ def check_strides(meta: ModelMeta, teacher_meta: ModelMeta | None, default: int 
     if teacher_meta is None:
         return
     s, t = meta.arch.get("output_stride", default), teacher_meta.arch.get("output_stride", default)
-    if s != t:
+    if s != t and _takes_option(str(meta.arch.get("name")), "output_stride", t):
         raise ConfigError(
             f"the student's output stride {s} differs from the teacher's {t}, so their 1/{s} and 1/{t} maps "
             f"cannot be compared; set student.output_stride={t}"
         )
+
+
+def _takes_option(arch: str, option: str, value: Any) -> bool:
+    """Whether the model ``arch`` has ``option``. A real-time student's stride is part of its architecture: the
+    teacher's maps are resized to its own (as for SegFormer), so only a student that can match is asked to."""
+    import torch
+
+    from segkd.distill.models import OptionError, build_model
+
+    try:
+        with torch.device("meta"):  # no memory, no initialisation
+            build_model(arch, num_classes=2, **{option: value})
+    except TypeError as e:  # build_model names the model in the OptionError it re-raises
+        return not isinstance(e, OptionError) and not isinstance(e.__context__, OptionError)
+    except Exception:  # the option exists (its value may not suit this model: the message says what to set)
+        return True
+    return True
 
 
 def micro_batch(cfg: Config, num_processes: int) -> int:
@@ -203,10 +238,8 @@ def _pretrained_problem(arch: str, pretrained: str) -> str | None:
     The CNNs take an ImageNet backbone file; SegFormer and UPerNet-Swin take a Hugging Face model id (downloaded
     on first use) or a local folder of one.
     """
-    from segkd.distill.models.pretrained import HF_ARCH_PREFIXES
-
     path = Path(pretrained).expanduser()
-    if arch.startswith(HF_ARCH_PREFIXES):
+    if arch in MODELS and model_traits(arch).hf:
         if path.is_dir() or (not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", pretrained)):
             return None
         return (
@@ -218,4 +251,10 @@ def _pretrained_problem(arch: str, pretrained: str) -> str | None:
             f"student.pretrained file {pretrained} does not exist; download the ImageNet backbone "
             "(see the README) or set student.pretrained=null to start from random weights"
         )
+    from segkd.distill.models.pretrained import WeightsError, read_state_dict
+
+    try:  # read now (weights only), not minutes later when the model is built
+        read_state_dict(path)
+    except WeightsError as e:
+        return f"student.pretrained: {e}"
     return None

@@ -136,7 +136,7 @@ class TeacherConfig:
     """The frozen teacher of a distillation run (null checkpoint: plain training).
 
     Attributes:
-        checkpoint: teacher ``.pth`` written by this trainer (or converted with ``segkd.distill.models.pretrained``).
+        checkpoint: teacher ``.pth`` written by this trainer (or converted with ``segkd convert``).
         half: run the teacher in float16 on a GPU (ignored on CPU).
     """
 
@@ -542,8 +542,11 @@ def _adversarial_problems(cfg: Config, origin: str, stride: int) -> list[str]:
     return problems
 
 
-def group_files(selection: dict[str, str], root: Path = CONFIG_ROOT) -> list[Path]:
+def group_files(selection: dict[str, str], root: Path = CONFIG_ROOT) -> list[Path | dict[str, Any]]:
     """The files ``dataset=D student=S method=M`` name (any of the three may be left out), in merge order.
+
+    A student with no ``_students/S.yaml`` that is a registered model (a new architecture is one model file) is
+    taken as ``{student: {name: S}}``: its builder's defaults, no recipe file needed.
 
     Raises:
         ConfigError: a name with no file, listing the names there are and the closest one.
@@ -560,12 +563,15 @@ def group_files(selection: dict[str, str], root: Path = CONFIG_ROOT) -> list[Pat
         "student": (lambda n: root / "_students" / f"{n}.yaml", _stems(root / "_students")),
         "method": (lambda n: _method_file(root, dataset, n), _stems(root / "_methods")),
     }
-    files = []
+    files: list[Path | dict[str, Any]] = []
     for group in GROUPS:
         if group not in selection:
             continue
         name, (where, names) = str(selection[group]), places[group]
         path = where(name)
+        if not path.is_file() and group == "student" and _registered_model(name):
+            files.append({"student": _student_part(name)})
+            continue
         if not path.is_file():
             close = difflib.get_close_matches(name, names, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -574,6 +580,26 @@ def group_files(selection: dict[str, str], root: Path = CONFIG_ROOT) -> list[Pat
             )
         files.append(path)
     return files
+
+
+def _student_part(name: str) -> dict[str, Any]:
+    """``student=NAME`` for a registered model with no recipe file: its builder's defaults (the options another
+    student left in the config are cleared) and, for an official real-time layout, the official normalisation."""
+    from segkd.distill.models.pretrained import OFFICIAL_LAYOUTS
+
+    part: dict[str, Any] = {"name": name, "pretrained": None, "width": None, "output_stride": None,
+                            "deep_stem": None, "align_corners": None, "options": {}}  # fmt: skip
+    layout = OFFICIAL_LAYOUTS.get(name)
+    if layout is not None:
+        part.update(mean=list(layout.mean), std=list(layout.std), channel_order=layout.channel_order,
+                    align_corners=layout.align_corners)  # fmt: skip
+    return part
+
+
+def _registered_model(name: str) -> bool:
+    from segkd.distill.models import MODELS  # torch: only when a student has no recipe file
+
+    return name in MODELS.names()
 
 
 def _method_file(root: Path, dataset: str | None, name: str) -> Path:
@@ -601,10 +627,11 @@ def load_config(
     pairs = parse_overrides(overrides or [])
     selection = {k: v for k, v in pairs if "." not in k and k in GROUPS}
     files = [*map(Path, paths), *group_files(selection, root)]
-    origin = " + ".join(map(str, files)) if files else "defaults"
+    origin = " + ".join(str(f) if isinstance(f, Path) else f"student={selection['student']}" for f in files)
+    origin = origin or "defaults"
     data: dict[str, Any] = {}
-    for file in files:
-        data = _merge(data, load_yaml(file))
+    for part in files:
+        data = _merge(data, load_yaml(part) if isinstance(part, Path) else part)
     for key, value in pairs:
         if key not in selection:
             _apply_override(data, key, value)

@@ -76,16 +76,26 @@ def check_gpus(options: list[str], available: int) -> str | None:
     )
 
 
+# The launcher options most runs need; `accelerate launch --help` lists all of them (over a hundred).
+_COMMON_LAUNCHER_OPTIONS = """\
+  --config_file FILE      an accelerate config (configs/accelerate/1gpu.yaml, 8gpu.yaml, 2machines.yaml)
+  --multi_gpu             data-parallel over the GPUs of this machine
+  --num_processes N       processes in all (GPUs x machines)
+  --num_machines N        machines; with --machine_rank R, --main_process_ip IP, --main_process_port P
+  --mixed_precision M     no | fp16 (GPU) | bf16
+  --cpu                   CPU processes (gloo) even where a GPU is visible"""
+
+
 def _print_help() -> None:
-    """This wrapper's usage, then the launcher's options and the trainer's (the two halves of its command line)."""
+    """This wrapper's usage, the trainer's options and the common launcher options: no subprocess, one screen."""
+    from segkd.distill.train import build_parser
+
     print(f"usage: {prog('-m segkd.distill.launch')} [accelerate launch options] -- [train options]\n")
     print(__doc__.strip() + "\n")
-    for title, cmd in (
-        ("launcher options (before --)", [sys.executable, "-m", "accelerate.commands.launch", "--help"]),
-        ("trainer options (after --)", [sys.executable, str(TRAIN), "--help"]),
-    ):
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        print(f"== {title} ==\n{res.stdout}")
+    print("== trainer options (after --) ==")
+    print(build_parser().format_help())
+    print("== common launcher options (before --; `accelerate launch --help` lists every one) ==")
+    print(_COMMON_LAUNCHER_OPTIONS)
 
 
 def main(argv: list[str] | None = None) -> int:

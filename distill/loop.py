@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -43,7 +44,7 @@ from segkd.distill.run_dir import (
 from segkd.distill.runlog import MetricsLog, say
 from segkd.distill.schedule import lr_at, set_lr
 from segkd.distill.step import optimizer_step
-from segkd.script import command
+from segkd.script import Terminated, command
 
 __all__ = ["RunStopped", "TrainResult", "train"]
 
@@ -127,7 +128,7 @@ def _loop(run: Run, log: MetricsLog) -> None:
                 why, code = reason
                 raise RunStopped(
                     f"{why} at iteration {p.iteration}; the state is saved in {run.run_dir / 'state'}; resume with: "
-                    f"{command('train', 'accelerate launch distill/train.py')} --config {run.run_dir / 'config.yaml'}",
+                    f"{command('train', 'accelerate launch distill/train.py')} --config {shlex.quote(str(run.run_dir / 'config.yaml'))}",
                     code,
                 )
             tic = time.perf_counter()
@@ -162,32 +163,39 @@ def _save(run: Run) -> None:
 
 
 class _StopRequest:
-    """Ctrl-C (SIGINT) or the death of the launcher, noticed between iterations so that the state is consistent.
+    """Ctrl-C (SIGINT), SIGTERM (a scheduler or ``docker stop``) or the death of the launcher, noticed between
+    iterations so that the state is consistent.
 
-    A second Ctrl-C interrupts at once. Under ``accelerate launch`` or ``torchrun`` the trainer's parent is the
+    A second signal interrupts at once. Under ``accelerate launch`` or ``torchrun`` the trainer's parent is the
     launcher: when it dies (``kill -9``), the trainer is re-parented and stops after saving.
     """
 
     def __init__(self) -> None:
-        self.interrupted = False
+        self.interrupted = self.terminated = False
         launched = any(k in os.environ for k in ("ACCELERATE_MIXED_PRECISION", "TORCHELASTIC_RUN_ID"))
         self.parent = os.getppid() if launched else None
-        self.previous = None
+        self.previous: dict[int, Any] = {}
         if _in_main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._on_sigint)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._on_signal)
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self.interrupted:
-            raise KeyboardInterrupt
-        self.interrupted = True
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.interrupted or self.terminated:
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        if signum == signal.SIGTERM:
+            self.terminated = True
+        else:
+            self.interrupted = True
 
     def poll(self, acc: Any) -> tuple[str, int] | None:
         """(message, exit code) when the run must stop now, on every process alike."""
         orphaned = self.parent is not None and os.getppid() != self.parent
-        flags = torch.tensor([int(self.interrupted), int(orphaned)], device=acc.device)
+        flags = torch.tensor([int(self.interrupted), int(self.terminated), int(orphaned)], device=acc.device)
         if acc.num_processes > 1:
             flags = acc.reduce(flags, reduction="sum")
-        interrupted, orphaned = (bool(v) for v in flags.tolist())
+        interrupted, terminated, orphaned = (bool(v) for v in flags.tolist())
+        if terminated:
+            return "terminated (SIGTERM)", 143
         if interrupted:
             return "interrupted", 130
         if orphaned:
@@ -195,8 +203,8 @@ class _StopRequest:
         return None
 
     def restore(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def _in_main_thread() -> bool:
@@ -257,8 +265,15 @@ def _summary(run: Run, finished: bool, elapsed: float, iters: int) -> None:
              f"{elapsed:.0f}s{speed}; run folder {run_dir}"]  # fmt: skip
     if not finished:
         lines.append("continue it with the same command (train.resume=auto is the default)")
-    if p.best_iter >= 0:
-        lines.append(f"best mIoU {p.best_miou:.2f} at iteration {p.best_iter}: {run_dir / 'best.pth'}")
-        if finished:
-            lines.append(f"next: {command('trt', 'python export/to_trt.py')} {run_dir / 'best.pth'}")
+    best = run_dir / "best.pth"
+    if p.best_iter >= 0 and best.is_file():
+        lines.append(f"best mIoU {p.best_miou:.2f} at iteration {p.best_iter}: {best}")
+    elif p.best_iter >= 0:  # a fork that never beat the run it was forked from: that run holds the best.pth
+        lines.append(
+            f"best mIoU {p.best_miou:.2f} at iteration {p.best_iter} is the forked run's; this run did not beat it "
+            f"(its weights: {run_dir / 'last.pth'})"
+        )
+        best = run_dir / "last.pth"
+    if finished and p.best_iter >= 0:
+        lines.append(f"next: {command('trt', 'python export/to_trt.py')} {shlex.quote(str(best))}")
     say(acc, "\n".join(lines))

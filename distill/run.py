@@ -32,9 +32,11 @@ class Progress:
     best_iter: int = -1
     last_metrics: dict[str, Any] = field(default_factory=dict)
     guard: NonFiniteGuard = field(default_factory=NonFiniteGuard)
+    teacher_sha256: str | None = None  # the distilled teacher's file: a resume must distil from the same one
 
     def state_dict(self) -> dict[str, Any]:
         return {
+            "teacher_sha256": self.teacher_sha256,
             "iteration": self.iteration,
             "best_miou": self.best_miou if math.isfinite(self.best_miou) else None,
             "best_iter": self.best_iter,

@@ -1,8 +1,9 @@
 """The run folder: one writer, the resolved config, the resumable state (written atomically) and checkpoints.
 
 Layout of ``train.output_dir``: ``config.yaml`` (the config that ran last), ``metrics.jsonl``, ``last.pth`` /
-``best.pth`` (student checkpoints), ``state/`` (see :mod:`segkd.distill.run_state`) and ``.lock`` (held while a
-trainer writes the folder).
+``best.pth`` (student checkpoints), ``state/`` (see :mod:`segkd.distill.run_state`), ``.lock`` (held with
+`filelock` while a trainer writes the folder; the OS drops it when the trainer dies) and ``.lock.owner`` (which
+process holds it, emptied on release).
 
 Resuming with changed settings: the optimizer and schedule settings (``optim.*``, ``train.max_iters``) and the
 evaluation/saving cadence apply from the resumed iteration on (the lr is a function of the iteration, so the
@@ -13,9 +14,8 @@ data, losses, seed, batch) is refused in the same folder, with the command that 
 from __future__ import annotations
 
 import json
-import os
+import shlex
 import shutil
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from segkd.distill.run_state import (
 )
 from segkd.distill.run_state import save_run_state as _write_state
 from segkd.distill.runlog import say, warn
+from segkd.infer.fileio import FolderBusy, lock_folder, unlock_folder
 from segkd.script import command
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
 ]
 
 STATE, STATE_TMP, STATE_OLD = "state", "state.tmp", "state.old"
+# The lock, and who holds it: a file of its own, as filelock may truncate or recreate the lock file it locks.
 _OUTPUTS = ("metrics.jsonl", "best.pth", "last.pth", STATE, STATE_OLD)
 # Keys that may change between invocations without changing what the run computes.
 _RUN_CONTROL = {"train.resume", "train.stop_after", "train.output_dir", "train.log_every", "train.overwrite",
@@ -68,38 +70,24 @@ class DiskFullError(OSError):
 
 
 def _lock(run_dir: Path) -> Any:
-    """Hold ``run_dir/.lock`` (an advisory lock the OS drops when the holder dies); refuse a second writer."""
-    import fcntl
-
-    path = run_dir / ".lock"
-    f = open(path, "a+")  # noqa: SIM115 (held open for the run's lifetime)
+    """Hold the run folder's lock (see :func:`segkd.infer.fileio.lock_folder`); refuse a second writer. A lock
+    whose holder died is taken over with a warning."""
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
+        lock, previous = lock_folder(run_dir)
+    except FolderBusy as e:
         raise ConfigError(
-            f"run folder {run_dir} is being written by {holder}; wait for it to finish, or train into another "
-            "folder with train.output_dir=PATH"
+            f"run folder {run_dir} is being written by {e.holder or 'another process'}; wait for it to "
+            "finish, or train into another folder with train.output_dir=PATH"
         ) from None
-    f.seek(0)
-    previous = f.read().strip()
     if previous:
         warn(f"took over the lock of {run_dir} from {previous}, which is no longer running")
-    f.seek(0)
-    f.truncate()
-    f.write(f"process {os.getpid()} on {socket.gethostname()}")
-    f.flush()
-    return f
+    return lock
 
 
 def release_lock(run: Run) -> None:
-    """Let another trainer write the folder (the lock file is emptied, then unlocked)."""
+    """Let another trainer write the folder (the owner record is emptied, then the lock released)."""
     if run.lock is not None:
-        run.lock.seek(0)
-        run.lock.truncate()
-        run.lock.close()
+        unlock_folder(run.run_dir, run.lock)
         run.lock = None
 
 
@@ -130,6 +118,13 @@ def prepare_run_dir(run: Run) -> Path | None:
             save_config(cfg, run_dir / "config.yaml")
         except ConfigError as e:
             error = e
+        except (
+            OSError
+        ) as e:  # a read-only folder, a lock file that cannot be created, no space for the config
+            error = ConfigError(
+                f"cannot write the run folder {run_dir} ({e.strerror or e}: {e.filename or run_dir}); train into a "
+                "folder you can write with train.output_dir=PATH"
+            )
     raise_on_all(acc, error)
     return state
 
@@ -228,10 +223,19 @@ def resume(run: Run, state: Path) -> None:
 
     acc = run.accelerator
     record = load_run_state(acc, state, run.components(), acc.unwrap_model(run.step))
+    teacher = run.progress.teacher_sha256
+    if record.get("teacher_sha256") and teacher and record["teacher_sha256"] != teacher:
+        raise RunStateError(
+            f"the teacher {run.cfg.teacher.checkpoint} is not the file the run in {state.parent} started with "
+            f"(SHA-256 {record['teacher_sha256'][:12]}... then, {teacher[:12]}... now): resuming would distil "
+            "from another model without a word. Restore that teacher file, or start a new run from this one "
+            f"with train.output_dir=PATH train.resume={state}"
+        )
     try:
         run.progress.load_state_dict(record)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise RunStateError(f"{state / PROGRESS} is not a progress record of this trainer ({e!r})") from None
+    run.progress.teacher_sha256 = teacher
     apply_hyperparameters(run.optimizer, run.cfg)
     say(acc, f"resumed {run.run_dir} at iteration {run.progress.iteration} from {state}")
 
@@ -271,7 +275,8 @@ def _nonfinite(state: Any, where: str) -> list[str]:
 
 def recovery_hint(run: Run) -> str:
     """The sentence naming the last finite state and the command that recovers from it."""
-    cmd = f"{command('train', 'accelerate launch distill/train.py')} --config {run.run_dir / 'config.yaml'} optim.lr={run.cfg.optim.lr / 10:g}"
+    config = shlex.quote(str(run.run_dir / "config.yaml"))
+    cmd = f"{command('train', 'accelerate launch distill/train.py')} --config {config} optim.lr={run.cfg.optim.lr / 10:g}"
     state = next((run.run_dir / n for n in (STATE, STATE_OLD) if is_state(run.run_dir / n)), None)
     if state is None:
         return f" No state was saved yet; start over at a lower learning rate: {cmd} train.resume=none train.overwrite=true"
@@ -294,10 +299,11 @@ def save_checkpoints(run: Run, name: str) -> None:
             "teacher": run.cfg.teacher.checkpoint if run.cfg.distill else None,
         }
         path = run.run_dir / name
+        weights = run.student.state_dict()
         try:
-            save_checkpoint(path, run.student.state_dict(), run.meta, provenance)
+            save_checkpoint(path, weights, run.meta, provenance)
         except (OSError, RuntimeError) as e:
-            if is_disk_full(e):
+            if is_disk_full(e, run.run_dir, _nbytes(weights)):
                 raise DiskFullError(_disk_full(path, run.run_dir, f"the previous {name} is kept")) from None
             raise
 
@@ -317,7 +323,7 @@ def save_state(run: Run) -> Path:
     except (OSError, RuntimeError) as e:
         if acc.is_main_process:
             remove_partial(tmp)
-        if is_disk_full(e):
+        if is_disk_full(e, run_dir, sum(_nbytes(c.state_dict()) for c in run.components().values())):
             raise DiskFullError(_disk_full(tmp, run_dir, "the previous state is kept")) from None
         raise
     if acc.is_main_process:
@@ -329,6 +335,17 @@ def save_state(run: Run) -> Path:
         shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
     return final
+
+
+def _nbytes(state: Any) -> int:
+    """Bytes of the tensors in a (nested) state dict: what writing it needs on disk, about."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_nbytes(v) for v in state.values())
+    if isinstance(state, list | tuple):
+        return sum(_nbytes(v) for v in state)
+    return 0
 
 
 def _disk_full(path: Path, run_dir: Path, kept: str) -> str:

@@ -159,12 +159,22 @@ def remove_partial(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def is_disk_full(e: BaseException) -> bool:
-    """True for 'no space left' / 'quota exceeded' errors, wherever torch or the OS raised them."""
+def is_disk_full(e: BaseException, where: Path, need: int) -> bool:
+    """True when a failed write of ``need`` bytes into the folder ``where`` failed for lack of space.
+
+    The OS says so with ENOSPC/EDQUOT; torch's zip writer does not (its message changes between releases: "file
+    write failed", "unexpected pos ..."), so any other write error counts as a full disk when the disk has less
+    room than the write needed (the partial file is removed before this is asked).
+    """
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
-    text = str(e).lower()
-    return "no space left" in text or "enospc" in text or "file write failed" in text
+    if not isinstance(e, OSError | RuntimeError):
+        return False
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return False
+    return free < need + 2**20  # a MiB of slack for the zip headers and the file system's own blocks
 
 
 # ---------------------------------------------------------------------------------------------------- random

@@ -32,12 +32,17 @@ if not __package__:  # run as a file: import through the installed `segkd`, not 
     detach_script_folder(__file__)
 
 from segkd.distill.config import GROUPS, ConfigError, load_config  # noqa: E402
-from segkd.script import prog  # noqa: E402
+from segkd.script import exit_status, prog, stop_on_sigterm  # noqa: E402
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo" / "cwd.yaml"
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The trainer's command line (``segkd launch --help`` shows it too)."""
     p = argparse.ArgumentParser(prog=prog("distill/train.py"), description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--config",
@@ -56,16 +61,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="parts of configs/ (dataset=cityscapes student=deeplabv3_r18 method=cwd), then dotted overrides "
         "(train.max_iters=100)",
     )
-    return p.parse_args(argv)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    stop_on_sigterm()
     from segkd.distill.checkpoint import CheckpointError
     from segkd.distill.data import BadDataError
     from segkd.distill.evaluation import evaluate_checkpoint
     from segkd.distill.guard import NonFiniteLossError
     from segkd.distill.loop import RunStopped, train
+    from segkd.distill.models.pretrained import WeightsError
     from segkd.distill.run_dir import DiskFullError
     from segkd.distill.runlog import json_safe
 
@@ -79,14 +86,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(json_safe(metrics)))
         else:
             train(cfg)
-    except (ConfigError, CheckpointError, NonFiniteLossError, BadDataError) as e:
+    except (ConfigError, CheckpointError, NonFiniteLossError, BadDataError, WeightsError) as e:
         return _fail(f"error: {e}", 2)
     except DiskFullError as e:
         return _fail(f"error: {e}", 1)
     except RunStopped as e:
         return _fail(f"stopped: {e}", e.exit_code)
-    except KeyboardInterrupt:
-        return _fail("interrupted before the first iteration completed; nothing new was saved", 130)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM while the run is built (the loop saves its own)
+        code = exit_status(e)
+        what = "terminated (SIGTERM)" if code == 143 else "interrupted"
+        return _fail(f"{what} before the first iteration completed; nothing new was saved", code)
     return 0
 
 

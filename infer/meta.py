@@ -52,6 +52,12 @@ class ModelMeta:
             problems.append(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
         if len(self.palette) != len(self.class_names):
             problems.append(f"{len(self.palette)} palette colours for {len(self.class_names)} classes")
+        declared = self.arch.get("num_classes")
+        if isinstance(declared, int) and declared != len(self.class_names):
+            # the weights predict arch.num_classes channels: names for more or fewer would mislabel every output
+            problems.append(
+                f"{len(self.class_names)} class names for a model of {declared} classes (arch.num_classes)"
+            )
         if len(self.mean) != 3 or len(self.std) != 3:
             problems.append("mean and std need 3 values each")
         if problems:

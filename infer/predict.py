@@ -13,6 +13,7 @@ rest are processed, and the exit status is 1 when any file failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import glob
 import io
@@ -36,11 +37,11 @@ import numpy as np  # noqa: E402
 from segkd.infer.cliargs import hw_arg  # noqa: E402
 from segkd.infer.datasets.base import IMAGE_SUFFIXES  # noqa: E402
 from segkd.infer.datasets.reading import UnreadableFileError, read_image, write_palette_png, write_png  # noqa: E402
-from segkd.infer.fileio import atomic_write_text  # noqa: E402
+from segkd.infer.fileio import FolderBusy, atomic_write_text, lock_folder, unlock_folder  # noqa: E402
 from segkd.infer.meta import ModelMeta  # noqa: E402
 from segkd.infer.runtime import Runner, RunnerError, load_runner  # noqa: E402
 from segkd.infer.video import VIEWS, VideoSink, render  # noqa: E402
-from segkd.script import prog  # noqa: E402
+from segkd.script import exit_status, prog, stop_on_sigterm  # noqa: E402
 
 __all__ = ["VIDEO_SUFFIXES", "Item", "PredictReport", "collect_sources", "main", "predict"]
 
@@ -171,6 +172,28 @@ class PredictOptions:
             raise ValueError(f"alpha must lie in [0, 1], not {self.alpha}")
 
 
+# An image is segmented at its own size up to this many times the model's training area (a 1024x2048 crop:
+# 16 Mpx); past it the network's activations, not the picture, set the memory (3.8 GB at 8000x8000 measured).
+MAX_AREA_FACTOR = 8
+
+
+def bounded_size(runner: Runner, hw: tuple[int, int], size: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The size a dynamic-size model should run an ``hw`` image at when its own size is too large, else None.
+
+    A fixed-size model, or a ``--size`` the user chose, is never changed. The bounded size keeps the image's
+    aspect ratio, a multiple of 32 on each side, and ``MAX_AREA_FACTOR`` times the training area.
+    """
+    if size is not None or runner.input_size is not None:
+        return None
+    h, w = hw
+    th, tw = runner.meta.input_size
+    limit = MAX_AREA_FACTOR * th * tw
+    if h * w <= limit:
+        return None
+    scale = (limit / (h * w)) ** 0.5
+    return max(32, int(h * scale) // 32 * 32), max(32, int(w * scale) // 32 * 32)
+
+
 def _images(
     runner: Runner, items: list[Item], out: Path, opts: PredictOptions, report: PredictReport, bar
 ) -> None:
@@ -178,7 +201,23 @@ def _images(
     batch: list[tuple[Item, np.ndarray]] = []
 
     def flush() -> None:
-        labels = runner.predict([im for _, im in batch], opts.size)
+        small = [
+            (i, im)
+            for i, (_, im) in enumerate(batch)
+            if bounded_size(runner, im.shape[:2], opts.size) is None
+        ]
+        labels: list[np.ndarray | None] = [None] * len(batch)
+        for (i, _), lab in zip(small, runner.predict([im for _, im in small], opts.size) if small else []):
+            labels[i] = lab
+        for i, (item, image) in enumerate(batch):
+            if labels[i] is None:  # too large to run at its own size: one at a time, at the bounded size
+                size = bounded_size(runner, image.shape[:2], opts.size)
+                bar.write(
+                    f"{item.name}: {image.shape[0]}x{image.shape[1]} is far larger than the "
+                    f"{runner.meta.input_size[0]}x{runner.meta.input_size[1]} the model was trained at; segmenting "
+                    f"at {size[0]}x{size[1]} and resizing the labels back (--size HxW chooses)"
+                )
+                labels[i] = runner.predict([image], size)[0]
         for (item, image), lab in zip(batch, labels):
             target = out / f"{item.name}.png"
             write_png(target, render(opts.view, image, lab, runner.meta, opts.alpha))
@@ -216,7 +255,7 @@ def _video(runner: Runner, item: Item, out: Path, opts: PredictOptions, report: 
     counts = np.zeros(runner.meta.num_classes, np.int64)  # (K,) pixels per class over the video
     try:
         while ok:
-            (lab,) = runner.predict([frame], opts.size)
+            (lab,) = runner.predict([frame], bounded_size(runner, frame.shape[:2], opts.size) or opts.size)
             counts += np.bincount(lab.ravel(), minlength=runner.meta.num_classes)[: runner.meta.num_classes]
             sink.write(render(opts.view, frame, lab, runner.meta, opts.alpha))
             ok, frame = cap.read()
@@ -242,13 +281,15 @@ def predict(
     out = Path(out)
     report = PredictReport()
     images = [i for i in items if not i.is_video]
-    with tqdm(total=len(images), desc="predict", unit="img", disable=not images, file=sys.stderr) as bar:
-        _images(runner, images, out, opts, report, bar)
-    for item in (i for i in items if i.is_video):
-        print(f"video {item.path} ...", file=sys.stderr)
-        _video(runner, item, out, opts, report)
-    if report.areas:
-        report.outputs += _write_areas(out, report.areas, runner.meta)
+    try:
+        with tqdm(total=len(images), desc="predict", unit="img", disable=not images, file=sys.stderr) as bar:
+            _images(runner, images, out, opts, report, bar)
+        for item in (i for i in items if i.is_video):
+            print(f"video {item.path} ...", file=sys.stderr)
+            _video(runner, item, out, opts, report)
+    finally:  # Ctrl-C or SIGTERM: the inputs finished so far get their areas too
+        if report.areas:
+            report.outputs += _write_areas(out, report.areas, runner.meta)
     return report
 
 
@@ -291,20 +332,42 @@ def _check_out(out: Path) -> None:
         raise SourceError(f"--out {out}: folder {probe} is not writable; choose another --out")
 
 
+@contextlib.contextmanager
+def _one_writer(out: Path) -> Iterator[None]:
+    """Hold ``out``'s lock while predicting: two runs into one folder would mix their pictures and areas."""
+    try:
+        lock, _ = lock_folder(out)
+    except FolderBusy as e:
+        raise SourceError(
+            f"--out {out} is being written by {e.holder or 'another process'} (another segkd predict); wait "
+            "for it, or choose another --out"
+        ) from None
+    try:
+        yield
+    finally:
+        unlock_folder(out, lock)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    stop_on_sigterm()
+    out = args.out or Path("runs") / "predict" / Path(args.model).name
     try:
         if args.threads is not None and args.threads < 1:
             raise SourceError(f"--threads must be at least 1, not {args.threads}")
         opts = PredictOptions(args.view, args.save_labels, args.batch, args.size, args.alpha)
-        out = args.out or Path("runs") / "predict" / Path(args.model).name
         _check_out(out)
         items = collect_sources(args.sources)
-        with load_runner(args.model, device=args.device, threads=args.threads) as runner:
+        with _one_writer(out), load_runner(args.model, device=args.device, threads=args.threads) as runner:
             report = predict(runner, items, out, opts)
     except (SourceError, RunnerError, ValueError, KeyError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        code = exit_status(e)
+        what = "terminated (SIGTERM)" if code == 143 else "interrupted"
+        print(f"{what}: the inputs finished so far are in {out}/ with their areas.csv/json", file=sys.stderr)
+        return code
     done = len(items) - len(report.failed)
     print(f"segmented {done} of {len(items)} inputs -> {out}/ (areas.csv, areas.json)")
     for path, reason in report.failed.items():

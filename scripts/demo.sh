@@ -35,7 +35,7 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
   . "$VENV/bin/activate"
 fi
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
-python -c "import distill, export, infer, accelerate" 2>/dev/null || python -m pip install -q -e ".[plot]"
+python -c "import segkd.distill, segkd.export, segkd.infer, accelerate" 2>/dev/null || python -m pip install -q -e ".[plot]"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(python -c 'import os; print(os.cpu_count())')}"
 launch=(accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no)
 

@@ -306,3 +306,11 @@ def test_a_loss_typo_fails_before_the_data_is_read(tmp_path: Path) -> None:
     assert res.returncode == 2, res.stderr[-2000:]
     assert "did you mean 'tau'?" in res.stderr and str(missing) not in res.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_registered_model_is_a_student_without_a_recipe_file() -> None:
+    assert not (CONFIGS / "_students" / "pspnet_r50.yaml").exists()  # registered, no file
+    cfg = load_config(None, ["dataset=voc", "student=pspnet_r50", "method=kd"])
+    assert cfg.student.name == "pspnet_r50" and cfg.train.output_dir == "runs/voc/pspnet_r50_kd"
+    with pytest.raises(ConfigError, match="student=pspnet_r5: .*did you mean"):
+        load_config(None, ["student=pspnet_r5"])

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from filelock import FileLock
 
 from segkd.distill.checkpoint import load_checkpoint
 from segkd.distill.config import ConfigError, load_config
@@ -289,16 +290,16 @@ def test_a_fresh_start_never_replaces_an_earlier_run(finished_run: Path, tiny_co
 def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tiny_config: Path, tmp_path: Path) -> None:
     run = tmp_path / "locked"
     run.mkdir()
-    with open(run / ".lock", "w") as held:
-        held.write("process 1234 on elsewhere")
-        held.flush()
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a live trainer holds it
+    with FileLock(run / ".lock", timeout=0):  # a live trainer holds the lock and names itself beside it
+        (run / ".lock.owner").write_text("process 1234 on elsewhere")
         proc = _train(tiny_config, f"train.output_dir={run}", "train.max_iters=1", expect=2)
         assert "is being written by process 1234 on elsewhere" in proc.stderr
         assert not (run / "metrics.jsonl").exists()
-    # The holder is gone (its OS lock with it), its lock file stays: the next trainer takes it over.
+    # The holder is gone (its OS lock with it), its owner file stays: the next trainer takes it over.
     proc = _train(tiny_config, f"train.output_dir={run}", "train.max_iters=1", "train.eval_every=1")
-    assert "took over the lock" in proc.stderr and (run / "last.pth").is_file()
+    assert "took over the lock" in proc.stderr and "from process 1234 on elsewhere" in proc.stderr
+    assert (run / "last.pth").is_file()
+    assert (run / ".lock.owner").read_text() == ""  # released: nobody holds it
 
 
 def _wait_for(predicate, timeout: float = 120.0) -> None:  # noqa: ANN001
@@ -316,9 +317,15 @@ def _trained_iterations(run: Path) -> int:
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_the_state_prints_the_resume_command_and_exits_130(
-    tiny_config: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("sig", "code", "what"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_ctrl_c_or_sigterm_saves_the_state_prints_the_resume_command_and_exits(
+    tiny_config: Path, tmp_path: Path, sig: int, code: int, what: str
 ) -> None:
+    # SIGTERM is what Slurm, Kubernetes, docker stop and systemd send: it must not lose the run.
     run = tmp_path / "interrupted"
     cmd = [sys.executable, str(TRAIN), "--config", str(tiny_config), f"train.output_dir={run}",
            "train.max_iters=400", "train.eval_every=400"]  # fmt: skip
@@ -326,12 +333,12 @@ def test_ctrl_c_saves_the_state_prints_the_resume_command_and_exits_130(
         cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     _wait_for(lambda: _trained_iterations(run) >= 2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-3000:]
+    assert proc.returncode == code, err[-3000:]
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("stopped: interrupted at iteration") and f"--config {run / 'config.yaml'}" in last
+    assert last.startswith(f"stopped: {what} at iteration") and f"--config {run / 'config.yaml'}" in last
     saved = json.loads((run / "state" / "progress.json").read_text())["iteration"]
     assert saved >= 2 and load_checkpoint(run / "last.pth").provenance["iteration"] == saved
 
@@ -406,6 +413,39 @@ def test_a_full_disk_keeps_the_last_good_state_and_says_so(
     assert "\n" not in message and "disk full while writing" in message and "MiB free" in message
     assert not (tmp_path / "state.tmp").exists()
     assert (tmp_path / "state" / "progress.json").read_text() == good
+
+
+@pytest.mark.parametrize("free_mib, full", [(0.5, True), (10_000, False)], ids=["no-room", "room"])
+def test_a_full_disk_is_told_by_free_space_not_by_torchs_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free_mib: float, full: bool
+) -> None:
+    # torch 2.13's zip writer reports a full disk as "[enforce fail at inline_container.cc:672] . unexpected pos";
+    # the same text could come from another failure, so the free space decides.
+    import shutil as sh
+
+    import segkd.distill.run_state as run_state
+    from segkd.distill.run import Progress
+    from segkd.distill.run_dir import DiskFullError, save_state
+
+    model = torch.nn.Linear(2, 2)
+    acc = SimpleNamespace(num_processes=1, process_index=0, is_main_process=True,
+                          wait_for_everyone=lambda: None, unwrap_model=lambda m: m)  # fmt: skip
+    run = SimpleNamespace(accelerator=acc, run_dir=tmp_path, step=model, progress=Progress(iteration=3),
+                          components=lambda: {"model": model})  # fmt: skip
+
+    def cut(obj: object, path: Path) -> None:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4736 vs 4624")
+
+    usage = sh.disk_usage(tmp_path)
+    monkeypatch.setattr(run_state, "_save_tensors", cut)
+    monkeypatch.setattr(run_state.shutil, "disk_usage", lambda p: usage._replace(free=int(free_mib * 2**20)))
+    if full:
+        with pytest.raises(DiskFullError, match="disk full while writing"):
+            save_state(run)
+    else:
+        with pytest.raises(RuntimeError, match="unexpected pos"):
+            save_state(run)
+    assert not (tmp_path / "state.tmp").exists()
 
 
 # ------------------------------------------------------------------------------------------- refused up front
@@ -569,3 +609,104 @@ def test_launch_refuses_gpu_options_on_a_machine_without_gpus(tmp_path) -> None:
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
         "error: these launcher options ask"
     )
+
+
+# ------------------------------------------------------------------------------------------- the files a run reads
+@pytest.mark.slow
+def test_a_teacher_inside_the_output_folder_is_refused_and_kept(
+    tiny_config: Path, finished_run: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "x"
+    shutil.copytree(finished_run, run)
+    teacher = run / "best.pth"
+    before = teacher.read_bytes()
+    proc = _train(
+        tiny_config, f"teacher.checkpoint={teacher}", "losses=[{name: kd}]", f"train.output_dir={run}",
+        "train.overwrite=true", expect=2,
+    )  # fmt: skip
+    line = proc.stderr.strip().splitlines()[-1]
+    assert f"teacher.checkpoint {teacher} lies inside train.output_dir {run}" in line
+    assert teacher.read_bytes() == before  # overwrite=true did not get to delete it
+
+
+@pytest.mark.slow
+def test_a_resume_whose_teacher_changed_is_refused(
+    tiny_config: Path, finished_run: Path, tmp_path: Path
+) -> None:
+    teacher = tmp_path / "teacher.pth"
+    shutil.copy(finished_run / "best.pth", teacher)
+    config = tiny_config
+    run = tmp_path / "student"
+    args = [f"teacher.checkpoint={teacher}", "losses=[{name: kd}]", f"train.output_dir={run}"]
+    _train(config, *args, "train.stop_after=2")
+    shutil.copy(finished_run / "last.pth", teacher)  # another file under the same name
+    proc = _train(config, *args, expect=2)
+    assert "is not the file the run" in proc.stderr and "Restore that teacher file" in proc.stderr
+    shutil.copy(finished_run / "best.pth", teacher)  # the original again: the run continues
+    _train(config, *args)
+    assert json.loads((run / "state" / "progress.json").read_text())["iteration"] == 4
+
+
+def test_a_fork_that_never_beat_its_source_names_no_missing_best(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from segkd.distill.loop import _summary
+    from segkd.distill.run import Progress
+
+    run_dir = tmp_path / "my fork"  # a space: the printed command must still run when pasted
+    run_dir.mkdir()
+    progress = Progress(iteration=6, best_miou=41.5, best_iter=4)  # the source's best, loaded with its state
+    cfg = SimpleNamespace(train=SimpleNamespace(max_iters=6), data=SimpleNamespace(batch_size=2))
+    acc = SimpleNamespace(is_main_process=True)
+    run = SimpleNamespace(accelerator=acc, progress=progress, run_dir=run_dir, cfg=cfg)
+    _summary(run, finished=True, elapsed=1.0, iters=2)
+    out = capsys.readouterr().out
+    assert "best.pth" not in out and "is the forked run's; this run did not beat it" in out
+    assert f"next: python export/to_trt.py '{run_dir / 'last.pth'}'" in out
+    (run_dir / "best.pth").write_bytes(b"")  # a run that did beat it names its own best.pth
+    _summary(run, finished=True, elapsed=1.0, iters=2)
+    assert f"41.50 at iteration 4: {run_dir / 'best.pth'}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["student.pretrained", "teacher.checkpoint"])
+def test_a_pickled_weight_file_is_refused_without_torchs_unsafe_advice(
+    tiny_config: Path, tmp_path: Path, where: str
+) -> None:
+    marker = tmp_path / "pwned"
+    planted = tmp_path / "weights.pth"
+    torch.save(
+        {"conv1.weight": torch.zeros(1), "extra": _Payload(marker)}, planted
+    )  # a torch zip with code in it
+    extra = ["losses=[{name: kd}]"] if where == "teacher.checkpoint" else []
+    proc = _train(tiny_config, f"{where}={planted}", f"train.output_dir={tmp_path / 'run'}", *extra, expect=2)
+    assert not marker.exists() and "Traceback" not in proc.stderr
+    assert "weights_only" not in proc.stderr and "loading those could run code" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_run_folder_is_one_line(tiny_config: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ro"
+    run.mkdir(mode=0o555)
+    proc = _train(tiny_config, f"train.output_dir={run}", expect=2)
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: cannot write the run folder {run}")
+
+
+def test_a_lock_that_cannot_be_created_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # root ignores file modes, so the refusal is simulated where the OS would raise it
+    import segkd.distill.run_dir as run_dir_module
+    from segkd.distill.config import ConfigError
+
+    def refuse(path: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(path / ".lock"))
+
+    monkeypatch.setattr(run_dir_module, "_lock", refuse)
+    cfg = SimpleNamespace(train=SimpleNamespace(resume="auto", overwrite=False))
+    run = SimpleNamespace(cfg=cfg, accelerator=SimpleNamespace(is_main_process=True, num_processes=1, device="cpu"),
+                          run_dir=tmp_path / "r", lock=None)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"cannot write the run folder .*Permission denied: .*\.lock"):
+        run_dir_module.prepare_run_dir(run)

@@ -226,3 +226,15 @@ def test_no_import_cycles() -> None:
     files = _module_files()
     assert len(files) > 100
     assert cycles(import_graph(files)) == []
+
+
+def test_segkd_launch_help_leads_with_the_projects_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from segkd.distill.launch import main as launch
+
+    assert launch(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage:") and len(text.splitlines()) < 80  # one screen, no launcher dump
+    trainer, launcher = text.index("== trainer options"), text.index("== common launcher options")
+    assert (
+        trainer < launcher and "--config" in text[trainer:launcher] and "--num_processes" in text[launcher:]
+    )

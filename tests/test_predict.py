@@ -157,3 +157,68 @@ def test_segkd_check_runs_without_naming_its_subcommand(tmp_path: Path) -> None:
         check_main(["--dataset", "cityscapes", "--root", str(tmp_path), "--split", "val"]) == 1
     )  # no samples
     assert check_main(["check", "--dataset", "cityscapes", "--root", str(tmp_path), "--split", "val"]) == 1
+
+
+@pytest.mark.slow
+def test_sigterm_keeps_the_finished_images_and_writes_their_areas(ckpt: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    _images(tmp_path / "many", 600)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segkd", "predict", str(ckpt), str(tmp_path / "many"), "--out", str(out),
+         "--batch", "1"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("*.png"))) < 5:
+        assert time.monotonic() < deadline and proc.poll() is None, "predict never started writing"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err and "terminated (SIGTERM)" in err.strip().splitlines()[-1]
+    with open(out / "areas.csv") as f:
+        rows = list(csv.DictReader(f))
+    written = {p.stem for p in out.glob("*.png")}
+    # The image being written when the signal came may have its picture without its row; no row lacks its picture.
+    assert {r["item"] for r in rows} <= written and 5 <= len(rows) < 600 and len(written) - len(rows) <= 1
+
+
+def test_a_second_predict_into_the_same_folder_is_refused(ckpt: Path, tmp_path: Path) -> None:
+    from segkd.infer.fileio import lock_folder, unlock_folder
+
+    _images(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    lock, _ = lock_folder(out)  # a live `segkd predict` writing there
+    try:
+        res = _segkd("predict", str(ckpt), str(tmp_path / "in"), "--out", str(out), cwd=tmp_path)
+    finally:
+        unlock_folder(out, lock)
+    assert res.returncode == 2 and "is being written by process" in res.stderr.strip().splitlines()[-1]
+    assert not list(out.glob("*.png"))
+    res = _segkd("predict", str(ckpt), str(tmp_path / "in"), "--out", str(out), cwd=tmp_path)
+    assert res.returncode == 0 and len(list(out.glob("*.png"))) == 1
+
+
+def test_an_image_far_larger_than_the_training_size_is_bounded_and_said(ckpt: Path, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from segkd.infer.predict import MAX_AREA_FACTOR, bounded_size
+
+    dynamic = SimpleNamespace(input_size=None, meta=SimpleNamespace(input_size=[64, 96]))
+    limit = MAX_AREA_FACTOR * 64 * 96
+    assert bounded_size(dynamic, (64, 96 * MAX_AREA_FACTOR), None) is None  # at the limit: its own size
+    h, w = bounded_size(dynamic, (400, 800), None)
+    assert h * w <= limit and h % 32 == w % 32 == 0 and abs(w / h - 2) < 0.35
+    assert bounded_size(dynamic, (400, 800), (64, 96)) is None  # --size is the user's choice
+    assert bounded_size(SimpleNamespace(input_size=(64, 96), meta=dynamic.meta), (4000, 4000), None) is None
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "big.png"), np.zeros((400, 800, 3), np.uint8))
+    res = _segkd("predict", str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--save-labels",
+                 cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert f"segmenting at {h}x{w} and resizing the labels back" in res.stdout + res.stderr
+    assert read_label(tmp_path / "o" / "labels" / "big.png").shape == (400, 800)
