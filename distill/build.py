@@ -17,6 +17,7 @@ from segkd.distill.guard import MAX_NONFINITE, NonFiniteGuard
 from segkd.distill.run import Progress, Run
 from segkd.distill.schedule import build_optimizer
 from segkd.distill.step import DistillStep, frozen_teacher
+from segkd.distill.task_loss import TaskLoss
 from segkd.infer.fileio import sha256_file
 from segkd.infer.meta import ModelMeta
 
@@ -152,7 +153,22 @@ def _build_step(
     if cfg.distill:
         teacher, teacher_meta = frozen_teacher(cfg.teacher.checkpoint, device, cfg.teacher.half)
     criterion = _build_criterion(cfg, student, teacher, meta.num_classes)
-    return DistillStep(student, criterion, cfg.train.aux_weight, meta.ignore_index), teacher, teacher_meta
+    task = TaskLoss(cfg.task, ignore_index=meta.ignore_index, aux_weight=cfg.train.aux_weight,
+                    align_corners=getattr(student, "align_corners", False),
+                    class_weights=_class_weights(cfg, meta.num_classes))  # fmt: skip
+    step = DistillStep(student, criterion, cfg.train.aux_weight, meta.ignore_index, task)
+    return step, teacher, teacher_meta
+
+
+def _class_weights(cfg: Config, num_classes: int) -> list[float] | None:
+    """``task.class_weights`` of this run's dataset, checked against its class count (None: unweighted)."""
+    weights = cfg.task.class_weights.get(cfg.data.dataset)
+    if weights is not None and len(weights) != num_classes:
+        raise ConfigError(
+            f"task.class_weights.{cfg.data.dataset} has {len(weights)} weights but the run has {num_classes} "
+            f"classes; give one weight per class, or drop the entry (task.class_weights={{}}) to train unweighted"
+        )
+    return weights
 
 
 def _build_criterion(

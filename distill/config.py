@@ -42,8 +42,13 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "EvalConfig",
+    "BoundaryConfig",
+    "DetailConfig",
     "ModelConfig",
+    "OHEM_RULES",
+    "OhemConfig",
     "OptimConfig",
+    "TaskConfig",
     "TeacherConfig",
     "TrainConfig",
     "GROUPS",
@@ -234,6 +239,108 @@ class AdversarialConfig:
     width: int = 64
 
 
+# The OHEM rules of the real-time students' repositories (``segkd.distill.task_loss`` implements each):
+# rule -> (its published threshold on the true-class probability, its published minimum of kept pixels, or None
+# where the rule derives the minimum from the batch).
+OHEM_RULES: dict[str, tuple[float, int | None]] = {
+    "hrnet": (0.9, 131072),  # PIDNet, DDRNet (HRNet's code): LOSS.OHEMTHRES, LOSS.OHEMKEEP
+    "bisenet": (0.7, None),  # CoinCheung/BiSeNet: at least (labelled pixels // 16)
+    "stdc": (0.7, None),  # STDC-Seg: at least (all pixels of the batch // 16)
+}
+
+
+@dataclass
+class OhemConfig:
+    """Online hard example mining of the cross-entropy (``task.loss: ohem`` or ``task.aux_loss: ohem``).
+
+    Only the hard pixels, those whose softmax probability of the true class is below ``thresh``, are averaged, but
+    never fewer than a minimum, filled with the hardest of the rest. The three published rules differ in that
+    minimum and in which pixels compete for it (see ``segkd.distill.task_loss``):
+
+    - ``hrnet`` (PIDNet, DDRNet, from HRNet's code): labelled pixels only; at least ``min_kept``.
+    - ``bisenet`` (CoinCheung/BiSeNet): at least (labelled pixels of the batch) // 16.
+    - ``stdc`` (MichaelFan01/STDC-Seg): at least (all pixels of the batch, ignored ones included) // 16.
+
+    Counts are per process and micro-batch, as the official code counts them per GPU.
+
+    Attributes:
+        rule: ``hrnet``, ``bisenet`` or ``stdc``.
+        thresh: probability of the true class below which a pixel is hard; null takes the rule's published value
+            (hrnet 0.9, bisenet and stdc 0.7).
+        min_kept: ``hrnet`` only, pixels kept at least; null takes its published 131072 (the other rules derive
+            their minimum from the batch and refuse a value).
+    """
+
+    rule: str = "hrnet"
+    thresh: float | None = None
+    min_kept: int | None = None
+
+
+@dataclass
+class BoundaryConfig:
+    """PIDNet's boundary terms on the student's ``boundary`` map (its D branch), both off by default.
+
+    Attributes:
+        weight: weight of the class-balanced BCE between the boundary logits and the edges of the labels
+            (official: 20); logged as ``boundary``.
+        aware_weight: weight of the boundary-aware cross-entropy, the main loss (``task.loss``) restricted to the
+            pixels whose predicted boundary probability exceeds ``aware_thresh`` (official: 1); logged as
+            ``boundary_ce``.
+        aware_thresh: boundary probability above which a pixel joins the boundary-aware cross-entropy (0.8).
+    """
+
+    weight: float = 0.0
+    aware_weight: float = 0.0
+    aware_thresh: float = 0.8
+
+
+@dataclass
+class DetailConfig:
+    """STDC-Seg's detail aggregation loss on the student's ``boundary`` map (its detail head), off by default.
+
+    Attributes:
+        bce_weight: weight of the BCE between the detail logits and the Laplacian boundaries of the labels
+            (official: 1); logged as ``detail_bce``.
+        dice_weight: weight of the dice loss on the same pair (official: 1); logged as ``detail_dice``.
+    """
+
+    bce_weight: float = 0.0
+    dice_weight: float = 0.0
+
+
+@dataclass
+class TaskConfig:
+    """What the student learns from the labels: the loss of its main output, of its auxiliary outputs and of its
+    boundary map. The defaults are plain cross-entropy plus ``train.aux_weight`` on the first auxiliary head,
+    what every recipe trained before this section existed; ``configs/_students/<name>.yaml`` of a real-time
+    student holds its repository's recipe.
+
+    Attributes:
+        loss: ``ce`` or ``ohem`` (see ``ohem``) on the main logits, at the label size; logged as ``ce``.
+        ohem: the OHEM rule and its settings, used wherever ``ohem`` is chosen.
+        aux_loss: ``ce`` or ``ohem`` on each auxiliary output.
+        aux_weights: one weight per entry of the model's ``aux_all``, in its order (PIDNet [0.4], DDRNet [0.4],
+            BiSeNetV2 [1, 1, 1, 1], STDC [1, 1]); logged as ``aux`` (one) or ``aux_1``... (several). Null keeps
+            ``train.aux_weight`` on the first auxiliary head.
+        aux_ignored_in_mean: average the auxiliary cross-entropy over every pixel, the ignored ones counting
+            zero, as the HRNet-based code of PIDNet and DDRNet does (it returns the per-pixel map, averaged
+            later); false averages over the labelled pixels.
+        class_weights: per-class weights of every cross-entropy, by dataset name (``data.dataset``); a dataset not
+            listed trains unweighted. PIDNet and DDRNet weight Cityscapes' 19 classes.
+        boundary: PIDNet's boundary BCE and boundary-aware cross-entropy.
+        detail: STDC's detail aggregation loss.
+    """
+
+    loss: str = "ce"
+    ohem: OhemConfig = field(default_factory=OhemConfig)
+    aux_loss: str = "ce"
+    aux_weights: list[float] | None = None
+    aux_ignored_in_mean: bool = False
+    class_weights: dict[str, list[float]] = field(default_factory=dict)
+    boundary: BoundaryConfig = field(default_factory=BoundaryConfig)
+    detail: DetailConfig = field(default_factory=DetailConfig)
+
+
 @dataclass
 class Config:
     """A whole run: see each section's class. Without ``losses`` the run is plain training (no teacher is loaded).
@@ -252,6 +359,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
 
     @property
     def distill(self) -> bool:
@@ -268,6 +376,8 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "train.mixed_precision": (None, "no", "fp16", "bf16"),
     "eval.mode": ("whole", "slide"),
     "student.channel_order": ("RGB", "BGR"),
+    "task.loss": ("ce", "ohem"),
+    "task.aux_loss": ("ce", "ohem"),
 }
 
 
@@ -450,7 +560,9 @@ def _validate(cfg: Config, origin: str) -> list[str]:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value not in choices:
-            problems.append(f"{origin}: {key} must be one of {list(choices)}, got {value!r}")
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices if c is not None], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(f"{origin}: {key} must be one of {list(choices)}, got {value!r}{hint}")
     d, t, e, o = cfg.data, cfg.train, cfg.eval, cfg.optim
     pairs = {"data.crop_size": d.crop_size, "eval.crop_size": e.crop_size, "eval.stride": e.stride}
     for key, value in pairs.items():
@@ -496,6 +608,7 @@ def _validate(cfg: Config, origin: str) -> list[str]:
                 f"{origin}: losses.{i} must be a mapping with a 'name' (e.g. {{name: cwd}}), got {spec!r}"
             )
     problems += [f"{origin}: {p}" for p in _loss_problems(cfg.losses)]
+    problems += [f"{origin}: {p}" for p in _task_problems(cfg)]
     a = cfg.adversarial
     if a.enabled:
         problems += _adversarial_problems(cfg, origin, stride)
@@ -505,6 +618,79 @@ def _validate(cfg: Config, origin: str) -> list[str]:
             "or losses=[] for plain training"
         )
     return problems
+
+
+def _task_problems(cfg: Config) -> list[str]:
+    """The ``task`` section's values: the OHEM rule and its settings, the weights, the class weights."""
+    t = cfg.task
+    problems = _ohem_problems(t.ohem) + _weight_problems(t)
+    if not 0 < t.boundary.aware_thresh < 1:
+        problems.append(f"task.boundary.aware_thresh must lie in (0, 1), got {t.boundary.aware_thresh}")
+    if (t.boundary.weight or t.boundary.aware_weight) and (t.detail.bce_weight or t.detail.dice_weight):
+        problems.append(
+            "task.boundary (PIDNet's D branch) and task.detail (STDC's detail head) both read the student's "
+            "boundary map; set the weights of the one that is not this student's to 0"
+        )
+    if t.aux_weights is not None and cfg.train.aux_weight == 0:
+        problems.append(
+            "task.aux_weights is given but train.aux_weight=0 builds the student without auxiliary heads; "
+            "drop task.aux_weights (task.aux_weights=null) or set train.aux_weight to a positive value"
+        )
+    return problems + _class_weight_problems(t.class_weights)
+
+
+def _weight_problems(t: TaskConfig) -> list[str]:
+    weights = {
+        "task.boundary.weight": t.boundary.weight,
+        "task.boundary.aware_weight": t.boundary.aware_weight,
+        "task.detail.bce_weight": t.detail.bce_weight,
+        "task.detail.dice_weight": t.detail.dice_weight,
+    }
+    weights.update({f"task.aux_weights.{i}": w for i, w in enumerate(t.aux_weights or [])})
+    return [f"{k} must be a finite number >= 0, got {w}" for k, w in weights.items() if not 0 <= w < math.inf]
+
+
+def _class_weight_problems(table: dict[str, Any]) -> list[str]:
+    """Each entry names a dataset reader (a misspelt one would silently train unweighted) and holds weights."""
+    from segkd.infer.datasets import DATASETS  # torch-free
+
+    problems = []
+    for name, values in table.items():
+        if name not in DATASETS.names():
+            close = difflib.get_close_matches(str(name), DATASETS.names(), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(
+                f"task.class_weights.{name}: no dataset {name!r}{hint} (the keys are data.dataset names: "
+                f"{', '.join(DATASETS.names())})"
+            )
+        ok = isinstance(values, list) and values and all(_positive_number(v) for v in values)
+        if not ok:
+            problems.append(
+                f"task.class_weights.{name} must be a list of positive numbers (one per class), got {values!r}"
+            )
+    return problems
+
+
+def _ohem_problems(o: OhemConfig) -> list[str]:
+    if o.rule not in OHEM_RULES:
+        close = difflib.get_close_matches(str(o.rule), list(OHEM_RULES), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return [f"task.ohem.rule must be one of {list(OHEM_RULES)}, got {o.rule!r}{hint}"]
+    problems = []
+    if o.thresh is not None and not 0 < o.thresh <= 1:
+        problems.append(f"task.ohem.thresh must lie in (0, 1] (a probability), got {o.thresh}")
+    if o.rule == "hrnet" and o.min_kept is not None and o.min_kept < 1:
+        problems.append(f"task.ohem.min_kept must be >= 1, got {o.min_kept}")
+    if o.rule != "hrnet" and o.min_kept is not None:
+        problems.append(
+            f"task.ohem.min_kept is the hrnet rule's; the {o.rule} rule derives its minimum from the batch "
+            f"(see OhemConfig): set task.ohem.min_kept=null, or task.ohem.rule=hrnet"
+        )
+    return problems
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf
 
 
 def _loss_problems(specs: list[Any]) -> list[str]:

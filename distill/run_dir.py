@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from segkd.distill.checkpoint import save_checkpoint
-from segkd.distill.config import ConfigError, config_to_dict, load_yaml, save_config
+from segkd.distill.config import Config, ConfigError, config_to_dict, load_yaml, save_config
 from segkd.distill.guard import NonFiniteLossError
 from segkd.distill.run import Progress, Run
 from segkd.distill.run_state import (
@@ -50,6 +50,7 @@ __all__ = [
     "resume",
     "save_checkpoints",
     "save_state",
+    "saved_settings",
 ]
 
 STATE, STATE_TMP, STATE_OLD = "state", "state.tmp", "state.old"
@@ -171,7 +172,7 @@ def _check_resumed_config(run: Run, state: Path) -> None:
         saved = state.parent / "config.yaml"
     if not saved.is_file():
         return
-    changes = config_changes(load_yaml(saved), config_to_dict(run.cfg))
+    changes = config_changes(saved_settings(saved), config_to_dict(run.cfg))
     fork = state.parent.resolve() != run_dir.resolve()
     fixed = [c for c in changes if not c.startswith(_APPLIED)]
     if fixed and not fork:
@@ -361,6 +362,12 @@ def _disk_full(path: Path, run_dir: Path, kept: str) -> str:
         else f"{free / 2**20:.0f} MiB free"
     )
     return f"disk full while writing {path} ({size}); the partial file was removed and {kept}: free space on that disk and re-run the same command to resume"
+
+
+def saved_settings(path: Path) -> dict[str, Any]:
+    """The settings a run folder's ``config.yaml`` holds; a section it lacks (saved before that section existed,
+    such as ``task``) holds its defaults, which is what that run ran with."""
+    return {**config_to_dict(Config()), **load_yaml(path)}
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -11,11 +11,11 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segkd.distill.data import normalize
 from segkd.distill.load import load_model
+from segkd.distill.task_loss import TaskLoss
 from segkd.infer.meta import ModelMeta
 
 if TYPE_CHECKING:
@@ -26,26 +26,39 @@ __all__ = ["DistillStep", "any_nonfinite", "frozen_teacher", "optimizer_step", "
 
 
 class DistillStep(nn.Module):
-    """The trainable part of an iteration: student forward, cross-entropy, auxiliary and distillation terms.
+    """The trainable part of an iteration: student forward, task terms (cross-entropy, auxiliary heads, boundary
+    maps) and distillation terms.
 
     ``forward`` returns ``{"total", "ce", "aux", "kd/<term>", ...}``: every weighted term and their sum (weights
-    are applied once, here and in the distillation criterion). Losses are computed in float32 outside autocast.
+    are applied once, in the task loss and in the distillation criterion). Losses are computed in float32 outside
+    autocast.
 
     Args:
         student: a ``SegModel``.
         criterion: a ``segkd.distill.losses.KDCriterion`` (owns the projectors), or None for plain training.
-        aux_weight: weight of the auxiliary head's cross-entropy.
+        aux_weight: weight of the auxiliary head's cross-entropy (when ``task`` does not set its own weights).
         ignore_index: label value left out of the cross-entropy.
+        task: the task terms (:class:`segkd.distill.task_loss.TaskLoss`); None: cross-entropy plus ``aux_weight``
+            times the auxiliary head's.
     """
 
     def __init__(
-        self, student: nn.Module, criterion: nn.Module | None, aux_weight: float, ignore_index: int
+        self,
+        student: nn.Module,
+        criterion: nn.Module | None,
+        aux_weight: float,
+        ignore_index: int,
+        task: TaskLoss | None = None,
     ) -> None:
         super().__init__()
         self.student = student
         self.criterion = criterion
         self.aux_weight = aux_weight
         self.ignore_index = ignore_index
+        if task is None:  # cross-entropy + aux_weight x the auxiliary head's, at the student's upsampling
+            align = getattr(student, "align_corners", False)
+            task = TaskLoss(ignore_index=ignore_index, aux_weight=aux_weight, align_corners=align)
+        self.task = task
 
     def forward(
         self,
@@ -56,15 +69,7 @@ class DistillStep(nn.Module):
     ) -> dict[str, Tensor]:
         out = self.student(x, return_features=True)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            terms = {"ce": F.cross_entropy(out["out"].float(), labels, ignore_index=self.ignore_index)}
-            if out["aux"] is not None:
-                aux = F.interpolate(  # as the model upsamples its main logits (CIRKD: align_corners=True)
-                    out["aux"].float(),
-                    size=labels.shape[-2:],
-                    mode="bilinear",
-                    align_corners=getattr(self.student, "align_corners", False),
-                )
-                terms["aux"] = self.aux_weight * F.cross_entropy(aux, labels, ignore_index=self.ignore_index)
+            terms = self.task(out, labels)  # "ce", "aux", the boundary terms: at the label size
             if self.criterion is not None:
                 assert teacher_out is not None, "distillation needs the teacher's outputs"
                 terms.update(self.criterion(out, teacher_out, labels))

@@ -544,11 +544,11 @@ def test_adversarial_run_on_two_processes_keeps_one_discriminator(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("student", ["pidnet_s", "bisenetv2"])
-def test_a_real_time_student_distils_and_exports_without_a_recipe_file(
+def test_a_real_time_student_distils_with_its_official_loss_and_exports_one_output(
     tiny_config: Path, teacher_ckpt: Path, tmp_path: Path, student: str
 ) -> None:
-    # student=NAME composes a registered model with its builder's defaults (the config's R18 width is dropped)
-    # and its official normalisation; its fixed 1/8 stride is compared with any teacher's, resized to it.
+    # student=NAME composes configs/_students/NAME.yaml (the official task loss, the builder's defaults: the
+    # config's R18 width is dropped); its fixed 1/8 stride is compared with any teacher's, resized to it.
     run = tmp_path / student
     _train(tiny_config, f"student={student}", *_distill_overrides(teacher_ckpt), f"train.output_dir={run}",
            "train.max_iters=2", "train.eval_every=2")  # fmt: skip
