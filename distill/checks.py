@@ -136,8 +136,11 @@ def reader_options(cfg: Config) -> dict[str, Any]:
     return options
 
 
-def check_data(cfg: Config, *, limit: int = 20) -> None:
+def check_data(cfg: Config, *, limit: int = 20, splits: tuple[str, ...] | None = None) -> None:
     """Read every sample of the splits the run reads (``segkd.infer.datasets check``) before any work is done.
+
+    Args:
+        splits: the splits to read (default: the training and validation splits; ``--eval`` reads only the latter).
 
     Raises:
         ConfigError: listing the first ``limit`` problems of each split and how to skip the check.
@@ -145,7 +148,7 @@ def check_data(cfg: Config, *, limit: int = 20) -> None:
     from segkd.infer.datasets.check import check_dataset
 
     problems = []
-    for split in dict.fromkeys((cfg.data.train_split, cfg.data.val_split)):
+    for split in dict.fromkeys(splits or (cfg.data.train_split, cfg.data.val_split)):
         report = check_dataset(cfg.data.dataset, cfg.data.root, split, **reader_options(cfg))
         problems += [f"{split}: {p}" for p in report.problems[:limit]]
         if len(report.problems) > limit:

@@ -134,11 +134,23 @@ def evaluate(
 def evaluate_checkpoint(path: str, cfg: Config) -> dict[str, Any]:
     """Evaluate a checkpoint on ``cfg``'s validation split (over all launched processes); returns the metrics."""
     from segkd.distill.build import make_accelerator
-    from segkd.distill.checks import check_classes, load_datasets
+    from segkd.distill.checks import check_classes, check_data, load_datasets
+    from segkd.distill.config import ConfigError
     from segkd.distill.data import EvalSet, build_eval_loader
     from segkd.distill.load import load_model
+    from segkd.distill.run_dir import raise_on_all
 
     accelerator = make_accelerator(cfg, Path(cfg.train.output_dir))
+    if (
+        cfg.data.check
+    ):  # an unreadable image fails here, on every process, not in the middle of the evaluation
+        error = None
+        if accelerator.is_main_process:
+            try:
+                check_data(cfg, splits=(cfg.data.val_split,))
+            except ConfigError as e:
+                error = e
+        raise_on_all(accelerator, error)
     _, val_set = load_datasets(cfg)
     model, meta = load_model(path, accelerator.device)
     check_classes(val_set, meta, None)

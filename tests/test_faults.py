@@ -710,3 +710,18 @@ def test_a_lock_that_cannot_be_created_is_a_config_error(
                           run_dir=tmp_path / "r", lock=None)  # fmt: skip
     with pytest.raises(ConfigError, match=r"cannot write the run folder .*Permission denied: .*\.lock"):
         run_dir_module.prepare_run_dir(run)
+
+
+@pytest.mark.slow
+def test_eval_on_a_dataset_with_an_unreadable_image_is_one_line(
+    tiny_config: Path, finished_run: Path, tmp_path: Path
+) -> None:
+    root = Path(yaml.safe_load(tiny_config.read_text())["data"]["root"])
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    broken = sorted((data / "leftImg8bit" / "val").rglob("*.png"))[0]
+    broken.write_bytes(b"not a png")
+    proc = _train(tiny_config, f"data.root={data}", "--eval", str(finished_run / "best.pth"), expect=2)
+    assert "Traceback" not in proc.stderr
+    assert "error: the demo data at" in proc.stderr and broken.name in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("or start without this check with data.check=false")
