@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
+from typing import BinaryIO
 
 from segkd.script import prog
 
@@ -98,6 +101,40 @@ def _print_help() -> None:
     print(_COMMON_LAUNCHER_OPTIONS)
 
 
+# The exceptions a launcher raises only to say that the trainer exited non-zero: the trainer said why already.
+_LAUNCHER_FAILURES = (
+    b"subprocess.CalledProcessError:",
+    b"torch.distributed.elastic.multiprocessing.errors.ChildFailedError",
+)
+
+
+def relay_without_launcher_tracebacks(source: BinaryIO, sink: BinaryIO) -> None:
+    """Copy the launcher's stderr (its children's included) to ``sink`` as it comes (progress bars keep their
+    carriage returns), holding back each Python traceback until its last line: a traceback that ends in
+    "the trainer exited with status N" is dropped, any other (a real crash) is passed on whole."""
+    held: list[bytes] = []
+    pending = b""
+    for chunk in iter(lambda: source.read1(65536), b""):
+        pending += chunk
+        *parts, pending = re.split(rb"(?<=[\r\n])", pending)
+        for part in parts:
+            if not held and not part.startswith(b"Traceback (most recent call last):"):
+                sink.write(part)
+                continue
+            held.append(part)
+            if not part[:1].isspace() and not part.startswith(
+                (b"Traceback", b"During handling", b"The above")
+            ):
+                if not part.startswith(
+                    _LAUNCHER_FAILURES
+                ):  # the traceback's last line: which exception it was
+                    sink.writelines(held)
+                held = []
+        sink.flush()
+    sink.writelines([*held, pending])
+    sink.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] in (["-h"], ["--help"]):
@@ -113,13 +150,19 @@ def main(argv: list[str] | None = None) -> int:
     cmd = launch_command(args)
     with tempfile.TemporaryDirectory(prefix="segkd-launch-") as tmp:
         status = Path(tmp) / "status.json"
-        proc = subprocess.Popen(cmd, env={**os.environ, "SEGKD_EXIT_STATUS": str(status)})
+        env = {**os.environ, "SEGKD_EXIT_STATUS": str(status)}
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
+        relay = threading.Thread(
+            target=relay_without_launcher_tracebacks, args=(proc.stderr, sys.stderr.buffer)
+        )
+        relay.start()
         while True:
             try:
                 code = proc.wait()
                 break
             except KeyboardInterrupt:  # the trainer got the same Ctrl-C: let it save and report
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+        relay.join()
         if status.is_file():
             record = json.loads(status.read_text())
             print(record["message"], file=sys.stderr)

@@ -591,6 +591,8 @@ def test_a_user_error_under_the_launcher_keeps_its_code_and_ends_the_output(
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: train.resume={missing} is not a state folder")
+    # accelerate's own traceback (CalledProcessError: the trainer exited 2) says nothing the line above does not
+    assert "Traceback" not in proc.stderr and "CalledProcessError" not in proc.stderr
 
 
 def test_launch_refuses_gpu_options_on_a_machine_without_gpus(tmp_path) -> None:
@@ -725,3 +727,21 @@ def test_eval_on_a_dataset_with_an_unreadable_image_is_one_line(
     assert "Traceback" not in proc.stderr
     assert "error: the demo data at" in proc.stderr and broken.name in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].endswith("or start without this check with data.check=false")
+
+
+def test_the_launcher_relay_drops_only_its_own_tracebacks() -> None:
+    import io
+
+    from segkd.distill.launch import relay_without_launcher_tracebacks
+
+    launcher = (
+        b"step 1/10\rstep 2/10\r\nerror: train.resume=x is not a state folder\n"
+        b'Traceback (most recent call last):\n  File "launch.py", line 9, in <module>\n    main()\n'
+        b"subprocess.CalledProcessError: Command '[python, train.py]' returned non-zero exit status 2.\n"
+    )
+    crash = (
+        b'Traceback (most recent call last):\n  File "step.py", line 3\n    x[1]\nIndexError: list index\n'
+    )
+    out = io.BytesIO()
+    relay_without_launcher_tracebacks(io.BufferedReader(io.BytesIO(launcher + crash)), out)
+    assert out.getvalue() == b"step 1/10\rstep 2/10\r\nerror: train.resume=x is not a state folder\n" + crash
