@@ -229,6 +229,8 @@ class AdversarialConfig:
         lambda_d: weight of the discriminator's hinge objective (CIRKD: 0.1).
         lr, betas: Adam settings of the discriminator (CIRKD: 4e-4, [0.9, 0.99]), constant.
         width: channels of the discriminator's first convolution (CIRKD: 64).
+        spectral_norm: ``torch`` (torch's ``spectral_norm``, the default) or ``sagan`` (CIRKD's SAGAN power
+            iteration, which the papers' recipes use); see :mod:`segkd.distill.adversarial`.
     """
 
     enabled: bool = False
@@ -237,6 +239,7 @@ class AdversarialConfig:
     lr: float = 4e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     width: int = 64
+    spectral_norm: str = "torch"
 
 
 # The OHEM rules of the real-time students' repositories (``segkd.distill.task_loss`` implements each):
@@ -378,6 +381,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "student.channel_order": ("RGB", "BGR"),
     "task.loss": ("ce", "ohem"),
     "task.aux_loss": ("ce", "ohem"),
+    "adversarial.spectral_norm": ("torch", "sagan"),  # the keys of segkd.distill.adversarial.SPECTRAL_NORMS
 }
 
 
@@ -586,6 +590,8 @@ def _validate(cfg: Config, origin: str) -> list[str]:
             problems.append(f"{origin}: {key} must be positive, got {value}")
     finite = {f"optim.{f.name}": getattr(o, f.name) for f in dataclasses.fields(o)}
     for key, value in finite.items():
+        if key in positive and not value > 0:  # already said: one message per mistake
+            continue
         if isinstance(value, float) and not math.isfinite(value):
             problems.append(f"{origin}: {key} must be a finite number, got {value}")
     stride = cfg.student.output_stride or 8  # the builders' default

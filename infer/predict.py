@@ -233,8 +233,7 @@ def _images(
         try:
             batch.append((item, read_image(item.path)))
         except UnreadableFileError as e:
-            report.failed[str(item.path)] = str(e)
-            bar.write(f"skipped: {e}")
+            report.failed[str(item.path)] = str(e)  # said once, in the summary's "failed:" lines
             bar.update(1)
             continue
         if len(batch) == opts.batch:
@@ -371,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     done = len(items) - len(report.failed)
     print(f"segmented {done} of {len(items)} inputs -> {out}/ (areas.csv, areas.json)")
     for path, reason in report.failed.items():
-        print(f"failed: {path}: {reason}", file=sys.stderr)
+        print(f"failed: {reason}" if path in reason else f"failed: {path}: {reason}", file=sys.stderr)
     return 1 if report.failed else 0
 
 

@@ -314,3 +314,11 @@ def test_a_registered_model_is_a_student_without_a_recipe_file() -> None:
     assert cfg.student.name == "pspnet_r50" and cfg.train.output_dir == "runs/voc/pspnet_r50_kd"
     with pytest.raises(ConfigError, match="student=pspnet_r5: .*did you mean"):
         load_config(None, ["student=pspnet_r5"])
+
+
+def test_a_nan_learning_rate_is_one_message() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["optim.lr=.nan", "optim.weight_decay=.inf"])
+    lines = [line.strip() for line in str(e.value).splitlines()[1:]]
+    assert lines == ["defaults: optim.lr must be positive, got nan",
+                     "defaults: optim.weight_decay must be a finite number, got inf"]  # fmt: skip

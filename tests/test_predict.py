@@ -222,3 +222,13 @@ def test_an_image_far_larger_than_the_training_size_is_bounded_and_said(ckpt: Pa
     assert res.returncode == 0, res.stderr
     assert f"segmenting at {h}x{w} and resizing the labels back" in res.stdout + res.stderr
     assert read_label(tmp_path / "o" / "labels" / "big.png").shape == (400, 800)
+
+
+def test_an_unreadable_input_is_reported_once_and_a_folder_is_not_a_video(ckpt: Path, tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "empty.png").write_bytes(b"")
+    res = _segkd("predict", str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert res.returncode == 1
+    assert (res.stdout + res.stderr).count("empty.png") == 1, res.stdout + res.stderr
+    res = _segkd("camera", str(ckpt), "--source", str(tmp_path / "in"), "--headless", cwd=tmp_path)
+    assert res.returncode == 2 and "is a folder, not a video file" in res.stderr

@@ -71,6 +71,11 @@ def _capture_stream(source: str) -> cv2.VideoCapture:
 
 
 def _capture_file(source: str) -> cv2.VideoCapture:
+    if Path(source).is_dir():
+        raise SourceError(
+            f"{source!r} is a folder, not a video file; pass a video file in it, a camera index such as 0, or a "
+            "stream URL (to segment a folder of images: segkd predict MODEL FOLDER)"
+        )
     if not Path(source).is_file():
         raise SourceError(
             f"video file {source!r} not found (working directory: {os.getcwd()}). Pass an existing video file, "
