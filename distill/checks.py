@@ -162,8 +162,13 @@ def check_data(cfg: Config, *, limit: int = 20, splits: tuple[str, ...] | None =
         )
 
 
-def check_classes(dataset: Any, teacher_meta: ModelMeta | None, student_classes: int | None) -> int:
-    """Return the class count after checking that data, teacher and student agree (a ConfigError otherwise)."""
+def check_classes(
+    dataset: Any, teacher_meta: ModelMeta | None, student_classes: int | None, *, role: str = "teacher"
+) -> int:
+    """Return the class count after checking that data, teacher and student agree (a ConfigError otherwise).
+
+    ``role`` names the checkpoint in the message: the teacher of a distillation, or the model ``--eval`` scores.
+    """
     k = dataset.num_classes
     problems = []
     if student_classes is not None and student_classes != k:
@@ -172,10 +177,14 @@ def check_classes(dataset: Any, teacher_meta: ModelMeta | None, student_classes:
             "remove student.num_classes (it defaults to the dataset's) or point data.root at the right data"
         )
     if teacher_meta is not None and teacher_meta.num_classes != k:
+        fix = (
+            "distil with a teacher trained on this dataset"
+            if role == "teacher"
+            else "evaluate it on the dataset it was trained on (data.dataset, data.root)"
+        )
         problems.append(
-            f"the teacher predicts {teacher_meta.num_classes} classes ({', '.join(teacher_meta.class_names[:4])}, ...) "
-            f"but the {dataset.name} data has {k} ({', '.join(dataset.class_names[:4])}, ...); distil with a "
-            "teacher trained on this dataset"
+            f"the {role} predicts {teacher_meta.num_classes} classes ({', '.join(teacher_meta.class_names[:4])}, ...) "
+            f"but the {dataset.name} data has {k} ({', '.join(dataset.class_names[:4])}, ...); {fix}"
         )
     if problems:
         raise ConfigError("class counts disagree:\n  " + "\n  ".join(problems))

@@ -153,7 +153,7 @@ def evaluate_checkpoint(path: str, cfg: Config) -> dict[str, Any]:
         raise_on_all(accelerator, error)
     _, val_set = load_datasets(cfg)
     model, meta = load_model(path, accelerator.device)
-    check_classes(val_set, meta, None)
+    check_classes(val_set, meta, None, role=f"checkpoint {Path(path).name}")
     loader = build_eval_loader(
         EvalSet(val_set, cfg.eval.limit),
         batch_size=cfg.eval.batch_size,

@@ -745,3 +745,18 @@ def test_the_launcher_relay_drops_only_its_own_tracebacks() -> None:
     out = io.BytesIO()
     relay_without_launcher_tracebacks(io.BufferedReader(io.BytesIO(launcher + crash)), out)
     assert out.getvalue() == b"step 1/10\rstep 2/10\r\nerror: train.resume=x is not a state folder\n" + crash
+
+
+@pytest.mark.slow
+def test_eval_of_a_checkpoint_with_another_class_count_names_the_checkpoint(
+    tiny_config: Path, finished_run: Path, tmp_path: Path
+) -> None:
+    from segkd.scenes.street import generate_demo
+
+    seven = generate_demo(
+        tmp_path / "d", {"train": 1, "val": 1}, size=(64, 128), seed=0, classes="categories"
+    )
+    proc = _train(tiny_config, f"data.root={seven}", "--eval", str(finished_run / "best.pth"), expect=2)
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "the checkpoint best.pth predicts 19 classes" in line and "teacher" not in line
+    assert "evaluate it on the dataset it was trained on" in line
