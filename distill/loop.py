@@ -28,12 +28,13 @@ import torch
 from torch import nn
 
 from segkd.distill.build import build_run
-from segkd.distill.config import Config
+from segkd.distill.config import Config, ConfigError
 from segkd.distill.curves import plot_curves
 from segkd.distill.evaluation import evaluate
 from segkd.distill.run import Run
 from segkd.distill.run_dir import (
     check_finite,
+    forget_failed_fork,
     prepare_run_dir,
     recovery_hint,
     release_lock,
@@ -83,9 +84,13 @@ def train(cfg: Config) -> TrainResult:
     run = build_run(cfg)
     acc, p = run.accelerator, run.progress
     try:
-        state = prepare_run_dir(run)
-        if state is not None:
-            resume(run, state)
+        try:
+            state = prepare_run_dir(run)
+            if state is not None:
+                resume(run, state)
+        except ConfigError:
+            forget_failed_fork(run)  # a fork's new folder that got only its config is not left behind
+            raise
         p.guard.recovery = lambda: recovery_hint(run)
         if acc.log_with:
             acc.init_trackers("tb")

@@ -13,6 +13,7 @@ data, losses, seed, batch) is refused in the same folder, with the command that 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import shutil
@@ -35,7 +36,7 @@ from segkd.distill.run_state import (
 )
 from segkd.distill.run_state import save_run_state as _write_state
 from segkd.distill.runlog import say, warn
-from segkd.infer.fileio import FolderBusy, lock_folder, unlock_folder
+from segkd.infer.fileio import LOCK_NAME, OWNER_NAME, FolderBusy, lock_folder, unlock_folder
 from segkd.script import command
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "Progress",
     "check_finite",
     "find_state",
+    "forget_failed_fork",
     "prepare_run_dir",
     "raise_on_all",
     "recovery_hint",
@@ -59,6 +61,10 @@ _OUTPUTS = ("metrics.jsonl", "best.pth", "last.pth", STATE, STATE_OLD)
 # Keys that may change between invocations without changing what the run computes.
 _RUN_CONTROL = {"train.resume", "train.stop_after", "train.output_dir", "train.log_every", "train.overwrite",
                 "data.num_workers", "data.check", "data.max_bad_files"}  # fmt: skip
+# Keys that decide the tensors a state holds (the student's layers, the losses' projectors, the discriminator).
+_STRUCTURE = tuple(
+    f"student.{k}:" for k in ("name", "width", "output_stride", "deep_stem", "aux", "num_classes")
+) + ("student.options.", "adversarial.enabled:", "adversarial.width:")
 # Keys whose new value a resumed run applies from the resumed iteration on.
 _APPLIED = ("optim.", "train.max_iters", "train.eval_every", "train.save_every", "eval.")
 
@@ -175,6 +181,16 @@ def _check_resumed_config(run: Run, state: Path) -> None:
     changes = config_changes(saved_settings(saved), config_to_dict(run.cfg))
     fork = state.parent.resolve() != run_dir.resolve()
     fixed = [c for c in changes if not c.startswith(_APPLIED)]
+    # What the saved weights and optimizer are made of: a state cannot be loaded into another of these.
+    structural = [c for c in fixed if c.startswith(_STRUCTURE)]
+    if structural:
+        what = "forked" if fork else "resumed"
+        raise ConfigError(
+            f"the state in {state.parent} cannot be {what} with another model or method (its weights and optimizer "
+            "are those of the run it was saved by):\n  "
+            + "\n  ".join(structural)
+            + f"\nstart a new run with these settings instead: train.output_dir={run_dir}-new train.resume=none"
+        )
     if fixed and not fork:
         raise ConfigError(
             f"run folder {run_dir} was started with other settings that a resumed run cannot change:\n  "
@@ -216,6 +232,22 @@ def _old_format_hint(path: Path) -> str:
         "; it is in Accelerate's pickle format, which is never loaded because unpickling a file can run code. "
         "Start over from the run's weights instead, or train into a new folder (train.output_dir=PATH)"
     )
+
+
+def forget_failed_fork(run: Run) -> None:
+    """After a fork (``train.resume=STATE`` into a new folder) that could not start: remove what it wrote into
+    the new folder (its config, its lock), and the folder when nothing else is in it; a retry starts clean."""
+    run_dir = run.run_dir
+    if run.lock is None or run.cfg.train.resume in ("auto", "none") or not run_dir.is_dir():
+        return  # not the folder's holder (another writer's folder is never touched), or not a fork
+    ours = {"config.yaml", LOCK_NAME, OWNER_NAME}
+    if not {p.name for p in run_dir.iterdir()} <= ours:
+        return  # the folder holds something else: not ours to remove
+    release_lock(run)
+    for name in ours:
+        (run_dir / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()
 
 
 def resume(run: Run, state: Path) -> None:

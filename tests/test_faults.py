@@ -261,14 +261,15 @@ def test_extending_a_finished_run_continues_the_longer_schedule(finished_run: Pa
 
 
 @pytest.mark.slow
-def test_a_changed_model_is_refused_in_the_same_folder_with_the_fork_command(
+def test_a_changed_model_is_refused_in_the_same_folder_with_a_new_run_command(
     finished_run: Path, tiny_config: Path
 ) -> None:
+    # The state holds the old student's weights: forking it into another student cannot load, so no fork is offered.
     before = (finished_run / "metrics.jsonl").read_text()
     proc = _train(tiny_config, f"train.output_dir={finished_run}", "student.width=0.25", expect=2)
     assert (
         "student.width: 0.125 -> 0.25" in proc.stderr
-        and f"train.resume={finished_run / 'state'}" in proc.stderr
+        and f"train.output_dir={finished_run}-new" in proc.stderr
     )
     assert (finished_run / "metrics.jsonl").read_text() == before
 
@@ -760,3 +761,21 @@ def test_eval_of_a_checkpoint_with_another_class_count_names_the_checkpoint(
     line = proc.stderr.strip().splitlines()[-1]
     assert "the checkpoint best.pth predicts 19 classes" in line and "teacher" not in line
     assert "evaluate it on the dataset it was trained on" in line
+
+
+@pytest.mark.slow
+def test_a_run_cannot_be_resumed_or_forked_into_another_student(
+    tiny_config: Path, finished_run: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    proc = _train(tiny_config, f"train.output_dir={run}", "train.max_iters=6", "student.width=0.25", expect=2)
+    assert "cannot be resumed with another model or method" in proc.stderr and "student.width" in proc.stderr
+    assert "train.resume=none" in proc.stderr and "fork it" not in proc.stderr
+    fork = tmp_path / "fork"
+    proc = _train(tiny_config, f"train.output_dir={fork}", f"train.resume={run / 'state'}", "train.max_iters=6",
+                  "student.width=0.25", expect=2)  # fmt: skip
+    assert (
+        "cannot be forked with another model or method" in proc.stderr.strip().splitlines()[-1] + proc.stderr
+    )
+    assert not fork.exists()  # no folder holding only a config
