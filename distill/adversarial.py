@@ -11,6 +11,21 @@ D (SAGAN-style): BatchNorm over the K logit channels, four spectrally normalised
 (width, 2x, 4x, 8x channels) with LeakyReLU(0.1), self-attention after the third and the fourth, a final 4x4
 convolution to one score per position. Its optimizer is Adam(lr 4e-4, betas (0.9, 0.99)) at a constant rate.
 
+Spectral norm (``adversarial.spectral_norm``), W the weight flattened to (out, in*k*k), sigma ~ its top singular
+value, one power iteration per forward, the weight used is W / sigma:
+
+    torch (default): torch's ``parametrizations.spectral_norm``: 15 iterations at construction, then
+                     u = normalize(W v), v = normalize(W^T u), sigma = u . W v; the backward uses this forward's u, v.
+    sagan:           CIRKD's ``utils/sagan.py`` (SAGAN's ``SpectralNorm``): no iteration at construction, then
+                     v = normalize(W^T u), u = normalize(W v) (normalize: x / (|x| + 1e-12)), sigma = u . W v; the
+                     backward of sigma reads the u, v of the *latest* forward (CIRKD replaces them in place, so
+                     D's gradient from D(z_S) uses the u, v of the later D(z_T)).
+
+In the first iterations sigma is still far from converged under ``sagan``, so the student's term differs from
+``torch`` (by 7-21 % when compared on the same tensors); the papers' recipes (``*_skd_full.yaml``,
+``*_ifvd_full.yaml``) use ``sagan`` to reproduce CIRKD. ``torch`` stays the default: its gradient is the true
+gradient of the loss it computed and its 15 iterations at construction give a far better sigma from the first step.
+
 In the trainer (``adversarial.enabled: true``) the student's term is one more named loss (``adv``, part of
 ``total``); D's own objective is logged as ``adv_d`` and stepped after the student's step. D sees the student's
 logits with its weights frozen for the student's term (so that term's gradient reaches only the student), D's
@@ -20,16 +35,80 @@ holds the same D. D and its optimizer are saved in the run state (``discriminato
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
-__all__ = ["MIN_LOGITS", "Adversarial", "Discriminator", "SelfAttention"]
+__all__ = ["MIN_LOGITS", "SPECTRAL_NORMS", "Adversarial", "Discriminator", "SaganSpectralNorm", "SelfAttention",
+           "sagan_spectral_norm"]  # fmt: skip
 
 MIN_LOGITS = 64  # four stride-2 convs then a 4x4 conv: the 1/8 logits need at least 64 x 64 positions
+
+
+def _l2normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """SAGAN's normalisation ``x / (|x| + eps)`` (torch's ``F.normalize`` divides by ``max(|x|, eps)``)."""
+    return x / (x.norm() + eps)
+
+
+class _SaganSigma(torch.autograd.Function):
+    """sigma = u . (W v) whose backward reads ``u``, ``v`` when it runs, as CIRKD's SAGAN code does.
+
+    There, u and v are replaced in place by every forward and the backward of sigma reads them then; so the
+    gradient of an earlier forward uses the latest forward's u, v. ``u``, ``v`` are the buffers themselves,
+    updated in place; deliberately not saved for backward (which would forbid the later in-place update).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, w_mat: Tensor, u: Tensor, v: Tensor) -> Tensor:
+        ctx.uv = (u, v)
+        return torch.dot(u, torch.mv(w_mat, v))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        u, v = ctx.uv
+        return grad * torch.outer(u, v), None, None
+
+
+class SaganSpectralNorm(nn.Module):
+    """A parametrization ``W -> W / sigma`` with CIRKD's SAGAN power iteration (one per forward, v first).
+
+    Args:
+        weight: the weight to normalise (out, ...); u (out,) and v (in*k*k,) start as normalised Gaussians.
+    """
+
+    def __init__(self, weight: Tensor) -> None:
+        super().__init__()
+        height = weight.shape[0]
+        self.register_buffer("u", _l2normalize(weight.new_empty(height).normal_(0, 1)))
+        self.register_buffer("v", _l2normalize(weight.new_empty(weight[0].numel()).normal_(0, 1)))
+
+    def forward(self, weight: Tensor) -> Tensor:
+        w_mat = weight.flatten(1)  # (out, in*k*k)
+        with torch.no_grad():  # every forward, in training and in evaluation, as SAGAN's
+            self.v.copy_(_l2normalize(torch.mv(w_mat.t(), self.u)))
+            self.u.copy_(_l2normalize(torch.mv(w_mat, self.v)))
+        return weight / _SaganSigma.apply(w_mat, self.u, self.v)
+
+
+def sagan_spectral_norm(module: nn.Module) -> nn.Module:
+    """``module`` with its ``weight`` spectrally normalised by :class:`SaganSpectralNorm`.
+
+    ``unsafe=True``: the usual check would run the parametrization once, one power iteration SAGAN does not do.
+    """
+    parametrize.register_parametrization(module, "weight", SaganSpectralNorm(module.weight), unsafe=True)
+    return module
+
+
+# ``adversarial.spectral_norm`` -> the wrapper applied to D's four strided convolutions.
+SPECTRAL_NORMS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "torch": spectral_norm,
+    "sagan": sagan_spectral_norm,
+}
 
 
 class SelfAttention(nn.Module):
@@ -58,14 +137,16 @@ class Discriminator(nn.Module):
     Args:
         num_classes: K, the logit channels.
         width: channels of the first convolution (CIRKD: 64); later ones double.
+        spectral_norm: ``torch`` or ``sagan`` (CIRKD's), see the module docstring.
     """
 
-    def __init__(self, num_classes: int, width: int = 64) -> None:
+    def __init__(self, num_classes: int, width: int = 64, spectral_norm: str = "torch") -> None:
         super().__init__()
+        norm = SPECTRAL_NORMS[spectral_norm]
         self.norm = nn.BatchNorm2d(num_classes)
         chans = [num_classes, width, 2 * width, 4 * width, 8 * width]
         self.down = nn.ModuleList(
-            spectral_norm(nn.Conv2d(cin, cout, 4, stride=2, padding=1)) for cin, cout in zip(chans, chans[1:])
+            norm(nn.Conv2d(cin, cout, 4, stride=2, padding=1)) for cin, cout in zip(chans, chans[1:])
         )
         self.attend = nn.ModuleDict({"2": SelfAttention(4 * width), "3": SelfAttention(8 * width)})
         self.score = nn.Conv2d(8 * width, 1, 4)
@@ -91,6 +172,7 @@ class Adversarial:
         lambda_d: weight of D's objective (CIRKD: 0.1).
         lr, betas: Adam settings of D (CIRKD: 4e-4, (0.9, 0.99)).
         width: D's first width (CIRKD: 64).
+        spectral_norm: ``torch`` (default) or ``sagan`` (CIRKD's).
     """
 
     def __init__(
@@ -103,8 +185,9 @@ class Adversarial:
         lr: float = 4e-4,
         betas: tuple[float, float] = (0.9, 0.99),
         width: int = 64,
+        spectral_norm: str = "torch",
     ) -> None:
-        self.discriminator = Discriminator(num_classes, width).to(device).train()
+        self.discriminator = Discriminator(num_classes, width, spectral_norm).to(device).train()
         self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=tuple(betas))
         self.lambda_adv, self.lambda_d = lambda_adv, lambda_d
         self._pair: tuple[Tensor, Tensor] | None = None

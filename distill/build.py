@@ -95,7 +95,7 @@ def _build_adversarial(cfg: Config, num_classes: int, accelerator: Any) -> Adver
     if not (a.enabled and cfg.distill):
         return None
     adv = Adversarial(num_classes, accelerator.device, lambda_adv=a.lambda_adv, lambda_d=a.lambda_d, lr=a.lr,
-                      betas=tuple(a.betas), width=a.width)  # fmt: skip
+                      betas=tuple(a.betas), width=a.width, spectral_norm=a.spectral_norm)  # fmt: skip
     if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         adv.discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(adv.discriminator)  # as CIRKD does
         adv.optimizer = torch.optim.Adam(adv.discriminator.parameters(), lr=a.lr, betas=tuple(a.betas))

@@ -316,6 +316,33 @@ def test_hwd_div_pixel_value(div_pixel, power):
         build_loss("hwd", div_pixel="n")
 
 
+@pytest.mark.parametrize("div_pixel, power", [("N", 1.0), ("N2", 2.0)])
+def test_hwd_div_pixel_weights_with_tiny_distances_by_hand(div_pixel, power):
+    # a student close to its teacher on 48x48 logits: the divided distances' std is ~5e-12 (N) and ~2e-14 (N2),
+    # where the former fixed eps of 1e-12 changed the weights by 40 % and 100 %; as the official code, no eps
+    from segkd.distill.losses.hwd import class_pixel_count, hwd_channel_weights
+
+    g = torch.Generator().manual_seed(7)
+    t = torch.randn(2, 4, 48, 48, generator=g)
+    s = t + 0.05 * torch.randn(2, 4, 48, 48, generator=g)
+    target = torch.randint(0, 4, (2, 48, 48), generator=g)
+    target[:, :4] = 255
+    log_ps = torch.log_softmax(s.flatten(2) / 4.0, dim=-1)  # (2, 4, 2304)
+    log_pt = torch.log_softmax(t.flatten(2) / 4.0, dim=-1)
+    count = 1 + np.stack([[(target[n] == c).sum().item() for c in range(4)] for n in range(2)])  # (2, 4)
+    d = ((np.exp(_np(log_ps)) - np.exp(_np(log_pt))) ** 2).sum(-1) / count**power  # (2, 4)
+    u = (d - d.mean(1, keepdims=True)) / d.std(1, ddof=1, keepdims=True) + 1.0
+    gu = (1 - 0.1**u) / 0.9
+    expected = 4 * np.exp(gu) / np.exp(gu).sum(1, keepdims=True)
+    kw = {"beta": 0.1, "mu": 1.0, "correction": 1, "div_pixel": div_pixel,
+          "pixel_count": class_pixel_count(target, 4)}  # fmt: skip
+    got = hwd_channel_weights(log_ps, log_pt, eps=0.0, **kw)
+    assert got.double().numpy() == pytest.approx(expected, rel=1e-5)
+    assert build_loss("hwd").eps == 0.0
+    old = hwd_channel_weights(log_ps, log_pt, eps=1e-12, **kw)
+    assert not np.allclose(old.double().numpy(), expected, rtol=0.1)  # the fixed eps was not negligible here
+
+
 @pytest.mark.parametrize(
     "name, params, granularity",
     [("lad", {}, "layer"), ("cad", {}, "channel"), ("lad", {"granularity": "pixel"}, "pixel")],
@@ -549,6 +576,38 @@ def test_cirkd_memory_needs_labels_and_sizes():
         loss(s, t)
     ignored = torch.full_like(target, 255)
     assert _value(loss, s, t, ignored) == 0.0  # no anchor: nothing to distil
+
+
+# What CIRKD's StudentSegContrast._dequeue_and_enqueue (winycg/CIRKD losses/cirkd_memory.py) enqueued, run outside
+# the project after torch.manual_seed(0) on the 6x6 input below: each class's queue, slot by slot, as positions.
+OFFICIAL_ENQUEUED = {0: [8, 4, 7, 3, 5, 9, 13, 2, 15, 1, 0, 11, 12, 17, 16, 6],
+                     1: [2, 13, 11, 5, 1, 4, 12, 0, 3, 8, 7, 10, 6, 9]}  # fmt: skip
+
+
+@pytest.mark.parametrize("sampling", ["cirkd", "class"])
+def test_cirkd_memory_enqueues_the_official_pixels(sampling):
+    # position p's teacher feature is the one-hot e_p, so each queue slot names the pixel it came from; positions
+    # 0-3 ignored, 4-21 class 0 (18 pixels), 22-35 class 1 (14): the official code takes 16 (all 14) random
+    # positions among the first 18 (14), not among the class's pixels
+    loss = build_loss("cirkd_memory", num_classes=2, student_channels=3, teacher_channels=36, pixel_memory_size=40,
+                      region_memory_size=4, pixel_contrast_size=8, region_contrast_size=4, pixel_sampling=sampling,
+                      seed=0)  # fmt: skip
+    labels = torch.tensor([255] * 4 + [0] * 18 + [1] * 14).view(1, 6, 6)
+    loss({"feat": torch.randn(1, 3, 6, 6)}, {"feat": torch.eye(36).view(1, 36, 6, 6)}, labels)
+    got = {k: loss.pixel_queue[k, : int(loss.pixel_ptr[k])].argmax(1).tolist() for k in (0, 1)}
+    if sampling == "cirkd":
+        assert got == OFFICIAL_ENQUEUED
+    else:
+        assert sorted(got[0]) != sorted(OFFICIAL_ENQUEUED[0]) and set(got[1]) == set(range(22, 36))
+        assert set(got[0]) <= set(range(4, 22)) and len(got[0]) == 16
+
+
+def test_cirkd_recipe_uses_the_official_pixel_sampling():
+    import yaml
+
+    recipe = yaml.safe_load((Path(__file__).parents[1] / "configs" / "_methods" / "cirkd.yaml").read_text())
+    (memory,) = [spec for spec in recipe["losses"] if spec["name"] == "cirkd_memory"]
+    assert memory["pixel_sampling"] == "cirkd"
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -69,7 +69,9 @@ class CrossImageMemoryKD(KDLoss):
 
     One deliberate difference: the official enqueue picks its random pixels by indexing the image's first
     ``count`` positions rather than the class's pixels (``this_feat[:, perm[:K]]``); here the pixels are drawn
-    from the class (``pixel_sampling="class"``). ``pixel_sampling="cirkd"`` reproduces the official indexing.
+    from the class (``pixel_sampling="class"``). ``pixel_sampling="cirkd"`` reproduces the official indexing, and
+    CIRKD's recipe (``configs/_methods/cirkd.yaml``) uses it: with ``seed`` s as ``torch.manual_seed(s)`` there, the
+    same pixels are enqueued in the same slots.
     Reduction: mean over anchors. Ignore handling: pixels labelled ``ignore_index`` (or outside
     [0, num_classes)) are neither anchors nor enqueued; a batch without any labelled pixel gives 0.
     Features; needs the label map, ``num_classes`` and both widths.

@@ -37,7 +37,9 @@ def hwd_channel_weights(
             d = d / DIV_PIXEL[div_pixel](pixel_count.to(d.dtype))
         mean = d.mean(dim=1, keepdim=True)  # (N, 1)
         std = d.std(dim=1, keepdim=True, correction=correction)  # (N, 1)
-        u = (d - mean) / (std + eps) + mu  # (N, C); eps: all-equal distances (S == T) give u = mu, not NaN
+        # a zero std (every distance equal, e.g. S == T) divides 0 by 1 (u = mu) where the official code gives NaN
+        std = torch.where(std > 0, std, torch.ones_like(std)) + eps
+        u = (d - mean) / std + mu  # (N, C)
         g = (1 - torch.pow(beta, u)) / (1 - beta)
         return d.shape[1] * F.softmax(g, dim=1)
 
@@ -69,7 +71,7 @@ class HolisticWeightedKD(KDLoss):
         pS = softmax(zS / tau), pT = softmax(zT / tau)
         with no gradient:
             d[n,c] = sum_i (pS[n,c,i] - pT[n,c,i])^2  /  D(count[n,c])     # D = 1 unless div_pixel is set
-            u[n,c] = (d[n,c] - mean_c d[n,:]) / (std_c d[n,:] + eps) + mu
+            u[n,c] = (d[n,c] - mean_c d[n,:]) / std_c d[n,:] + mu          # std = 0 (all d equal): u = mu
             g[n,c] = (1 - beta^u[n,c]) / (1 - beta)
             w[n,:] = C * softmax_c(g[n,:])
         L_hwd = tau^2 / (N*C) * sum_{n,c} w[n,c] * KL(pT[n,c] || pS[n,c])
@@ -80,8 +82,10 @@ class HolisticWeightedKD(KDLoss):
 
     Defaults: beta = 0.1, mu = 1.0 (Cityscapes; the paper uses mu = 0 for ADE20K and 0.1 for COCO-Stuff),
     tau = 4, weight 3. The std across channels is the unbiased one (``correction=1``) as in torch's default used by
-    the official code; ``eps`` guards it: when every channel distance is equal (S == T) the official code divides
-    0 by 0, here u = mu and the loss is exactly 0.
+    the official code, with no eps, as there: the distances can be tiny (divided by count^2 under ``div_pixel: N2``,
+    std ~ 1e-12 and below), where a fixed eps would change the weights. Only a zero std (every channel distance
+    equal, e.g. S == T), where the official code divides 0 by 0 (NaN), is guarded: then u = mu and the loss is
+    exactly 0. ``eps`` (default 0) can still add a constant to the std.
 
     Per-class pixel division (the official ``--DivPixel``): with ``div_pixel`` ``"N"``, ``"SqrtN"`` or ``"N2"``
     each channel's distance is divided by count, sqrt(count) or count^2 before the standardisation, where
@@ -103,7 +107,7 @@ class HolisticWeightedKD(KDLoss):
             rule="lie in (0, 1)",
         ),
         "mu": Param(1.0, "shift added to the standardised distance", float),
-        "eps": Param(1e-12, "added to the std across channels", float),
+        "eps": Param(0.0, "added to the std across channels (0: none, as the official code)", float),
         "correction": Param(1, "degrees-of-freedom correction of that std (1 unbiased, 0 population)", int),
         "div_pixel": Param(
             None,
