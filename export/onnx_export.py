@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,24 @@ def _slim(path: Path, log: Callable[[str], None]) -> None:
     onnx.save(slim, str(path))
 
 
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence what torch's exporters print about themselves on every export (torchvision ops it skips, a pytree
+    deprecation): noise a user cannot act on. Their errors still raise."""
+    names = ("torch.onnx._internal.exporter._registration", "torch.onnx._internal.exporter")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def torch_to_onnx(
     model: nn.Module,
     meta: ModelMeta,
@@ -218,8 +237,12 @@ def torch_to_onnx(
         else torch.zeros(batch, 3, h, w, dtype=tdtype)
     )
     out_name = "labels" if argmax else "logits"
+    shape = "x".join(map(str, x.shape)) + (f", dynamic {dynamic}" if dynamic != "none" else "")
+    log(
+        f"exporting {meta.arch.get('name', 'model')} ({dtype}, input {shape}) with torch's {exporter} exporter ..."
+    )
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_exporter():
             _EXPORT_FNS[exporter](module, x, path, _dynamic_axes(dynamic, fuse_preprocess), out_name, opset)
     except Exception as e:
         hint = " (try --exporter torchscript)" if exporter == "dynamo" else " (try --exporter dynamo)"
