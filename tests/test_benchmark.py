@@ -230,6 +230,28 @@ def test_fixed_batch_model_has_no_throughput_but_a_note(models, tmp_path):
     assert "ok (built for batch 1" in (tmp_path / "benchmark.md").read_text()
 
 
+def test_stage_columns_are_written_and_add_up_to_the_pipeline(models, tmp_path):
+    from segkd.infer.bench.measure import STAGE_KEYS
+
+    cfg = BenchConfig(
+        models=[str(models["onnx"])], runs=4, warmup=1, out=str(tmp_path), isolate=False, progress=False
+    )
+    (row,) = run_benchmark(cfg)[0]
+    stages = [row[k] for k in STAGE_KEYS]
+    assert row["status"] == "ok" and all(v > 0 for v in stages), row
+    assert row["stage_runs"] == 4
+    # medians of the parts against the median of the wholes: equal for one run, close for any
+    assert sum(stages) <= 1.5 * row["pipeline_ms"] + 1.0
+    doc = json.loads((tmp_path / "benchmark.json").read_text())
+    assert all(doc["results"][0][k] == row[k] for k in STAGE_KEYS)
+    with open(tmp_path / "benchmark.csv", newline="") as f:
+        (csv_row,) = list(csv.DictReader(f))
+    assert all(float(csv_row[k]) == pytest.approx(row[k]) for k in STAGE_KEYS)
+    header = (tmp_path / "benchmark.md").read_text().split("\n| Model")[1].split("\n")[0]
+    titles = ["Decode (ms)", "Pre (ms)", "Infer (ms)", "Post (ms)", "Render (ms)"]
+    assert [t for t in header.split(" | ") if t in titles] == titles  # in pipeline order
+
+
 def test_settings_are_checked():
     assert parse_hw("512x1024") == (512, 1024) and parse_hw("64, 96") == (64, 96)
     with pytest.raises(ValueError, match="HEIGHTxWIDTH"):

@@ -208,13 +208,13 @@ def test_legend_lists_only_classes_in_view() -> None:
 
 
 def test_stage_timer_summary_in_milliseconds() -> None:
-    timer = StageTimer(("capture", "inference"))
+    timer = StageTimer(("decode", "inference"))
     for s in (0.001, 0.003, 0.002):
-        timer.add("capture", s)
+        timer.add("decode", s)
     summary = timer.summary_ms()
-    assert summary["capture"]["mean"] == pytest.approx(2.0)
-    assert summary["capture"]["median"] == pytest.approx(2.0)
-    assert summary["capture"]["p90"] == pytest.approx(2.8)  # linear interpolation between 2 and 3
+    assert summary["decode"]["mean"] == pytest.approx(2.0)
+    assert summary["decode"]["median"] == pytest.approx(2.0)
+    assert summary["decode"]["p90"] == pytest.approx(2.8)  # linear interpolation between 2 and 3
     assert summary["inference"]["mean"] == 0.0
 
 
@@ -330,14 +330,7 @@ def test_whole_video_headless_save(tmp_path: Path, exported_model: Path, bikes: 
     assert r.returncode == 0, r.stderr
     summary = json.loads(summary_path.read_text())
     assert (summary["frames"], summary["saved_frames"], summary["stop"]) == (250, 250, "end of file")
-    assert list(summary["stages_ms"]) == [
-        "capture",
-        "preprocess",
-        "inference",
-        "postprocess",
-        "render",
-        "output",
-    ]
+    assert list(summary["stages_ms"]) == ["decode", "preprocess", "inference", "postprocess", "render"]
     assert "FPS mean" in r.stdout and "inference" in r.stdout
     frames, fps = _read_video(out)
     src, _ = _read_video(bikes)
@@ -392,6 +385,72 @@ def test_postprocess_exact_or_fast(tiny_model: Path, bikes: Path) -> None:
         fast.postprocess(out, (272, 640)), cv2.resize(small, (640, 272), interpolation=0)
     )
     runner.close()
+
+
+@pytest.mark.parametrize("size", [None, NET_HW])  # labels upsampled to the frame, or at network size
+def test_postprocess_paths_equal_numpy_argmax_on_video_frames(
+    tiny_model: Path, dynamic_model: Path, bikes: Path, size: tuple[int, int] | None
+) -> None:
+    from segkd.infer.runtime import load_runner
+    from segkd.infer.runtime.base import resize_scores
+
+    frames = [cv2.resize(f, NET_HW[::-1]) if size else f for f in _read_video(bikes, limit=4)[0]]
+    runner = load_runner(dynamic_model if size else tiny_model, threads=1)
+    exact, fast = _Stages(runner, size), _Stages(runner, size, fast=True)
+    for frame in frames:
+        hw = frame.shape[:2]
+        out = exact.infer(exact.preprocess(frame))  # (1, K, 64, 128)
+        reference = resize_scores(out[0], hw).argmax(0)  # numpy's argmax, first maximum on ties
+        np.testing.assert_array_equal(exact.postprocess(out, hw), reference)
+        small = cv2.resize(out[0].argmax(0).astype(np.uint8), hw[::-1], interpolation=cv2.INTER_NEAREST)
+        np.testing.assert_array_equal(fast.postprocess(out, hw), small)
+        if size:  # at network size there is nothing to upsample: both paths are the argmax alone
+            np.testing.assert_array_equal(fast.postprocess(out, hw), exact.postprocess(out, hw))
+    runner.close()
+
+
+@pytest.mark.parametrize("k", [1, 2, 19, 255, 300])
+def test_channel_argmax_equals_numpy_with_ties_infinities_and_nan(k: int) -> None:
+    from segkd.infer.runtime.base import scores_to_labels
+
+    rng = np.random.default_rng(k)
+    scores = rng.standard_normal((k, 9, 11)).astype(np.float32)
+    scores[:, 0, :] = 0.5  # every class tied: the first wins
+    scores[:, 1, 0], scores[-1, 1, 1] = -np.inf, np.inf
+    np.testing.assert_array_equal(scores_to_labels(scores, k), scores.argmax(0))
+    assert scores_to_labels(scores, k).dtype == (np.uint8 if k <= 255 else np.int32)
+    scores[k // 2, 2, 2] = np.nan  # numpy picks the NaN; so must the label map
+    np.testing.assert_array_equal(scores_to_labels(scores, k), scores.argmax(0))
+
+
+def test_cached_colour_table_and_histogram_equal_the_reference() -> None:
+    meta = _meta()
+    labels = np.random.default_rng(0).integers(0, 5, (40, 60)).astype(np.uint8)
+    labels[0, :3] = 255  # ignored: black
+    frame = np.random.default_rng(1).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    wide = labels.astype(np.int32)  # takes colorize and bincount, the reference paths
+    for view in ("overlay", "mask", "side"):
+        np.testing.assert_array_equal(render(view, frame, labels, meta), render(view, frame, wide, meta))
+    np.testing.assert_array_equal(render("mask", frame, labels, meta), colorize(labels, meta.palette))
+    assert legend_entries(labels, meta.num_classes) == legend_entries(wide, meta.num_classes)
+
+
+def test_stage_times_add_up_to_the_run(tmp_path: Path, tiny_model: Path, bikes: Path) -> None:
+    from segkd.infer.runtime import load_runner
+    from segkd.infer.video import STAGES
+
+    runner = load_runner(tiny_model, threads=1)
+    opts = DemoOptions(headless=True, max_frames=6, save=tmp_path / "out.mp4")
+    summary = run_demo(runner, open_source(str(bikes)), opts)
+    runner.close()
+    assert STAGES == ("decode", "preprocess", "inference", "postprocess", "render")
+    assert list(summary.stages_ms) == list(STAGES)
+    assert all(v["median"] > 0 and v["mean"] > 0 for v in summary.stages_ms.values()), summary.stages_ms
+    busy_ms = summary.frames * sum(v["mean"] for v in summary.stages_ms.values())  # every frame, every stage
+    assert busy_ms <= 1e3 * summary.seconds + 1.0  # the stages are parts of the run, none counted twice
+    assert json.loads(summary.to_json())["stages_ms"] == summary.stages_ms
+    text = summary.format()
+    assert all(f"\n{s} " in text for s in STAGES), text
 
 
 def test_size_runs_a_dynamic_model_and_is_refused_by_a_fixed_one(

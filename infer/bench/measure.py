@@ -6,16 +6,22 @@ import contextlib
 import gc
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from segkd.infer.bench.config import BenchConfig
 from segkd.infer.bench.memory import PeakRSS
 from segkd.infer.formats import format_for_path
 
-__all__ = ["benchmark_model", "format_name", "hw_text", "runner_provider"]
+__all__ = ["STAGE_KEYS", "benchmark_model", "format_name", "hw_text", "runner_provider"]
+
+# The row's per-stage medians (see _time_stages), in pipeline order.
+STAGE_KEYS = ("decode_ms", "preprocess_ms", "inference_ms", "postprocess_ms", "render_ms")
+STAGE_RUNS = 30  # at most this many pipeline runs per row (each includes a network call)
 
 # --cpu-precision as each format's runner spells it; formats not listed keep --provider.
 _PRECISION_PROVIDERS = {
@@ -69,11 +75,53 @@ def _latency_stats(times_ms: np.ndarray) -> dict[str, float]:
     }
 
 
+def _time_stages(runner: Any, image: np.ndarray, hw: tuple[int, int], runs: int) -> dict[str, float]:
+    """Median ms of each stage of one image's way through the demo pipeline, over ``runs`` runs after one warm-up.
+
+    decode = ``cv2.imdecode`` of the image as a JPEG (quality 95, as a camera or MJPEG stream sends it);
+    preprocess = ``make_input``; inference = ``forward``; postprocess = logits (or labels) to labels at the image
+    size, as :meth:`Runner.predict`; render = the demo's overlay, legend and HUD. ``pipeline_ms`` is the median of
+    the runs' whole times, so the stages add up to about it.
+    """
+    from segkd.infer.runtime.base import output_to_labels
+    from segkd.infer.video.render import draw_legend, draw_stats, legend_entries, render
+
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    meta = runner.meta
+    times = np.empty((runs + 1, len(STAGE_KEYS)), np.float64)
+    for i in range(runs + 1):  # run 0 warms the decoder, allocator and caches up and is dropped
+        t = [time.perf_counter()]
+        frame = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+        t.append(time.perf_counter())
+        x = runner.make_input([frame], hw)
+        t.append(time.perf_counter())
+        out = runner.forward(x)
+        t.append(time.perf_counter())
+        labels = output_to_labels(
+            out[0],
+            frame.shape[:2],
+            meta.num_classes,
+            outputs_labels=runner.outputs_labels,
+            align_corners=meta.align_corners,
+        )
+        t.append(time.perf_counter())
+        canvas = render("overlay", frame, labels, meta)
+        draw_legend(canvas, legend_entries(labels, meta.num_classes), meta)
+        draw_stats(canvas, 0.0, {key.removesuffix("_ms"): 0.0 for key in STAGE_KEYS})
+        t.append(time.perf_counter())
+        times[i] = np.diff(t)
+    ms = 1e3 * times[1:]  # (runs, stages)
+    stages = {key: float(v) for key, v in zip(STAGE_KEYS, np.median(ms, axis=0))}
+    return {**stages, "pipeline_ms": float(np.median(ms.sum(axis=1))), "stage_runs": runs}
+
+
 def _measure_speed(runner: Any, cfg: BenchConfig, hw: tuple[int, int], row: dict[str, Any]) -> None:
-    """Batch-1 latency and batch-B throughput into ``row``."""
+    """Batch-1 latency, per-stage times on the same input, and batch-B throughput into ``row``."""
     image = np.random.default_rng(0).integers(0, 256, (*hw, 3), dtype=np.uint8)
     x1 = runner.make_input([image], hw)
     row.update(_latency_stats(runner.time_forward(x1, warmup=cfg.warmup, runs=cfg.runs)))
+    row.update(_time_stages(runner, image, hw, runs=min(cfg.runs, STAGE_RUNS)))
     row["timing"] = format_for_path(runner.path).timing(runner.device)
     if cfg.batch > 1 and runner.fixed_batch not in (None, cfg.batch):
         row["note"] = f"built for batch {runner.fixed_batch}: no batch-{cfg.batch} throughput"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from segkd.infer.bench.config import BenchConfig
-from segkd.infer.bench.measure import hw_text
+from segkd.infer.bench.measure import STAGE_RUNS, hw_text
 from segkd.infer.bench.plot import plot_latency_vs_miou, plottable
 from segkd.infer.fileio import atomic_write_text, to_json
 
@@ -50,6 +50,8 @@ _EXTRA_KEYS = (
     "error",
     "rounds",
     "unreliable",
+    "pipeline_ms",
+    "stage_runs",
 )
 # Shown only when some row has them (interleaved rounds, --compare-to, evaluation), each after the column named.
 _OPTIONAL = {
@@ -58,6 +60,12 @@ _OPTIONAL = {
     "ratio": ("Ratio", "spread"),
     "peak_fraction": ("Peak frac.", "ratio"),
     "eval_resolution": ("Eval size", "peak_mem_mb"),
+    # per-stage medians of one image through the demo pipeline (measure._time_stages)
+    "decode_ms": ("Decode (ms)", "fps"),
+    "preprocess_ms": ("Pre (ms)", "decode_ms"),
+    "inference_ms": ("Infer (ms)", "preprocess_ms"),
+    "postprocess_ms": ("Post (ms)", "inference_ms"),
+    "render_ms": ("Render (ms)", "postprocess_ms"),
 }
 
 
@@ -155,7 +163,10 @@ def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], cfg: BenchConfig,
             f"Libraries: {libs}.",
             "",
             f"Settings: {settings}. GMACs = multiply-accumulates of convolutions and matrix products (FLOPs = 2 x "
-            "MACs); FPS = 1000 / mean latency; peak memory = peak RSS growth on CPU.",
+            "MACs); FPS = 1000 / mean latency; peak memory = peak RSS growth on CPU. Stages (medians of up to "
+            f"{STAGE_RUNS} runs of the whole pipeline on the latency's input): Decode = JPEG decoding of the image, Pre = resize, "
+            "normalise and layout, Infer = the network call, Post = output to labels at the image size, Render = "
+            "the camera demo's overlay, legend and HUD.",
             "",
             timing,
             format_table(rows),

@@ -2,8 +2,8 @@
 
 A source is a camera index (``"0"``), a stream URL (anything with ``://``, read through FFMPEG) or a video file.
 Files are read in order, every frame; live sources are read on a thread that keeps only the newest frame, so latency
-does not grow when the model is slower than the camera. Each frame goes through timed stages (capture, preprocess,
-inference, postprocess, render, output) and is shown, written, or both. numpy + OpenCV only (no torch).
+does not grow when the model is slower than the camera. Each frame goes through timed stages (decode, preprocess,
+inference, postprocess, render: drawing, writing and showing) and is shown, written, or both. numpy + OpenCV only (no torch).
 
 Modules: `sources` (cameras, streams, files), `render` (colours, legend, stats), `timing` (per-stage times),
 `output` (MP4 writer, display check), `loop` (`run_demo`).

