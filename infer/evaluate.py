@@ -207,7 +207,8 @@ def evaluate(
         **predict_kw: :func:`predict_image` options (mode, size, crop, stride, flip, scales, batch).
 
     Returns:
-        ``mIoU``, ``mAcc``, ``aAcc``, per-class ``IoU``, ``images`` and ``seconds`` (wall time, I/O included).
+        ``mIoU``, ``mAcc``, ``aAcc``, per-class ``IoU``, ``images``, ``image_sizes`` (their distinct (H, W)) and
+        ``seconds`` (wall time, I/O included).
     """
     if runner.meta.num_classes != dataset.num_classes:
         raise ValueError(
@@ -220,8 +221,10 @@ def evaluate(
         raise ValueError("the dataset split is empty: check --data-root and --split")
     cm = ConfusionMatrix(dataset.num_classes, ignore_index=dataset.ignore_index)
     t0 = time.perf_counter()
+    sizes: set[tuple[int, int]] = set()
     for i in tqdm(range(n), desc=f"eval {runner.path.name}", unit="img", leave=False, disable=not progress):
         image, label = dataset[i]
+        sizes.add(tuple(image.shape[:2]))
         count_batch(runner, [image], [label], cm, **predict_kw)
     metrics = cm.compute()
     return {
@@ -230,5 +233,6 @@ def evaluate(
         "aAcc": metrics["aAcc"],
         "IoU": metrics["IoU"],
         "images": n,
+        "image_sizes": sorted(sizes),  # the sizes the images came in (one, for most datasets)
         "seconds": time.perf_counter() - t0,
     }

@@ -151,6 +151,8 @@ def _evaluate(runner: Any, cfg: BenchConfig, dataset: Any, row: dict[str, Any]) 
         resolution = f"{hw_text(cfg.crop)} windows"
     elif cfg.eval_size or runner.input_size:
         resolution = hw_text(cfg.eval_size or runner.input_size)
+    elif len(result.get("image_sizes", [])) == 1:  # each image at its own size, and they all share one
+        resolution = hw_text(result["image_sizes"][0])
     else:
         resolution = "image size"
     row.update(
