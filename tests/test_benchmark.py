@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -648,3 +649,29 @@ def test_cpu_table_reads_each_students_run_into_one_line(tmp_path):
     out = cpu_table.table([tmp_path / "run"])
     assert "| stud | 64x128 | 2 | 50 | – | 1.00 (0.10) | 0.55 (0.70) (unreliable) | – | 0.40 (0.20) |" in out
     assert "3 rounds, load [0.1, 0, 0] -> [0.2, 0, 0], peaks G(FL)OP/s: fp32 70, int8 150" in out
+
+
+def test_a_row_timed_on_a_busy_machine_is_flagged() -> None:
+    from segkd.infer.bench.run import NOISY_P90, _flag_noisy
+
+    rows = [
+        {"latency_median_ms": 14.0, "latency_p90_ms": 15.0, "note": None},
+        {"latency_median_ms": 14.0, "latency_p90_ms": 14.0 * NOISY_P90 + 1, "note": "x"},
+        {"status": "failed"},
+    ]
+    _flag_noisy(rows)
+    assert "unreliable" not in rows[0] and rows[1]["unreliable"] and "unreliable" not in rows[2]
+    assert rows[1]["note"].startswith("x; p90 1.6x the median") and "--rounds" in rows[1]["note"]
+
+
+def test_the_default_threads_are_the_cores_this_process_may_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from segkd.infer.bench.run import run_benchmark
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cfg = BenchConfig(models=[str(tmp_path / "missing.onnx")], out=str(tmp_path / "out"), isolate=False,
+                      progress=False, warmup=0, runs=1)  # fmt: skip
+    run_benchmark(cfg)
+    env = json.loads((tmp_path / "out" / "benchmark.json").read_text())["environment"]
+    assert env["threads"] == len(os.sched_getaffinity(0)) and len(env["load_start"]) == 3

@@ -69,6 +69,24 @@ def _benchmark_isolated(path: Path, cfg: BenchConfig, name: str) -> dict[str, An
             return row
 
 
+# A row whose p90 is this many times its median was timed on a busy machine: its mean and FPS mislead.
+NOISY_P90 = 1.5
+
+
+def _load() -> list[float] | None:
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def _flag_noisy(rows: list[dict[str, Any]]) -> None:
+    """Mark rows timed one after another whose latency spread says another load interfered (--rounds is the fix)."""
+    for r in rows:
+        median, p90 = r.get("latency_median_ms"), r.get("latency_p90_ms")
+        if median and p90 and p90 > NOISY_P90 * median:
+            r["unreliable"] = True
+            note = f"p90 {p90 / median:.1f}x the median: the machine was busy; --rounds N times the rows side by side"
+            r["note"] = f"{r['note']}; {note}" if r.get("note") else note
+
+
 def _flag_eval_sizes(rows: list[dict[str, Any]]) -> None:
     """Note rows whose accuracy was measured at another size than the others' (their mIoU is not comparable)."""
     sizes = [r.get("eval_resolution") for r in rows if r.get("eval_resolution")]
@@ -91,6 +109,11 @@ def run_benchmark(
     """
     if cfg.threads is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
         cfg.threads = int(os.environ["OMP_NUM_THREADS"])  # let ONNX Runtime follow the limit PyTorch follows
+    if (
+        cfg.threads is None
+    ):  # never more threads than cores this process may use (a container's host count is not)
+        cfg.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load_start = _load()
     check_writable_dir(cfg.out, "--out")  # a read-only folder stops here, not after every model ran
     dataset = _dataset(cfg)  # a missing dataset stops here, before any model runs
     paths = [Path(m) for m in cfg.models]
@@ -102,8 +125,11 @@ def run_benchmark(
             _benchmark_isolated(path, cfg, name) if cfg.isolate else benchmark_model(path, cfg, dataset, name)
         )
     env = environment(cfg.threads)
+    env["load_start"], env["load_end"] = load_start, _load()
     if cfg.rounds:  # the per-model timings above ran one after another; these run side by side
         env["interleaved"] = interleaved_rounds(rows, cfg, cfg.rounds)
+    else:
+        _flag_noisy(rows)
     if cfg.compare_to:
         ratios_to(rows, cfg.compare_to)
     _flag_eval_sizes(rows)

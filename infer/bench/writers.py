@@ -105,8 +105,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             if r["status"] != "ok"
             else "ok" + (f" ({r['note']})" if r.get("note") else "")
         )
-        if r.get("unreliable"):
+        if r.get("unreliable") and "spread" in r:
             status += " (unreliable: p10-p90 spread > 0.5 x median)"
+        elif r.get("unreliable"):
+            status += " (unreliable)"
         cells = [_cell(k, status if k == "status" else r.get(k)) for k in keys]
         if "peak_fraction" in keys and r.get("peak_basis") and r.get("peak_fraction") is not None:
             i = keys.index("peak_fraction")
