@@ -23,13 +23,16 @@ import json
 import math
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -248,8 +251,55 @@ def _read_time(run_dir: Path) -> float | None:
         return None
 
 
+class _Stop:
+    """Ctrl-C or SIGTERM for the whole comparison: no new run starts, and each running trainer gets the signal
+    once (it saves its state and exits 130/143; the next invocation resumes it).
+
+    The trainers run in their own process groups, so a terminal's Ctrl-C reaches them only through this relay:
+    a second copy would make a trainer stop at once instead of saving.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.code = 0
+        self._children: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.event.is_set():
+            return  # said once; the trainers are saving
+        self.code = 143 if signum == signal.SIGTERM else 130
+        self.event.set()
+        with self._lock:
+            for child in self._children:
+                child.send_signal(signum)
+
+    def run(self, cmd: list[str], **kw: Any) -> int:
+        """Run ``cmd`` to its end (signals relayed); -1 without starting it once the comparison is stopping."""
+        with self._lock:
+            if self.event.is_set():
+                return -1
+            child = subprocess.Popen(cmd, start_new_session=True, **kw)
+            self._children.add(child)
+        try:
+            return child.wait()
+        finally:
+            with self._lock:
+                self._children.discard(child)
+
+
 def _train(
-    config: Path, seed: int, run_dir: Path, overrides: list[str], log: Path, threads: int | None
+    config: Path, seed: int, run_dir: Path, overrides: list[str], log: Path, threads: int | None, stop: _Stop
 ) -> int:
     cmd = [sys.executable, str(REPO / "distill" / "train.py"), "--config", str(config),
            f"train.seed={seed}", f"train.output_dir={run_dir}", *overrides]  # fmt: skip
@@ -257,7 +307,7 @@ def _train(
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
     before, t0 = _last_iter(run_dir), time.perf_counter()
     with open(log, "a") as f:
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env).returncode
+        rc = stop.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     if _last_iter(run_dir) > before:  # it trained (a finished run only re-reads its state)
         _record_time(run_dir, time.perf_counter() - t0)
     return rc
@@ -310,18 +360,34 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[str] = []
     start = time.perf_counter()
 
+    stop = _Stop()
+
     def run(job: tuple[str, int]) -> tuple[str, int, int]:
         method, seed = job
         log = a.out / f"{method}_seed{seed}.log"
         return method, seed, _train(a.config_dir / f"{method}.yaml", seed, a.out / method / f"seed{seed}",
-                                    a.overrides, log, threads)  # fmt: skip
+                                    a.overrides, log, threads, stop)  # fmt: skip
 
-    with ThreadPoolExecutor(a.jobs) as pool, tqdm(total=len(jobs), desc="compare", unit="run") as bar:
-        for method, seed, rc in pool.map(run, jobs):
-            if rc != 0:
-                failed.append(f"{method} seed {seed} (exit {rc}; log {a.out / f'{method}_seed{seed}.log'})")
-            bar.set_postfix_str(f"{method} seed {seed}")
-            bar.update()
+    stop.install()
+    try:
+        with ThreadPoolExecutor(a.jobs) as pool, tqdm(total=len(jobs), desc="compare", unit="run") as bar:
+            for method, seed, rc in pool.map(run, jobs):
+                if rc not in (0, -1, 130, 143):
+                    failed.append(
+                        f"{method} seed {seed} (exit {rc}; log {a.out / f'{method}_seed{seed}.log'})"
+                    )
+                bar.set_postfix_str(f"{method} seed {seed}")
+                bar.update()
+    finally:
+        stop.restore()
+    if stop.event.is_set():
+        what = "terminated (SIGTERM)" if stop.code == 143 else "interrupted"
+        print(
+            f"{what}: the running trainings saved their state and the rest did not start; run the same command "
+            f"again to resume the comparison (finished runs are kept in {a.out})",
+            file=sys.stderr,
+        )
+        return stop.code
     results = []
     for method, seed in jobs:
         run_dir = a.out / method / f"seed{seed}"

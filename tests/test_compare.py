@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -140,3 +144,49 @@ def test_quick_mode_takes_three_methods_three_seeds_and_the_short_schedule() -> 
     b = compare._parse(["--quick", "--seeds", "5", "train.max_iters=50"])
     assert b.seeds == 5 and b.overrides == ["train.max_iters=50"]
     assert compare._parse([]).seeds == 5 and compare._parse([]).methods == compare.DEFAULT_METHODS
+
+
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"]
+)
+def test_a_signal_stops_the_whole_comparison_and_reaches_the_trainer_once(
+    tmp_path: Path, sig: int, code: int
+) -> None:
+    # A stand-in trainer that waits for a signal, records each one it gets, and exits as train.py does.
+    (tmp_path / "cfg").mkdir()
+    for m in ("baseline", "kd"):
+        (tmp_path / "cfg" / f"{m}.yaml").write_text("{}\n")
+    (tmp_path / "distill").mkdir()
+    (tmp_path / "distill" / "train.py").write_text(
+        "import signal, sys, time\n"
+        "out = dict(a.split('=', 1) for a in sys.argv[1:] if '=' in a)['train.output_dir']\n"
+        "def got(n, f):\n"
+        "    open(out + '/signals', 'a').write(f'{n}\\n')\n"
+        "    sys.exit(143 if n == signal.SIGTERM else 130)\n"
+        "signal.signal(signal.SIGINT, got); signal.signal(signal.SIGTERM, got)\n"
+        "open(out + '/started', 'w').write('x')\n"
+        "time.sleep(120)\n"
+    )
+    driver = (
+        "import sys; from pathlib import Path; import segkd.distill.compare as c\n"
+        f"c.REPO = Path({str(tmp_path)!r})\n"
+        f"sys.exit(c.main(['--config-dir', {str(tmp_path / 'cfg')!r}, '--methods', 'baseline,kd', '--seeds', '2',"
+        f" '--out', {str(tmp_path / 'out')!r}]))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", driver], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    first = tmp_path / "out" / "baseline" / "seed0"
+    deadline = time.monotonic() + 60
+    while not (first / "started").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
+        time.sleep(0.1)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err[-2000:]
+    assert (first / "signals").read_text().split() == [
+        str(int(sig))
+    ]  # once: a second copy stops without saving
+    assert "run the same command again to resume" in err.strip().splitlines()[-1]
+    started = sorted(p.parent.name + "/" + p.parent.parent.name for p in (tmp_path / "out").rglob("started"))
+    assert started == ["seed0/baseline"]  # no run started after the signal
