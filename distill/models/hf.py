@@ -19,6 +19,7 @@ layouts onto today's: see :func:`load_pretrained`.
 from __future__ import annotations
 
 import contextlib
+import pickle
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,11 @@ def load_pretrained(cls: Any, source: str, config: Any) -> tuple[nn.Module, Load
             net, info = cls.from_pretrained(
                 source, config=config, ignore_mismatched_sizes=True, output_loading_info=True
             )
+    except pickle.UnpicklingError as e:  # a pytorch_model.bin with Python objects: torch refused to run them
+        raise WeightsError(
+            f"cannot load pretrained weights {source!r}: its pytorch_model.bin holds Python objects besides tensors, "
+            "and loading those could run code; use a copy saved as model.safetensors (save_pretrained does so)"
+        ) from e
     except (OSError, ValueError) as e:
         raise WeightsError(
             f"cannot load pretrained weights {source!r} ({str(e).splitlines()[0][:160]}); "
