@@ -14,7 +14,7 @@ from segkd.distill.config import Config, ConfigError
 from segkd.distill.models import MODELS, model_traits
 from segkd.distill.runlog import warn
 from segkd.infer.meta import ModelMeta
-from segkd.script import command
+from segkd.script import train_command
 
 __all__ = [
     "Inputs",
@@ -97,12 +97,12 @@ def _teacher_hint(path: Path) -> str:
     if len(parts) >= 3 and parts[0] == "runs" and path.name in ("best.pth", "last.pth"):
         recipe = Path("configs", *parts[1:-1]).with_suffix(".yaml")
         if recipe.is_file() or (_REPO / recipe).is_file():
-            return f"; train it first with: {command('train', 'accelerate launch distill/train.py')} --config {recipe}"
+            return f"; train it first with: {train_command()} --config {recipe}"
     if path == _DEMO_TEACHER:  # shipped with the project; the relative path needs the repository as cwd
         return (
             f"; it ships with the project as {_REPO / path}: run from {_REPO}, pass "
             f"teacher.checkpoint={_REPO / path}, or train one with: "
-            f"{command('train', 'accelerate launch distill/train.py')} --config "
+            f"{train_command()} --config "
             "configs/demo/teacher.yaml"
         )
     return "; set teacher.checkpoint to a teacher .pth written by distill/train.py"

@@ -45,7 +45,7 @@ from segkd.distill.run_dir import (
 from segkd.distill.runlog import MetricsLog, say
 from segkd.distill.schedule import lr_at, set_lr
 from segkd.distill.step import optimizer_step
-from segkd.script import Terminated, command
+from segkd.script import Terminated, command, train_command
 
 __all__ = ["RunStopped", "TrainResult", "train"]
 
@@ -133,7 +133,7 @@ def _loop(run: Run, log: MetricsLog) -> None:
                 why, code = reason
                 raise RunStopped(
                     f"{why} at iteration {p.iteration}; the state is saved in {run.run_dir / 'state'}; resume with: "
-                    f"{command('train', 'accelerate launch distill/train.py')} --config {shlex.quote(str(run.run_dir / 'config.yaml'))}",
+                    f"{train_command()} --config {shlex.quote(str(run.run_dir / 'config.yaml'))}",
                     code,
                 )
             tic = time.perf_counter()

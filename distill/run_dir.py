@@ -37,7 +37,7 @@ from segkd.distill.run_state import (
 from segkd.distill.run_state import save_run_state as _write_state
 from segkd.distill.runlog import say, warn
 from segkd.infer.fileio import LOCK_NAME, OWNER_NAME, FolderBusy, lock_folder, unlock_folder
-from segkd.script import command
+from segkd.script import train_command
 
 __all__ = [
     "DiskFullError",
@@ -309,7 +309,7 @@ def _nonfinite(state: Any, where: str) -> list[str]:
 def recovery_hint(run: Run) -> str:
     """The sentence naming the last finite state and the command that recovers from it."""
     config = shlex.quote(str(run.run_dir / "config.yaml"))
-    cmd = f"{command('train', 'accelerate launch distill/train.py')} --config {config} optim.lr={run.cfg.optim.lr / 10:g}"
+    cmd = f"{train_command()} --config {config} optim.lr={run.cfg.optim.lr / 10:g}"
     state = next((run.run_dir / n for n in (STATE, STATE_OLD) if is_state(run.run_dir / n)), None)
     if state is None:
         return f" No state was saved yet; start over at a lower learning rate: {cmd} train.resume=none train.overwrite=true"

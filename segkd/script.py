@@ -11,7 +11,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-__all__ = ["Terminated", "command", "detach_script_folder", "exit_status", "prog", "stop_on_sigterm"]
+__all__ = [
+    "Terminated",
+    "command",
+    "detach_script_folder",
+    "exit_status",
+    "prog",
+    "stop_on_sigterm",
+    "train_command",
+]
 
 
 class Terminated(KeyboardInterrupt):
@@ -57,6 +65,20 @@ def prog(script: str) -> str:
 def command(name: str, script: str) -> str:
     """How a hint names another command: ``segkd NAME`` under ``segkd``, else the checkout's ``script`` form."""
     return f"segkd {name}" if _typed() else script
+
+
+def train_command() -> str:
+    """How the trainer's hints (resume, recover, train a teacher) name it: the form that was typed, and under a
+    launcher ``segkd launch``, whose failures end in the trainer's one line (``accelerate launch`` ends in its own
+    traceback, once per process)."""
+    import os
+
+    if _typed():
+        return _typed()
+    launched = any(
+        k in os.environ for k in ("ACCELERATE_MIXED_PRECISION", "TORCHELASTIC_RUN_ID", "LOCAL_RANK")
+    )
+    return "segkd launch [the same launcher options] --" if launched else "python distill/train.py"
 
 
 def _typed() -> str:

@@ -238,3 +238,16 @@ def test_segkd_launch_help_leads_with_the_projects_options(capsys: pytest.Captur
     assert (
         trainer < launcher and "--config" in text[trainer:launcher] and "--num_processes" in text[launcher:]
     )
+
+
+def test_the_trainers_hints_name_a_command_that_ends_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from segkd.script import train_command
+
+    for key in ("ACCELERATE_MIXED_PRECISION", "TORCHELASTIC_RUN_ID", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(sys, "argv", ["distill/train.py"])
+    assert train_command() == "python distill/train.py"
+    monkeypatch.setenv("LOCAL_RANK", "0")  # under accelerate launch or torchrun
+    assert train_command().startswith("segkd launch")
+    monkeypatch.setattr(sys, "argv", ["segkd train"])
+    assert train_command() == "segkd train"
