@@ -675,3 +675,19 @@ def test_the_default_threads_are_the_cores_this_process_may_use(
     run_benchmark(cfg)
     env = json.loads((tmp_path / "out" / "benchmark.json").read_text())["environment"]
     assert env["threads"] == len(os.sched_getaffinity(0)) and len(env["load_start"]) == 3
+
+
+@needs_plot
+def test_plot_latency_axis_turns_logarithmic_past_a_tenfold_span_and_labels_name_the_run() -> None:
+    rows = [
+        {"model": "best.onnx", "path": "runs/cwd/best.onnx", "format": "onnx", "precision": "fp32",
+         "latency_median_ms": 4.0, "miou": 70.0},
+        {"model": "best.pth", "path": "runs/cwd/best.pth", "format": "pytorch", "precision": "fp32",
+         "latency_median_ms": 30.0, "miou": 70.5},
+    ]  # fmt: skip
+    (ax,) = latency_vs_miou_figure(rows).axes
+    assert ax.get_xscale() == "linear" and ax.get_xlim()[0] == 0.0  # a 7.5x span stays linear from 0
+    assert {t.get_text() for t in ax.texts} == {"cwd/best.onnx (fp32)", "cwd/best.pth (fp32)"}
+    rows[1]["latency_median_ms"] = 400.0  # 100x: the fast model would sit in the first percent of the axis
+    (ax,) = latency_vs_miou_figure(rows).axes
+    assert ax.get_xscale() == "log" and ax.get_xlim()[0] == pytest.approx(2.0) and "log" in ax.get_xlabel()

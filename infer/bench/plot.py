@@ -40,12 +40,25 @@ def _rgb(bgr: tuple[int, int, int]) -> tuple[float, float, float]:
     return bgr[2] / 255, bgr[1] / 255, bgr[0] / 255
 
 
+# Latencies spanning this factor or more are drawn on a logarithmic axis: on a linear one the fast models
+# (the ones a real-time user compares) crowd into the first tenth.
+LOG_SPAN = 10.0
+
+
+def log_latency(pts: list[dict[str, Any]]) -> bool:
+    """Whether the latency axis is logarithmic (the slowest row >= ``LOG_SPAN`` times the fastest)."""
+    xs = [r["latency_median_ms"] for r in pts if r["latency_median_ms"] > 0]
+    return len(xs) > 1 and max(xs) >= LOG_SPAN * min(xs)
+
+
 def _limits(pts: list[dict[str, Any]]) -> tuple[tuple[float, float], tuple[float, float]]:
-    """(x0, x1), (y0, y1): latency from 0 with room right of the slowest model; mIoU padded, within 0-100."""
+    """(x0, x1), (y0, y1): latency from 0 (from half the fastest on a log axis) with room right of the slowest
+    model; mIoU padded, within 0-100."""
     xs = [r["latency_median_ms"] for r in pts] or [0.0, 1.0]
     ys = [r["miou"] for r in pts] or [0.0, 1.0]
     y_pad = max((max(ys) - min(ys)) * 0.15, 1.0)
-    return (0.0, max(xs) * 1.15 or 1.0), (max(min(ys) - y_pad, 0.0), min(max(ys) + y_pad, 100.0))
+    x0 = min(xs) / 2 if log_latency(pts) else 0.0
+    return (x0, max(xs) * 1.15 or 1.0), (max(min(ys) - y_pad, 0.0), min(max(ys) + y_pad, 100.0))
 
 
 def _by_format(pts: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -60,15 +73,26 @@ def _label_offsets(
     pts: list[dict[str, Any]], xlim: tuple[float, float], ylim: tuple[float, float]
 ) -> list[int]:
     """Vertical offset (points) of each point's label: labels of points that nearly coincide are stacked."""
-    at = [(_fraction(r["latency_median_ms"], xlim), _fraction(r["miou"], ylim)) for r in pts]
+    log = log_latency(pts)
+    at = [(_fraction(r["latency_median_ms"], xlim, log), _fraction(r["miou"], ylim)) for r in pts]
     return [
         -11 * sum(abs(x - u) < 0.15 and abs(y - v) < 0.04 for u, v in at[:i]) for i, (x, y) in enumerate(at)
     ]
 
 
-def _fraction(value: float, lim: tuple[float, float]) -> float:
-    """Where ``value`` sits between the axis limits ``lim`` (0 to 1)."""
+def _fraction(value: float, lim: tuple[float, float], log: bool = False) -> float:
+    """Where ``value`` sits between the axis limits ``lim`` (0 to 1), on a linear or logarithmic axis."""
+    if log:
+        return (math.log(value) - math.log(lim[0])) / (math.log(lim[1]) - math.log(lim[0]))
     return (value - lim[0]) / (lim[1] - lim[0])
+
+
+def _label(r: dict[str, Any]) -> str:
+    """``run/best.onnx (int8)``: the file with its folder (runs name their files alike), and its precision."""
+    name = r["model"]
+    if "/" not in name and r.get("path") and Path(r["path"]).parent.name:
+        name = f"{Path(r['path']).parent.name}/{name}"
+    return f"{name} ({r.get('precision', '?')})"
 
 
 def latency_vs_miou_figure(rows: list[dict[str, Any]]) -> Figure:
@@ -85,15 +109,19 @@ def latency_vs_miou_figure(rows: list[dict[str, Any]]) -> Figure:
     fig = Figure(figsize=(_SIZE_PX[0] / _DPI, _SIZE_PX[1] / _DPI), dpi=_DPI, layout="constrained")
     ax = fig.subplots()
     xlim, ylim = _limits(pts)
-    ax.set(xlim=xlim, ylim=ylim, xlabel="latency (ms)", ylabel="mIoU (%)", title=_TITLE)
+    log = log_latency(pts)
+    if log:
+        ax.set_xscale("log")
+    ax.set(xlim=xlim, ylim=ylim, xlabel="latency (ms, log scale)" if log else "latency (ms)", ylabel="mIoU (%)",
+           title=_TITLE)  # fmt: skip
     ax.grid(alpha=0.3)
     for fmt, group in _by_format(pts).items():
         xs, ys = [r["latency_median_ms"] for r in group], [r["miou"] for r in group]
         ax.scatter(xs, ys, s=60, color=_rgb(colors.get(fmt, _OTHER_COLOR)), label=fmt, zorder=3)
     for r, dy in zip(pts, _label_offsets(pts, xlim, ylim)):
-        right = _fraction(r["latency_median_ms"], xlim) < 0.6  # else left of it, to stay inside the axes
+        right = _fraction(r["latency_median_ms"], xlim, log) < 0.6  # else left of it, to stay inside the axes
         ax.annotate(
-            f"{r['model']} ({r.get('precision', '?')})",
+            _label(r),
             (r["latency_median_ms"], r["miou"]),
             xytext=(8 if right else -8, dy),
             textcoords="offset points",
