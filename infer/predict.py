@@ -172,6 +172,15 @@ class PredictOptions:
             raise ValueError(f"alpha must lie in [0, 1], not {self.alpha}")
 
 
+def _picture(opts: PredictOptions, image: np.ndarray, labels: np.ndarray, meta: ModelMeta) -> np.ndarray:
+    """The view of one input, with the legend of the classes it shows (a mask is unreadable without one)."""
+    from segkd.infer.video.render import draw_legend, legend_entries
+
+    view = render(opts.view, image, labels, meta, opts.alpha)
+    draw_legend(view, legend_entries(labels, meta.num_classes), meta)
+    return view
+
+
 # An image is segmented at its own size up to this many times the model's training area (a 1024x2048 crop:
 # 16 Mpx); past it the network's activations, not the picture, set the memory (3.8 GB at 8000x8000 measured).
 MAX_AREA_FACTOR = 8
@@ -220,7 +229,7 @@ def _images(
                 labels[i] = runner.predict([image], size)[0]
         for (item, image), lab in zip(batch, labels):
             target = out / f"{item.name}.png"
-            write_png(target, render(opts.view, image, lab, runner.meta, opts.alpha))
+            write_png(target, _picture(opts, image, lab, runner.meta))
             report.outputs.append(target)
             if opts.save_labels:
                 write_palette_png(out / "labels" / f"{item.name}.png", lab, runner.meta.palette)
@@ -256,7 +265,7 @@ def _video(runner: Runner, item: Item, out: Path, opts: PredictOptions, report: 
         while ok:
             (lab,) = runner.predict([frame], bounded_size(runner, frame.shape[:2], opts.size) or opts.size)
             counts += np.bincount(lab.ravel(), minlength=runner.meta.num_classes)[: runner.meta.num_classes]
-            sink.write(render(opts.view, frame, lab, runner.meta, opts.alpha))
+            sink.write(_picture(opts, frame, lab, runner.meta))
             ok, frame = cap.read()
     except BaseException:
         sink.close(keep=False)

@@ -2,7 +2,7 @@
 
     python infer/run_camera.py MODEL [--source 0|video.mp4|rtsp://...] [--view overlay|mask|side] [--alpha 0.5]
         [--save out.mp4] [--headless] [--max-frames N] [--device cpu|cuda] [--provider NAME] [--threads N]
-        [--size HxW] [--fast-postprocess] [--snapshot-dir DIR] [--json-summary PATH]
+        [--size HxW] [--fast-postprocess] [--snapshot-dir DIR] [--json-summary PATH] [--no-stats] [--no-legend]
 
 MODEL is a file of any format in `segkd.infer.formats` (.pth, .onnx, .engine, ...). In the window: q / Esc quit, space pauses, s saves a
 snapshot. Exit status: 0 done, 2 the source, display or model cannot be used or a live stream stopped, 130 Ctrl-C.
@@ -66,6 +66,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--snapshot-dir", type=Path, default=Path("."), help="where the s key saves PNG snapshots")
     p.add_argument("--json-summary", type=Path, help="also write the exit summary as JSON")
+    p.add_argument(
+        "--no-stats",
+        dest="stats",
+        action="store_false",
+        help="leave out the FPS / stage-times panel (top left)",
+    )
+    p.add_argument(
+        "--no-legend", dest="legend", action="store_false", help="leave out the class legend (top right)"
+    )
     return p.parse_args(argv)
 
 
@@ -86,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             size=args.size,
             fast_postprocess=args.fast_postprocess,
             snapshot_dir=args.snapshot_dir,
+            stats=args.stats,
+            legend=args.legend,
         )
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")

@@ -648,3 +648,28 @@ def test_video_sink_names_its_codec_and_the_file_plays(tmp_path) -> None:
     cap = cv2.VideoCapture(str(tmp_path / "v.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
     cap.release()
+
+
+def test_small_frames_get_a_one_line_stats_panel_and_dark_swatches_a_light_frame() -> None:
+    from segkd.infer.video.render import COMPACT_BELOW, draw_legend, draw_stats
+
+    stages = {"decode": 1.0, "preprocess": 2.0, "inference": 4.0, "postprocess": 1.0, "render": 1.0}
+    small = np.full((256, 512, 3), 200, np.uint8)
+    draw_stats(small, 25.0, stages)
+    shaded_rows = int((small[:, 0] < 200).any(axis=1).sum())
+    big = np.full((COMPACT_BELOW, 512, 3), 200, np.uint8)
+    draw_stats(big, 25.0, stages)
+    assert shaded_rows < 40 < int((big[:, 0] < 200).any(axis=1).sum())  # one line, not six
+    meta = ModelMeta(arch={"name": "x", "num_classes": 2}, class_names=["construction", "vehicle"],
+                     palette=[[70, 70, 70], [0, 0, 142]])  # fmt: skip
+    canvas = np.zeros((256, 512, 3), np.uint8)
+    draw_legend(canvas, [0, 1], meta)
+    assert (canvas == 200).all(axis=2).sum() > 40  # the light frames around the dark swatches
+
+
+def test_the_stats_and_legend_can_be_left_out(tmp_path: Path) -> None:
+    from segkd.infer.run_camera import _parse
+
+    args = _parse(["m.onnx", "--no-stats", "--no-legend"])
+    assert (args.stats, args.legend) == (False, False)
+    assert _parse(["m.onnx"]).stats and _parse(["m.onnx"]).legend

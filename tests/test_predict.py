@@ -232,3 +232,17 @@ def test_an_unreadable_input_is_reported_once_and_a_folder_is_not_a_video(ckpt: 
     assert (res.stdout + res.stderr).count("empty.png") == 1, res.stdout + res.stderr
     res = _segkd("camera", str(ckpt), "--source", str(tmp_path / "in"), "--headless", cwd=tmp_path)
     assert res.returncode == 2 and "is a folder, not a video file" in res.stderr
+
+
+def test_views_carry_the_legend_of_the_classes_they_show(ckpt: Path, tmp_path: Path) -> None:
+    _images(tmp_path / "in", 1, hw=(96, 160))
+    res = _segkd("predict", str(ckpt), str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--view", "mask",
+                 "--save-labels", cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    view = cv2.imread(str(tmp_path / "o" / "img0.png"))
+    labels = read_label(tmp_path / "o" / "labels" / "img0.png")
+    top_right = view[:30, -60:]
+    assert (top_right == 200).all(axis=2).any()  # a swatch frame of the legend
+    assert (
+        view[-10:, :10] == np.array(PALETTE[labels[-1, 0]])[::-1]
+    ).all()  # the mask itself is untouched there

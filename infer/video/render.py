@@ -115,13 +115,23 @@ def draw_legend(img: np.ndarray, classes: Sequence[int], meta: ModelMeta) -> Non
             cv2.rectangle(
                 img, (x0 + 4, y + 2), (x0 + 4 + sw, y + 2 + sw), (int(b), int(g), int(r)), cv2.FILLED
             )
+            # a light frame: dark classes (construction 70,70,70; vehicle 0,0,142) stay visible on the dark box
+            cv2.rectangle(img, (x0 + 4, y + 2), (x0 + 4 + sw, y + 2 + sw), (200, 200, 200), 1)
         _text(img, name, (x0 + sw + 10, y + sw), scale)
+
+
+# Frames lower than this get the one-line stats panel.
+COMPACT_BELOW = 480
 
 
 def draw_stats(img: np.ndarray, fps: float, stage_ms: dict[str, float]) -> None:
     """Draw the frame rate and the per-stage milliseconds in the top-left corner of ``img`` (in place)."""
     scale = _font_scale(img.shape[0])
-    lines = [f"{fps:5.1f} FPS"] + [f"{name:<11} {ms:5.1f} ms" for name, ms in stage_ms.items()]
+    if img.shape[0] < COMPACT_BELOW:  # one line on a small frame: six would cover a third of a 256-px video
+        ms = stage_ms.get("inference")
+        lines = [f"{fps:.1f} FPS" + (f", inference {ms:.1f} ms" if ms is not None else "")]
+    else:
+        lines = [f"{fps:5.1f} FPS"] + [f"{name:<11} {ms:5.1f} ms" for name, ms in stage_ms.items()]
     line = _line_height(scale)
     width = max(cv2.getTextSize(s, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] for s in lines)
     _shade(img, 0, 0, width + 12, len(lines) * line + 8)
