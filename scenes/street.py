@@ -955,6 +955,19 @@ def generate_demo(
     return root
 
 
+def _what_generation_does(root: Path, splits: dict, size: tuple[int, int], seed: int, overwrite: bool) -> str:
+    """Whether ``generate_demo`` will reuse ``root``'s frames, replace them, or write new ones (said to the user)."""
+    manifest = root / _MANIFEST
+    if not manifest.is_file():
+        return "generated"
+    old = json.loads(manifest.read_text())
+    wanted = {"generator_version": GENERATOR_VERSION, "seed": seed, "size": list(size), "splits": splits}
+    if not overwrite and {k: v for k, v in old.items() if k != "classes"} == wanted:
+        return "reused: it already holds exactly these frames; --overwrite regenerates them"
+    changed = [k for k in wanted if old.get(k) != wanted[k]] or ["--overwrite"]
+    return f"regenerated: the earlier frames were replaced ({', '.join(changed)} changed)"
+
+
 def write_demo_video(
     path: str | os.PathLike[str],
     scenes: int = 6,
@@ -1013,10 +1026,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     splits = {"train": args.train, "val": args.val}
+    what = _what_generation_does(Path(args.root), splits, args.size, args.seed, args.overwrite)
     root = generate_demo(
         args.root, splits, args.size, args.seed, classes=args.classes, progress=True, overwrite=args.overwrite
     )
-    print(f"demo data in {root}: {splits} frames of {args.size[0]}x{args.size[1]}, classes: {args.classes}")
+    print(
+        f"demo data in {root} ({what}): {splits} frames of {args.size[0]}x{args.size[1]}, classes: {args.classes}"
+    )
     if args.video:
         size = args.video_size or args.size
         print(f"demo video: {write_demo_video(args.video, size=size, seed=args.seed)}")

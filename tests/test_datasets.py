@@ -485,7 +485,15 @@ def test_demo_cli_then_check_cli(tmp_path: Path) -> None:
     args = ["--root", str(tmp_path), "--train", "2", "--val", "1", "--size", "32x64", "--seed", "3"]
     res = _run_cli("-m", "segkd.scenes", *args)
     assert res.returncode == 0, res.stderr
-    assert len(list((tmp_path / "leftImg8bit/train/demo").glob("*.png"))) == 2
+    assert len(list((tmp_path / "leftImg8bit/train/demo").glob("*.png"))) == 2 and "(generated)" in res.stdout
+    # the generator says whether it reused or replaced what the folder held
+    assert "(reused: it already holds exactly these frames" in _run_cli("-m", "segkd.scenes", *args).stdout
+    seed4 = [*args[:-1], "4"]
+    assert (
+        "(regenerated: the earlier frames were replaced (seed changed))"
+        in _run_cli("-m", "segkd.scenes", *seed4).stdout
+    )
+    assert "(reused" in _run_cli("-m", "segkd.scenes", *seed4).stdout
     res = _run_cli(*CHECK, "--dataset", "demo", "--root", str(tmp_path), "--split", "val")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "1 samples" in res.stdout and "no problems found" in res.stdout
