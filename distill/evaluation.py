@@ -170,4 +170,12 @@ def evaluate_checkpoint(path: str, cfg: Config) -> dict[str, Any]:
         crop_size=cfg.eval.crop_size or cfg.data.crop_size,
         stride=cfg.eval.stride,
     )
-    return {**metrics, "num_processes": accelerator.num_processes, "process_index": accelerator.process_index}
+    per_class = dict(
+        zip(meta.class_names, metrics.get("IoU", []), strict=False)
+    )  # IoU by name, for the reader
+    return {
+        **metrics,
+        "class_IoU": per_class,
+        "num_processes": accelerator.num_processes,
+        "process_index": accelerator.process_index,
+    }

@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.eval:
             metrics = evaluate_checkpoint(args.eval, cfg)
             if metrics["process_index"] == 0:
+                print(
+                    _eval_table(args.eval, metrics), file=sys.stderr
+                )  # for the reader; stdout stays one JSON line
                 print(json.dumps(json_safe(metrics)))
         else:
             train(cfg)
@@ -97,6 +100,17 @@ def main(argv: list[str] | None = None) -> int:
         what = "terminated (SIGTERM)" if code == 143 else "interrupted"
         return _fail(f"{what} before the first iteration completed; nothing new was saved", code)
     return 0
+
+
+def _eval_table(checkpoint: str, metrics: dict) -> str:
+    """mIoU, mAcc, aAcc and the IoU of each class by name, one per line."""
+    lines = [
+        f"{checkpoint}: mIoU {metrics['mIoU']:.2f}  mAcc {metrics['mAcc']:.2f}  aAcc {metrics['aAcc']:.2f}"
+    ]
+    width = max((len(n) for n in metrics.get("class_IoU", {})), default=0)
+    for name, iou in metrics.get("class_IoU", {}).items():
+        lines.append(f"  {name:<{width}}  " + ("   n/a" if iou is None or iou != iou else f"{iou:6.2f}"))
+    return "\n".join(lines)
 
 
 def _fail(message: str, code: int) -> int:

@@ -280,7 +280,10 @@ def test_two_processes_agree_and_evaluate_like_one(
     assert one["num_processes"] == 1
     for key in ("mIoU", "mAcc", "aAcc"):
         assert two[f"eval/{key}"] == pytest.approx(one[key], abs=1e-9)
-    assert len(two["eval/IoU"]) == len(one["IoU"]) == 19
+    assert len(two["eval/IoU"]) == len(one["IoU"]) == len(one["class_IoU"]) == 19
+    assert (
+        list(one["class_IoU"].values()) == one["IoU"] and "mIoU" in proc.stderr
+    )  # named, and a table to read
     for a, b in zip(two["eval/IoU"], one["IoU"]):
         assert (a is None and b is None) or a == pytest.approx(b, abs=1e-9)
 
