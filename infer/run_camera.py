@@ -104,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
             if path is not None:
                 check_writable(path, what)  # before the model loads and frames are spent
         check_writable_dir(args.snapshot_dir, "--snapshot-dir")
+        model = Path(args.model)
+        if not model.is_file():  # before a window opens or a camera starts
+            raise ValueError(
+                f"model {model} is a folder; pass a model file in it"
+                if model.is_dir()
+                else f"model {model} does not exist"
+            )
         if not args.headless:
             check_display()
         reader = open_source(args.source)

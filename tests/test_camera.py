@@ -673,3 +673,15 @@ def test_the_stats_and_legend_can_be_left_out(tmp_path: Path) -> None:
     args = _parse(["m.onnx", "--no-stats", "--no-legend"])
     assert (args.stats, args.legend) == (False, False)
     assert _parse(["m.onnx"]).stats and _parse(["m.onnx"]).legend
+
+
+def test_a_missing_model_is_reported_before_the_display_and_the_camera(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from segkd.infer.run_camera import main
+
+    # camera 7 does not exist and no display is set: the model is what the user must hear about first
+    assert main([str(tmp_path / "nope.onnx"), "--source", "7"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: model {tmp_path / 'nope.onnx'} does not exist"
+    assert main([str(tmp_path), "--source", "7"]) == 2
+    assert "is a folder; pass a model file in it" in capsys.readouterr().err
