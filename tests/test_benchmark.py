@@ -691,3 +691,16 @@ def test_plot_latency_axis_turns_logarithmic_past_a_tenfold_span_and_labels_name
     rows[1]["latency_median_ms"] = 400.0  # 100x: the fast model would sit in the first percent of the axis
     (ax,) = latency_vs_miou_figure(rows).axes
     assert ax.get_xscale() == "log" and ax.get_xlim()[0] == pytest.approx(2.0) and "log" in ax.get_xlabel()
+
+
+def test_device_cuda_without_a_gpu_is_refused_up_front(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import segkd.infer.bench.run as bench_run
+
+    monkeypatch.setattr(bench_run, "gpu_names", lambda: [])
+    cfg = BenchConfig(models=[str(tmp_path / "m.onnx")], out=str(tmp_path / "o"), device="cuda", isolate=False,
+                      progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="--device cuda, but no NVIDIA GPU is visible"):
+        bench_run.run_benchmark(cfg)
+    assert not (tmp_path / "o" / "benchmark.json").exists()

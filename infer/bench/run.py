@@ -19,6 +19,7 @@ from segkd.infer.bench.plot import PLOT_INSTALL, plottable
 from segkd.infer.bench.rounds import interleaved_rounds, ratios_to
 from segkd.infer.bench.writers import format_table, write_results
 from segkd.infer.fileio import check_writable_dir
+from segkd.infer.runtime.gpu import gpu_names
 
 __all__ = ["run_benchmark"]
 
@@ -115,6 +116,10 @@ def run_benchmark(
         cfg.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load_start = _load()
     check_writable_dir(cfg.out, "--out")  # a read-only folder stops here, not after every model ran
+    if cfg.device == "cuda" and not gpu_names():  # else every row would run on the CPU under a 'cuda' heading
+        raise ValueError(
+            "--device cuda, but no NVIDIA GPU is visible (nvidia-smi lists none); use --device cpu"
+        )
     dataset = _dataset(cfg)  # a missing dataset stops here, before any model runs
     paths = [Path(m) for m in cfg.models]
     rows = []
