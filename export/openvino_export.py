@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -178,6 +180,37 @@ def _save(ov: Any, ov_model: Any, meta: ModelMeta, xml: Path, fp16: bool) -> Non
     ov.save_model(ov_model, str(xml), compress_to_fp16=fp16)
 
 
+# The FP32 ONNX graph every precision converts from, per checkpoint file and graph options, for this process:
+# `--precision fp32 fp16 int8` exports the network from PyTorch once, not three times.
+_GRAPHS: dict[tuple, tuple[Path, ExportResult]] = {}
+_GRAPH_DIR: tempfile.TemporaryDirectory | None = None
+
+
+def _fp32_graph(
+    model: nn.Module,
+    meta: ModelMeta,
+    checkpoint: Any,
+    opts: ExportOptions,
+    tmp: Path,
+    log: Callable[[str], None],
+) -> ExportResult:
+    """The FP32 graph of ``checkpoint`` for ``opts``, copied into ``tmp``: exported once per process."""
+    global _GRAPH_DIR
+    src = Path(checkpoint).resolve()
+    stat = src.stat()
+    key = (str(src), stat.st_mtime_ns, stat.st_size, tuple(sorted(dataclasses.asdict(opts).items())))
+    if key not in _GRAPHS:
+        if _GRAPH_DIR is None:
+            _GRAPH_DIR = tempfile.TemporaryDirectory(prefix="segkd-openvino-graphs-")  # removed at exit
+        cached = Path(_GRAPH_DIR.name) / f"{len(_GRAPHS)}.onnx"
+        _GRAPHS[key] = (cached, export_model(model, meta, cached, opts, source=checkpoint, log=log))
+    else:
+        log("converting the FP32 graph already exported for the previous precision")
+    cached, result = _GRAPHS[key]
+    shutil.copyfile(cached, tmp / "graph.onnx")
+    return dataclasses.replace(result, path=tmp / "graph.onnx")
+
+
 def export_openvino(
     checkpoint: str | os.PathLike[str], opts: ExportOptions, log: Callable[[str], None] = print
 ) -> ExportResult:
@@ -209,7 +242,7 @@ def export_openvino(
     out.parent.mkdir(parents=True, exist_ok=True)
     with work_dir_beside(out, "openvino") as tmp:
         onnx_opts = dataclasses.replace(opts, precision="fp32", verify=False, out=None)
-        graph = export_model(model, meta, Path(tmp) / "graph.onnx", onnx_opts, source=checkpoint, log=log)
+        graph = _fp32_graph(model, meta, checkpoint, onnx_opts, Path(tmp), log)
         ov_model = ov.convert_model(str(graph.path))
         if prec.calibrated:
             ov_model = _quantize(ov_model, calib, meta, opts.fuse_preprocess, log, checks)

@@ -181,3 +181,22 @@ def test_lossy_int8_falls_back_to_accuracy_aware_quantization(
     runner = load_runner(out)
     image = cv2.imread(str(next((root / "leftImg8bit" / "val").rglob("*.png"))))
     assert runner.predict([cv2.resize(image, SIZE[::-1])])[0].shape[-2:] == SIZE
+
+
+def test_three_precisions_export_the_network_from_pytorch_once(
+    work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import segkd.export.openvino_export as ov_export
+
+    calls = []
+    real = ov_export.export_model
+    monkeypatch.setattr(ov_export, "export_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ckpt = tmp_path / "m.pth"
+    ckpt.write_bytes(
+        (work / "m.pth").read_bytes()
+    )  # a file of its own: the per-process graph cache starts empty
+    for precision in ("fp32", "fp16", "int8"):
+        opts = ExportOptions(precision=precision, out=str(tmp_path / f"m.{precision}.xml"),
+                             calib_images=str(work / "frames"), **FAST)  # fmt: skip
+        assert ov_export.export_openvino(ckpt, opts, log=lambda _: None).report.passed
+    assert len(calls) == 1
