@@ -261,16 +261,22 @@ def _video(runner: Runner, item: Item, out: Path, opts: PredictOptions, report: 
         return
     sink = VideoSink(out / f"{item.name}.mp4", cap.get(cv2.CAP_PROP_FPS) or 25.0)
     counts = np.zeros(runner.meta.num_classes, np.int64)  # (K,) pixels per class over the video
+    from tqdm import tqdm
+
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None  # a stream or an odd container tells no count
+    bar = tqdm(total=total, desc=f"video {item.name}", unit="frame", file=sys.stderr)
     try:
         while ok:
             (lab,) = runner.predict([frame], bounded_size(runner, frame.shape[:2], opts.size) or opts.size)
             counts += np.bincount(lab.ravel(), minlength=runner.meta.num_classes)[: runner.meta.num_classes]
             sink.write(_picture(opts, frame, lab, runner.meta))
+            bar.update(1)
             ok, frame = cap.read()
     except BaseException:
         sink.close(keep=False)
         raise
     finally:
+        bar.close()
         cap.release()
     sink.close()
     report.outputs.append(sink.path)
@@ -293,8 +299,7 @@ def predict(
         with tqdm(total=len(images), desc="predict", unit="img", disable=not images, file=sys.stderr) as bar:
             _images(runner, images, out, opts, report, bar)
         for item in (i for i in items if i.is_video):
-            print(f"video {item.path} ...", file=sys.stderr)
-            _video(runner, item, out, opts, report)
+            _video(runner, item, out, opts, report)  # with its own progress bar over the frames
     finally:  # Ctrl-C or SIGTERM: the inputs finished so far get their areas too
         if report.areas:
             report.outputs += _write_areas(out, report.areas, runner.meta)

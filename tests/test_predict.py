@@ -129,6 +129,7 @@ def test_predict_video_writes_every_frame(ckpt: Path, tmp_path: Path) -> None:
     writer.release()
     r = _segkd("predict", str(ckpt), str(src), "--out", str(tmp_path / "o"), "--view", "side", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert "video clip: 100%" in r.stderr and "4/4" in r.stderr  # a progress bar over the frames
     cap = cv2.VideoCapture(str(tmp_path / "o" / "clip.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 4 and int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == 160
     cap.release()
