@@ -514,6 +514,18 @@ def test_interleaved_rounds_and_compare_to(models, demo_root, tmp_path):
     assert main([str(models["onnx"]), "--compare-to", "nope", "--out", str(tmp_path), "--in-process"]) == 2
 
 
+def test_a_failed_reference_row_keeps_the_table_and_says_why(models, tmp_path, capsys) -> None:
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not onnx")
+    args = [str(models["onnx"]), str(broken), "--compare-to", "broken.onnx", "--runs", "2", "--warmup", "0",
+            "--out", str(tmp_path / "o"), "--in-process", "--no-progress"]  # fmt: skip
+    assert main(args) == 1  # one row failed; the run still ends with its table
+    err = capsys.readouterr().err
+    assert "warning: no ratio column" in err and "it failed:" in err
+    rows = json.loads((tmp_path / "o" / "benchmark.json").read_text())["results"]
+    assert [r["status"] for r in rows] == ["ok", "failed"]
+
+
 def test_rows_evaluated_at_other_sizes_are_flagged():
     from segkd.infer.bench.run import _flag_eval_sizes
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shlex
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -122,6 +123,11 @@ def run_benchmark(
         )
     dataset = _dataset(cfg)  # a missing dataset stops here, before any model runs
     paths = [Path(m) for m in cfg.models]
+    labels = [*map(str, paths), *(p.name for p in paths), *_names(paths)]
+    if cfg.compare_to and cfg.compare_to not in labels:  # a typo stops here, before any model runs
+        raise ValueError(
+            f"--compare-to {cfg.compare_to!r} names none of the models: {', '.join(_names(paths))}"
+        )
     rows = []
     bar = tqdm(list(zip(paths, _names(paths))), desc="models", unit="model", disable=not cfg.progress)
     for path, name in bar:
@@ -136,7 +142,14 @@ def run_benchmark(
     else:
         _flag_noisy(rows)
     if cfg.compare_to:
-        ratios_to(rows, cfg.compare_to)
+        try:
+            ratios_to(rows, cfg.compare_to)
+        except ValueError as e:  # the reference row failed: the table still shows every row and why
+            failed = next(
+                (r for r in rows if cfg.compare_to in (r.get("model"), Path(r.get("path", "")).name)), None
+            )
+            why = f" (it failed: {failed.get('error')})" if failed and failed.get("status") != "ok" else ""
+            print(f"warning: no ratio column: {e}{why}", file=sys.stderr)
     _flag_eval_sizes(rows)
     command = command or "python infer/benchmark.py " + " ".join(shlex.quote(m) for m in cfg.models)
     written = write_results(rows, env, cfg, cfg.out, command)
