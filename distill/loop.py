@@ -263,6 +263,12 @@ def _sync_buffers(accelerator: Any, model: nn.Module) -> None:
             torch.distributed.broadcast(buf, src=0)
 
 
+def _has_tensorrt() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None
+
+
 def _summary(run: Run, finished: bool, elapsed: float, iters: int) -> None:
     acc, p, run_dir = run.accelerator, run.progress, run.run_dir
     speed = f" ({iters * run.cfg.data.batch_size / elapsed:.1f} images/s)" if iters and elapsed > 0 else ""
@@ -279,6 +285,9 @@ def _summary(run: Run, finished: bool, elapsed: float, iters: int) -> None:
             f"(its weights: {run_dir / 'last.pth'})"
         )
         best = run_dir / "last.pth"
-    if finished and p.best_iter >= 0:
-        lines.append(f"next: {command('trt', 'python export/to_trt.py')} {shlex.quote(str(best))}")
+    if finished and p.best_iter >= 0:  # the engine where TensorRT is installed, else the verified ONNX file
+        export = (
+            ("trt", "python export/to_trt.py") if _has_tensorrt() else ("export", "python export/to_onnx.py")
+        )
+        lines.append(f"next: {command(*export)} {shlex.quote(str(best))}")
     say(acc, "\n".join(lines))
