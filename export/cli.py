@@ -17,6 +17,7 @@ from typing import Any
 
 from segkd.export.formats import EXPORT_FORMATS, PRECISIONS, ExportFormat
 from segkd.export.options import add_option_arguments, option_flags
+from segkd.infer.cliargs import hw_arg
 from segkd.script import command, exit_status, prog, stop_on_sigterm
 
 __all__ = ["format_main", "format_parser", "onnx_main", "openvino_main", "parse_format_args", "trt_main"]
@@ -46,7 +47,16 @@ def format_parser(fmt: ExportFormat, *, source_help: str | None = None) -> argpa
         "--out", help=f"output {fmt.suffix} path (one precision only; default derived from the checkpoint)"
     )
     add_option_arguments(p, fmt.options)
+    _add_size(p, fmt)
     return p
+
+
+def _add_size(p: argparse.ArgumentParser, fmt: ExportFormat) -> None:
+    """``--size HxW`` as every other command spells it, for ``--height H --width W``."""
+    if {"height", "width"} <= fmt.options:
+        p.add_argument(
+            "--size", type=hw_arg, metavar="HxW", help="input HxW (the same as --height H --width W)"
+        )
 
 
 def parse_format_args(
@@ -73,6 +83,16 @@ def _options(args: argparse.Namespace, precision: str, out: str | None):  # noqa
 
     fields = ExportOptions.__dataclass_fields__
     kw = {k: v for k, v in vars(args).items() if k in fields and k not in ("precision", "out")}
+    if getattr(args, "size", None):
+        if {kw.get("height"), kw.get("width")} - {None} and (kw.get("height"), kw.get("width")) != tuple(
+            args.size
+        ):
+            from segkd.export.onnx_export import ExportError
+
+            raise ExportError(
+                f"--size {args.size[0]}x{args.size[1]} and --height/--width disagree; give one of them"
+            )
+        kw["height"], kw["width"] = args.size
     return ExportOptions(precision=precision, out=out, **kw)
 
 
@@ -190,6 +210,7 @@ def trt_parser() -> argparse.ArgumentParser:
     p.add_argument("--hardware-compatible", action="store_true", help="engine runs on Ampere and newer GPUs")
     p.add_argument("--out", help="engine path (default <onnx name>.engine)")
     add_option_arguments(p, fmt.options)
+    _add_size(p, fmt)
     return p
 
 

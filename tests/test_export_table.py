@@ -213,3 +213,14 @@ def test_an_interrupted_export_says_nothing_was_written(capsys: pytest.CaptureFi
             signal.raise_signal(signal.SIGTERM)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_export_takes_size_like_every_other_command(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    args = format_parser(EXPORT_FORMATS["onnx"]).parse_args(["x.pth", "--size", "32x96"])
+    from segkd.export.cli import _options
+
+    opts = _options(args, "fp32", None)
+    assert (opts.height, opts.width) == (32, 96)
+    argv = [str(checkpoint), "--size", "32x96", "--height", "64", "--out", str(tmp_path / "m.onnx")]
+    assert format_main("onnx", argv) == 2
+    assert "--size 32x96 and --height/--width disagree" in capsys.readouterr().err
