@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from segkd.distill.adversarial import Adversarial
-from segkd.distill.checks import check_classes, check_data, check_inputs, check_strides
+from segkd.distill.checks import check_classes, check_data, check_inputs, check_strides, takes_option
 from segkd.distill.config import Config, ConfigError
 from segkd.distill.data import EvalSet, TrainSet, build_eval_loader, build_train_loader
 from segkd.distill.guard import MAX_NONFINITE, NonFiniteGuard
@@ -122,8 +122,8 @@ def _student_meta(cfg: Config, dataset: Any, num_classes: int) -> ModelMeta:
         if getattr(s, key) is not None:
             arch[key] = getattr(s, key)
     arch.update({k: v for k, v in s.options.items() if k not in arch})
-    if cfg.train.aux_weight == 0:
-        arch["aux"] = False  # no auxiliary head to train
+    if cfg.train.aux_weight == 0 and takes_option(s.name, "aux", False):
+        arch["aux"] = False  # no auxiliary head to train (a model without one, SegFormer, has no such option)
     method = "+".join(spec["name"] for spec in cfg.losses) if cfg.distill else "plain"
     return ModelMeta(
         arch=arch,

@@ -200,14 +200,14 @@ def check_strides(meta: ModelMeta, teacher_meta: ModelMeta | None, default: int 
     if teacher_meta is None:
         return
     s, t = meta.arch.get("output_stride", default), teacher_meta.arch.get("output_stride", default)
-    if s != t and _takes_option(str(meta.arch.get("name")), "output_stride", t):
+    if s != t and takes_option(str(meta.arch.get("name")), "output_stride", t):
         raise ConfigError(
             f"the student's output stride {s} differs from the teacher's {t}, so their 1/{s} and 1/{t} maps "
             f"cannot be compared; set student.output_stride={t}"
         )
 
 
-def _takes_option(arch: str, option: str, value: Any) -> bool:
+def takes_option(arch: str, option: str, value: Any) -> bool:
     """Whether the model ``arch`` has ``option``. A real-time student's stride is part of its architecture: the
     teacher's maps are resized to its own (as for SegFormer), so only a student that can match is asked to."""
     import torch

@@ -370,6 +370,8 @@ class Config:
         return self.teacher.checkpoint is not None and bool(self.losses)
 
 
+# The student options that describe one architecture (a config's width for an R18 means nothing to a SegFormer).
+_ARCH_OPTIONS = ("width", "output_stride", "deep_stem")
 # The parts a run is composed of on the command line (``dataset=cityscapes``), in the order they are merged.
 GROUPS = ("dataset", "student", "method")
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"  # the checkout's configs/
@@ -822,7 +824,11 @@ def load_config(
     origin = " + ".join(str(f) if isinstance(f, Path) else f"student={selection['student']}" for f in files)
     origin = origin or "defaults"
     data: dict[str, Any] = {}
+    student_parts = files[len(paths) :][1:2] if "dataset" in selection else files[len(paths) :][:1]
     for part in files:
+        if "student" in selection and part in student_parts:
+            # another student: the architecture options the config gave the previous one do not carry over
+            data = _merge(data, {"student": dict.fromkeys(_ARCH_OPTIONS) | {"options": {}}})
         data = _merge(data, load_yaml(part) if isinstance(part, Path) else part)
     for key, value in pairs:
         if key not in selection:

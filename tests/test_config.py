@@ -322,3 +322,22 @@ def test_a_nan_learning_rate_is_one_message() -> None:
     lines = [line.strip() for line in str(e.value).splitlines()[1:]]
     assert lines == ["defaults: optim.lr must be positive, got nan",
                      "defaults: optim.weight_decay must be a finite number, got inf"]  # fmt: skip
+
+
+def test_another_student_drops_the_previous_students_architecture_options() -> None:
+    # the demo recipes give their DeepLabV3-R18 a width and a stride that a SegFormer does not take
+    cfg = load_config(CONFIGS / "demo" / "cwd.yaml", ["student=segformer_b0"])
+    assert (
+        cfg.student.name == "segformer_b0" and cfg.student.width is None and cfg.student.output_stride is None
+    )
+    composed = load_config(None, ["dataset=demo", "student=pidnet_s", "method=kd"])
+    assert composed.student.width is None and composed.student.name == "pidnet_s"
+    same = load_config(CONFIGS / "demo" / "cwd.yaml", ["student.width=0.5"])
+    assert same.student.width == 0.5  # a dotted override still sets it
+
+
+def test_aux_false_is_given_only_to_models_that_have_an_auxiliary_head() -> None:
+    from segkd.distill.checks import takes_option
+
+    assert takes_option("deeplabv3_r18", "aux", False) and takes_option("pidnet_s", "aux", False)
+    assert not takes_option("bisenetv2", "aux", False)
