@@ -110,6 +110,7 @@ EXTRA_KEYS = {
     "opset": "ONNX opset of the default domain",
     "params": "number of weights of the PyTorch model",
     "train_input_size": "training crop HxW recorded in the checkpoint (input_size is the export size)",
+    "fp32_ops": "fp16 of a transformer only: op types kept in float32, with counts (LayerNormalization:19,...)",
     "verification": "JSON summary of the ONNX Runtime vs PyTorch check (absent with --no-verify)",
 }
 

@@ -28,6 +28,8 @@ from segkd.infer.meta import ModelMeta
 __all__ = [
     "DYNAMIC_CHOICES",
     "EXPORTERS",
+    "other_size",
+    "size_multiple",
     "DeployModule",
     "ExportError",
     "check_dynamic_sizes",
@@ -258,6 +260,25 @@ def torch_to_onnx(
     return exporter
 
 
+def size_multiple(model: nn.Module) -> int:
+    """What the model's input heights and widths must be multiples of (its ``size_multiple`` attribute; else 1).
+
+    A network that aligns two branches by a fixed upsampling factor (BiSeNetV2: 1/32 upsampled 4x onto 1/8) is
+    only correct at such sizes; its dynamic graph runs at those and fails (ONNX Runtime: a broadcast error) at
+    others.
+    """
+    return int(getattr(model, "size_multiple", 1))
+
+
+def other_size(size: tuple[int, int], multiple: int = 1) -> tuple[int, int]:
+    """A height and width unlike ``size`` in both dimensions (odd ones when ``multiple`` is 1), to check a dynamic
+    graph at; with ``multiple`` > 1, the next multiples of it above ``size``."""
+    h, w = size
+    if multiple == 1:
+        return h * 3 // 4 + 5, w * 5 // 4 + 3
+    return (h // multiple + 1) * multiple, (w // multiple + 2) * multiple
+
+
 def check_dynamic_sizes(
     path: str | os.PathLike[str],
     model: nn.Module,
@@ -281,9 +302,8 @@ def check_dynamic_sizes(
     from segkd.infer.runtime.ort_runner import ORT_DTYPES
     from segkd.infer.runtime.ort_session import cpu_session
 
-    h, w = size
     n = 2 if "batch" in DYNAMIC_CHOICES[dynamic] else 1
-    hw = (h * 3 // 4 + 5, w * 5 // 4 + 3) if "height" in DYNAMIC_CHOICES[dynamic] else (h, w)
+    hw = other_size(size, size_multiple(model)) if "height" in DYNAMIC_CHOICES[dynamic] else size
     images = [s.image for s in synthetic_samples(n, hw, seed=1)]
     sess = cpu_session(path)
     inp = sess.get_inputs()[0]

@@ -28,6 +28,7 @@ from segkd.export.formats import (
     default_onnx_path,
     get_precision,
 )
+from segkd.export.fp16 import to_mixed_fp16
 from segkd.export.onnx_export import (
     DYNAMIC_CHOICES,
     EXPORTERS,
@@ -35,6 +36,7 @@ from segkd.export.onnx_export import (
     check_dynamic_sizes,
     read_metadata,
     resolve_exporter,
+    size_multiple,
     torch_to_onnx,
     write_metadata,
 )
@@ -103,6 +105,12 @@ def check_options(opts: ExportOptions, meta: ModelMeta, model: nn.Module | None 
     h, w = opts.size(meta)
     if min(h, w) < _MIN_SIDE:
         problems.append(f"export size {h}x{w} is too small (height and width must be >= {_MIN_SIDE})")
+    m = size_multiple(model) if model is not None else 1
+    if h % m or w % m:
+        problems.append(
+            f"{meta.arch.get('name')} takes heights and widths that are multiples of {m}, not {h}x{w} "
+            f"(e.g. --height {-(-h // m) * m} --width {-(-w // m) * m})"
+        )
     if max(h, w) > _MAX_SIDE:
         problems.append(f"export size {h}x{w} is too large (height and width must be <= {_MAX_SIDE})")
     if opts.batch < 1 or opts.calib_count < 1 or opts.verify_count < 1:
@@ -201,6 +209,14 @@ def _export_meta(
     return dataclasses.replace(meta, input_size=list(opts.size(meta)), extra=extra)
 
 
+def _is_transformer(meta: ModelMeta) -> bool:
+    """Registered with ``transformer=True``: its FP16 file is the mixed one (`segkd.export.fp16`)."""
+    from segkd.distill.models import MODELS, model_traits
+
+    name = meta.arch.get("name")
+    return name in MODELS and model_traits(name).transformer
+
+
 def _identity(precision: str, target: str | None, size: str, dynamic: str, output: str, fused: str) -> dict:
     """What makes two exports of one checkpoint different files (and what names them apart)."""
     return {"precision": precision, "INT8 target": target or "-", "input size": size, "dynamic axes": dynamic or "none",
@@ -280,10 +296,16 @@ def export_model(
     with work_dir("export") as tmp:
         graph = tmp / "graph.onnx"
         common = {"fuse_preprocess": opts.fuse_preprocess, "dynamic": opts.dynamic}
+        mixed = prec.dtype == "float16" and _is_transformer(meta)  # FP16 that keeps LayerNorm/Softmax in fp32
         exporter = torch_to_onnx(
-            model, meta, graph, size=size, batch=opts.batch, dtype=prec.dtype, argmax=opts.argmax,
-            label_dtype=opts.label_dtype, opset=opts.opset, exporter=opts.exporter, slim=opts.slim, log=log, **common,
+            model, meta, graph, size=size, batch=opts.batch, dtype="float32" if mixed else prec.dtype,
+            argmax=opts.argmax, label_dtype=opts.label_dtype, opset=opts.opset, exporter=opts.exporter,
+            slim=opts.slim, log=log, **common,
         )  # fmt: skip
+        if mixed:
+            kept = to_mixed_fp16(graph, graph)
+            log(f"float16 graph with {kept} kept in float32 (LayerNorm, softmax, attention logits)")
+            meta = dataclasses.replace(meta, extra={**meta.extra, "fp32_ops": kept})
         if opts.dynamic != "none":
             check_dynamic_sizes(graph, model, meta, size=size, rtol=_DYNAMIC_RTOL[prec.dtype], **common)
         if prec.calibrated:

@@ -19,7 +19,7 @@ from segkd.distill.convert import convert_official_checkpoint
 from segkd.distill.load import load_model
 from segkd.distill.models import MODELS, build_model
 from segkd.distill.models.pretrained import OFFICIAL_LAYOUTS, WeightsError
-from segkd.export.onnx_export import ExportError, torch_to_onnx
+from segkd.export.onnx_export import torch_to_onnx
 from segkd.export.pipeline import ExportOptions, export_model
 from segkd.infer.meta import ModelMeta
 from segkd.infer.runtime.ort_session import cpu_session
@@ -185,8 +185,8 @@ def test_the_official_imagenet_file_loads_into_the_two_branches(
 # ------------------------------------------------------------------------------------------ ONNX
 # Only heights and widths that are multiples of 32 run: the aggregation upsamples the 1/32 semantic feature by a fixed
 # factor 4 onto the 1/8 detail feature (as the official code does), and the two grids meet only at those sizes. So a
-# fixed-size export is verified, and a graph with dynamic batch, height and width is checked at other multiples of 32;
-# the pipeline's own dynamic check, at an odd size, refuses it.
+# fixed-size export is verified, and a graph with dynamic batch, height and width is checked at other multiples of 32,
+# as the pipeline's own dynamic check does (the model's ``size_multiple``; it used to check, and fail, at 53x163).
 def test_the_eval_model_exports_with_one_output(name: str, model: torch.nn.Module, tmp_path: Path) -> None:
     model.eval()
     result = export_model(
@@ -212,6 +212,7 @@ def test_a_dynamic_graph_runs_at_other_multiples_of_32(
         got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
         with torch.no_grad():
             np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-4, atol=1e-4)
-    with pytest.raises(ExportError, match="the dynamic graph fails at batch 2"):
-        export_model(model, meta, tmp_path / "all.onnx", ExportOptions(dynamic="all", **FAST), log=_quiet)
-    assert not (tmp_path / "all.onnx").exists()
+    result = export_model(
+        model, meta, tmp_path / "all.onnx", ExportOptions(dynamic="all", **FAST), log=_quiet
+    )
+    assert result.report is not None and result.report.passed

@@ -237,6 +237,9 @@ class BiSeNetV2(nn.Module):
     size, as the official heads upsample them (``aux`` is the first, on the 1/4 stem).
     """
 
+    # Read by the exporter: export sizes, and the sizes a dynamic graph is checked at, are multiples of this.
+    size_multiple = SIZE_MULTIPLE
+
     def __init__(self, num_classes: int = 19, *, align_corners: bool = False) -> None:
         super().__init__()
         if num_classes < 1:
