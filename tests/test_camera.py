@@ -275,9 +275,16 @@ def test_live_reader_reports_a_stalled_source() -> None:
 # --------------------------------------------------------------------------------------------- sources
 
 
+def _placeholder(folder: Path) -> Path:
+    """A model file that exists (checked before the source); the source's error comes before it is read."""
+    path = folder / "model.onnx"
+    path.write_bytes(b"placeholder")
+    return path
+
+
 def test_missing_file_exits_2_naming_it(tmp_path: Path) -> None:
     missing = tmp_path / "nope.mp4"
-    r = _run("model.onnx", "--source", missing, "--headless")
+    r = _run(_placeholder(tmp_path), "--source", missing, "--headless")
     assert r.returncode == 2, r.stderr
     assert f"video file '{missing}' not found" in r.stderr and "camera index such as 0" in r.stderr
     assert "Traceback" not in r.stderr
@@ -286,18 +293,19 @@ def test_missing_file_exits_2_naming_it(tmp_path: Path) -> None:
 def test_undecodable_file_and_dead_stream_exit_2(tmp_path: Path) -> None:
     fake = tmp_path / "notes.mp4"
     fake.write_text("not a video")
-    r = _run("model.onnx", "--source", fake, "--headless")
+    model = _placeholder(tmp_path)
+    r = _run(model, "--source", fake, "--headless")
     assert r.returncode == 2 and f"cannot open file '{fake}'" in r.stderr and "ffplay" in r.stderr
-    r = _run("model.onnx", "--source", "rtsp://127.0.0.1:9/none", "--headless")
+    r = _run(model, "--source", "rtsp://127.0.0.1:9/none", "--headless")
     assert r.returncode == 2 and "cannot open stream 'rtsp://127.0.0.1:9/none'" in r.stderr
     assert "check the URL" in r.stderr
-    r = _run("model.onnx", "--source", 99, "--headless")  # no machine has a hundredth camera
+    r = _run(model, "--source", 99, "--headless")  # no machine has a hundredth camera
     assert r.returncode == 2 and "cannot open camera '99'" in r.stderr and "--source 1" in r.stderr
 
 
-def test_window_without_display_exits_2(bikes: Path) -> None:
+def test_window_without_display_exits_2(bikes: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    r = _run("model.onnx", "--source", bikes, env=env)
+    r = _run(_placeholder(tmp_path), "--source", bikes, env=env)
     assert r.returncode == 2 and "--headless" in r.stderr
 
 
@@ -468,6 +476,7 @@ def test_unloadable_model_exits_2(tmp_path: Path, bikes: Path) -> None:
     bad.write_bytes(b"\x00not onnx")
     r = _run(bad, "--source", bikes, "--headless")
     assert r.returncode == 2 and f"cannot load model {bad}" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "model.h5").write_bytes(b"keras")
     r = _run(tmp_path / "model.h5", "--source", bikes, "--headless")
     assert r.returncode == 2 and "model file suffix" in r.stderr
 

@@ -175,8 +175,9 @@ def _export(name: str, out: Path, dynamic: str) -> Path:
     return export_model(_model(name), _meta(name, (64, 128)), out, opts, log=lambda _: None).path
 
 
-# PIDNet-M/L take 10-20 s each to export and verify on two CPU cores: slow; PIDNet-S has the same graph structure.
-EXPORTED = ["pidnet_s", *(pytest.param(n, marks=pytest.mark.slow) for n in NAMES[1:])]
+# PIDNet-S only: M and L have the same graph structure (10-20 s each to export on two cores; docs/quantization.md
+# has every variant through every format).
+EXPORTED = ["pidnet_s"]
 
 
 @pytest.mark.parametrize("name", EXPORTED)

@@ -148,7 +148,7 @@ def test_an_imagenet_file_of_the_other_variant_is_refused_with_the_right_file_na
 
 
 # STDC2 differs from STDC1 only in how many blocks each stage repeats: its exports take longer and test no other op.
-EXPORTED = ["stdc1", pytest.param("stdc2", marks=pytest.mark.slow)]
+EXPORTED = ["stdc1"]  # STDC2 has the same graph structure (docs/quantization.md exports both)
 
 
 def _meta(name: str, size: tuple[int, int]) -> ModelMeta:
