@@ -25,6 +25,7 @@ import pytest
 import torch
 import yaml
 from filelock import FileLock
+from planted import Payload
 
 from segkd.distill.checkpoint import load_checkpoint
 from segkd.distill.config import ConfigError, load_config
@@ -89,18 +90,8 @@ def finished_run(tiny_config: Path, tmp_path_factory: pytest.TempPathFactory) ->
 # ------------------------------------------------------------------------------------------- planted pickles
 
 
-class _Payload:
-    """Unpickling this runs ``open(marker, 'w')``: the proof that a loader executed code."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):  # noqa: ANN204
-        return (open, (self.marker, "w"))
-
-
 def _plant(path: Path, marker: Path) -> None:
-    path.write_bytes(pickle.dumps({"state": _Payload(marker)}))
+    path.write_bytes(pickle.dumps({"state": Payload(marker)}))
 
 
 @pytest.mark.slow
@@ -117,7 +108,7 @@ def test_a_pickle_planted_in_every_state_file_never_runs(
     for f in files:
         _plant(f, marker)
     (run / "state" / "custom_checkpoint_0.pkl").write_bytes(
-        pickle.dumps(_Payload(marker))
+        pickle.dumps(Payload(marker))
     )  # Accelerate's name
     proc = _train(tiny_config, f"train.output_dir={run}", "train.max_iters=6", expect=2)
     assert not marker.exists()
@@ -683,7 +674,7 @@ def test_a_pickled_weight_file_is_refused_without_torchs_unsafe_advice(
     marker = tmp_path / "pwned"
     planted = tmp_path / "weights.pth"
     torch.save(
-        {"conv1.weight": torch.zeros(1), "extra": _Payload(marker)}, planted
+        {"conv1.weight": torch.zeros(1), "extra": Payload(marker)}, planted
     )  # a torch zip with code in it
     extra = ["losses=[{name: kd}]"] if where == "teacher.checkpoint" else []
     proc = _train(tiny_config, f"{where}={planted}", f"train.output_dir={tmp_path / 'run'}", *extra, expect=2)

@@ -176,23 +176,15 @@ def test_training_config_accepts_a_model_id_or_folder_for_transformer_students(t
     assert "does not exist" in _pretrained_problem("deeplabv3_r18", "nvidia/mit-b0")  # CNNs take files
 
 
-class _Payload:
-    """Unpickling this would create ``marker``: the proof that a loader ran code."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):  # noqa: ANN204
-        return (open, (self.marker, "w"))
-
-
 def test_a_folder_with_a_pickled_bin_is_refused_without_running_it(files, tmp_path) -> None:
+    from planted import Payload
+
     folder, source = files["mit"]
     planted = tmp_path / "planted"
     planted.mkdir()
     (planted / "config.json").write_text((folder / "config.json").read_text())
     marker = tmp_path / "pwned"
-    torch.save({**source.state_dict(), "extra": _Payload(marker)}, planted / "pytorch_model.bin")
+    torch.save({**source.state_dict(), "extra": Payload(marker)}, planted / "pytorch_model.bin")
     with pytest.raises(WeightsError) as e:
         build_model("segformer_b0", num_classes=7, depths=DEPTHS, pretrained=str(planted))
     assert not marker.exists() and "loading those could run code" in str(e.value)

@@ -31,18 +31,22 @@ SIZE = (64, 128)
 FAST = {"exporter": "torchscript", "verify_count": 2, "calib_count": 4}
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("openvino")
-    torch.manual_seed(0)
-    meta = ModelMeta(
+def _meta() -> ModelMeta:
+    """The metadata of the test checkpoints: a quarter-width PSPNet-R18 of K classes at SIZE."""
+    return ModelMeta(
         arch={"name": "pspnet_r18", "num_classes": K, "width": 0.25},
         class_names=[f"c{i}" for i in range(K)],
         palette=[[30 * i, 255 - 30 * i, 7 * i] for i in range(K)],
         input_size=list(SIZE),
         extra={},
     )
-    save_checkpoint(root / "m.pth", build_model("pspnet_r18", num_classes=K, width=0.25), meta)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("openvino")
+    torch.manual_seed(0)
+    save_checkpoint(root / "m.pth", build_model("pspnet_r18", num_classes=K, width=0.25), _meta())
     rng = np.random.default_rng(1)
     (root / "frames").mkdir()
     for i in range(4):
@@ -138,15 +142,8 @@ def test_a_bin_of_another_model_is_refused(work: Path, tmp_path: Path) -> None:
     from segkd.export.openvino_export import export_openvino
 
     torch.manual_seed(1)
-    meta = ModelMeta(
-        arch={"name": "pspnet_r18", "num_classes": K, "width": 0.25},
-        class_names=[f"c{i}" for i in range(K)],
-        palette=[[30 * i, 255 - 30 * i, 7 * i] for i in range(K)],
-        input_size=list(SIZE),
-        extra={},
-    )
     other = save_checkpoint(
-        tmp_path / "other.pth", build_model("pspnet_r18", num_classes=K, width=0.25), meta
+        tmp_path / "other.pth", build_model("pspnet_r18", num_classes=K, width=0.25), _meta()
     )
     opts = {"exporter": "torchscript", "verify_count": 1}
     a = export_openvino(
