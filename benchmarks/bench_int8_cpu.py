@@ -45,7 +45,7 @@ def _contenders(name: str, size: tuple[int, int], work: Path) -> dict[str, Path]
         QUANT_OP_TYPES,
         _calibrate,
         _cpu_settings,
-        _pre_process,
+        pre_process,
         quantize_settings,
     )
     from segkd.infer.meta import ModelMeta
@@ -57,7 +57,7 @@ def _contenders(name: str, size: tuple[int, int], work: Path) -> dict[str, Path]
     torch_to_onnx(model, meta, fp32, size=size, batch=1, dtype="float32", argmax=False, label_dtype="uint8",
                   opset=18, exporter="torchscript", slim=True, log=lambda _: None, fuse_preprocess=False,
                   dynamic="none")  # fmt: skip
-    _pre_process(fp32, pre, print)
+    pre_process(fp32, pre, print)
     samples = synthetic_samples(2, size)
     out = {"fp32": fp32}
 

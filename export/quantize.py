@@ -35,7 +35,12 @@ __all__ = [
     "CALIB_GROUP_MB",
     "CPU_OP_TYPES",
     "ENTROPY_BINS",
+    "Ranges",
+    "calibrate_ranges",
     "calibrated_tensor_bytes",
+    "pre_process",
+    "quantize_with_ranges",
+    "read_ranges",
     "tensor_groups",
     "QUANT_OP_TYPES",
     "quantize_int8",
@@ -116,7 +121,7 @@ def quantize_settings(method: str, target: str = "tensorrt") -> dict[str, Any]:
     return {**_TARGETS[target](), "calibrate_method": getattr(CalibrationMethod, CALIB_METHODS[method])}
 
 
-def _pre_process(src: Path, dst: Path, log: Callable[[str], None]) -> None:
+def pre_process(src: Path, dst: Path, log: Callable[[str], None] = print) -> None:
     """Shape inference + graph optimisation before quantization (symbolic shapes first, plain ONNX if that fails)."""
     from onnxruntime.quantization import quant_pre_process
 
@@ -292,6 +297,83 @@ def _calibrate(
     return len(groups)
 
 
+Ranges = dict[str, tuple[float, float]]
+"""Activation ranges by ONNX tensor name: (lowest, highest) in float32 values, what `quantize_with_ranges` takes."""
+
+
+def read_ranges(cache: Path) -> Ranges:
+    """The (lowest, highest) of each tensor in an ONNX Runtime calibration cache."""
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    data = load_tensors_data(cache).data
+
+    def value(v: Any) -> float:
+        return float(np.asarray(v, dtype=np.float32).reshape(-1)[0])
+
+    return {name: (value(t.range_value[0]), value(t.range_value[1])) for name, t in sorted(data.items())}
+
+
+def calibrate_ranges(
+    pre: str | os.PathLike[str],
+    reader: Any,
+    *,
+    method: str = "percentile",
+    target: str = "tensorrt",
+    percentile: float = DEFAULT_PERCENTILE,
+    group_mb: float = CALIB_GROUP_MB,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Ranges:
+    """The activation ranges of the pre-processed graph ``pre`` (see `pre_process`) over ``reader``'s images.
+
+    The ranges cover every tensor the ``target`` form quantizes; `quantize_with_ranges` turns them into the
+    INT8 graph, as many times as needed (with other layers left in float) without calibrating again.
+    """
+    quantize_settings(method, target)  # unknown method/target: one clear error before any work
+    if method == "percentile" and not 50.0 < percentile <= 100.0:
+        raise ValueError(f"percentile must be in (50, 100], got {percentile}")
+    if not group_mb > 0:
+        raise ValueError(f"group_mb must be > 0, got {group_mb}")
+    with work_dir("calib") as work:
+        cache = work / "ranges.json"
+        _calibrate(Path(pre), reader, method, target, cache, work, progress=progress, percentile=percentile,
+                   group_mb=group_mb, log=log)  # fmt: skip
+        return read_ranges(cache)
+
+
+def quantize_with_ranges(
+    pre: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    ranges: Ranges,
+    *,
+    target: str = "tensorrt",
+    nodes_to_exclude: Sequence[str] = (),
+) -> None:
+    """Write the INT8 graph of the pre-processed float graph ``pre`` for ``target`` with the given ranges.
+
+    ``nodes_to_exclude`` names nodes of ``pre`` that stay in float. Every tensor the form quantizes needs a
+    range; weights are quantized from their own values (per channel, symmetric).
+    """
+    from onnxruntime.quantization import CalibrationMethod, quantize_static
+    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+
+    settings = quantize_settings("minmax", target)
+    data = {name: (np.array(lo, np.float32), np.array(hi, np.float32)) for name, (lo, hi) in ranges.items()}
+    with work_dir("int8") as work:
+        cache = work / "ranges.json"
+        save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(pre),
+                str(dst),
+                None,
+                calibration_cache_path=str(cache),
+                calibration_providers=["CPUExecutionProvider"],
+                nodes_to_exclude=list(nodes_to_exclude),
+                **settings,
+            )
+
+
 def quantize_int8(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -303,8 +385,8 @@ def quantize_int8(
     group_mb: float = CALIB_GROUP_MB,
     progress: bool = True,
     log: Callable[[str], None] = print,
-) -> None:
-    """Quantize the float32 ONNX graph ``src`` into the INT8 graph ``dst`` for ``target``.
+) -> Ranges:
+    """Quantize the float32 ONNX graph ``src`` into the INT8 graph ``dst`` for ``target``; returns the ranges.
 
     Args:
         reader: calibration data (``get_next() -> {input name: array} | None``), e.g.
@@ -315,24 +397,11 @@ def quantize_int8(
             clips the rest), e.g. 99.99.
         progress: show a progress bar over the calibration batches (on stderr).
     """
-    from onnxruntime.quantization import quantize_static
-
-    settings = quantize_settings(method, target)
-    if not group_mb > 0:
-        raise ValueError(f"group_mb must be > 0, got {group_mb}")
+    quantize_settings(method, target)
     with work_dir("int8") as work:
-        pre, cache = work / "pre.onnx", work / "ranges.json"
-        _pre_process(Path(src), pre, log)
-        if method == "percentile" and not 50.0 < percentile <= 100.0:
-            raise ValueError(f"percentile must be in (50, 100], got {percentile}")
-        _calibrate(pre, reader, method, target, cache, work, progress=progress, percentile=percentile,
-                   group_mb=group_mb, log=log)  # fmt: skip
-        with contextlib.redirect_stdout(io.StringIO()):
-            quantize_static(
-                str(pre),
-                str(dst),
-                None,
-                calibration_cache_path=str(cache),
-                calibration_providers=["CPUExecutionProvider"],
-                **settings,
-            )
+        pre = work / "pre.onnx"
+        pre_process(Path(src), pre, log)
+        ranges = calibrate_ranges(pre, reader, method=method, target=target, percentile=percentile,
+                                  group_mb=group_mb, progress=progress, log=log)  # fmt: skip
+        quantize_with_ranges(pre, dst, ranges, target=target)
+    return ranges
