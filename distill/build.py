@@ -56,8 +56,10 @@ def build_run(cfg: Config) -> Run:
     inputs = check_inputs(cfg, accelerator.num_processes)
     if cfg.data.check:
         _on_main(accelerator, lambda: check_data(cfg))
-    num_classes = check_classes(inputs.train_set, inputs.teacher_meta, cfg.student.num_classes)
-    meta = _student_meta(cfg, inputs.train_set, num_classes)
+    start = inputs.start_meta  # quantization-aware training: the float checkpoint's model
+    classes = start.num_classes if start is not None else cfg.student.num_classes
+    num_classes = check_classes(inputs.train_set, inputs.teacher_meta, classes)
+    meta = _student_meta(cfg, inputs.train_set, num_classes) if start is None else _qad_meta(cfg, start)
     check_strides(meta, inputs.teacher_meta)
     step, teacher, teacher_meta = _build_step(cfg, meta, accelerator.device)
     if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
@@ -138,6 +140,15 @@ def _student_meta(cfg: Config, dataset: Any, num_classes: int) -> ModelMeta:
     )
 
 
+def _qad_meta(cfg: Config, start: ModelMeta) -> ModelMeta:
+    """A quantization-aware run's student is its float checkpoint's model: same architecture, classes, input."""
+    import dataclasses
+
+    method = "+".join(spec["name"] for spec in cfg.losses) if cfg.distill else "plain"
+    extra = {"dataset": cfg.data.dataset, "method": f"qad({cfg.quantize.target})+{method}"}
+    return dataclasses.replace(start, input_size=list(cfg.data.crop_size), extra=extra)
+
+
 def _build_step(
     cfg: Config, meta: ModelMeta, device: torch.device
 ) -> tuple[nn.Module, nn.Module | None, Any]:
@@ -148,7 +159,12 @@ def _build_step(
 
     set_seed(cfg.train.seed)
     arch = dict(meta.arch)
-    student = build_model(arch.pop("name"), pretrained=cfg.student.pretrained, **arch)
+    if cfg.quantize.target:
+        from segkd.distill.load import load_model
+
+        student = load_model(cfg.quantize.checkpoint)[0].train()
+    else:
+        student = build_model(arch.pop("name"), pretrained=cfg.student.pretrained, **arch)
     teacher, teacher_meta = None, None
     if cfg.distill:
         teacher, teacher_meta = frozen_teacher(cfg.teacher.checkpoint, device, cfg.teacher.half)

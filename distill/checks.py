@@ -38,6 +38,7 @@ class Inputs:
     val_set: Any
     teacher_meta: ModelMeta | None
     micro_batch: int
+    start_meta: ModelMeta | None = None  # the float checkpoint a quantization-aware run starts from
 
 
 def check_inputs(cfg: Config, num_processes: int) -> Inputs:
@@ -57,6 +58,9 @@ def check_inputs(cfg: Config, num_processes: int) -> Inputs:
                 teacher_meta = load_checkpoint(tpath).meta
             except CheckpointError as e:
                 problems.append(f"teacher.checkpoint: {e}")
+    start_meta = None
+    if cfg.quantize.target:
+        start_meta = _quantize_start(cfg, problems)
     if cfg.student.pretrained:
         problem = _pretrained_problem(cfg.student.name, cfg.student.pretrained)
         if problem:
@@ -68,7 +72,34 @@ def check_inputs(cfg: Config, num_processes: int) -> Inputs:
     if problems:
         raise ConfigError("\n".join(problems))
     train_set, val_set = datasets
-    return Inputs(train_set, val_set, teacher_meta, micro)
+    return Inputs(train_set, val_set, teacher_meta, micro, start_meta)
+
+
+def _quantize_start(cfg: Config, problems: list[str]) -> ModelMeta | None:
+    """The metadata of ``quantize.checkpoint`` after checking it is a float checkpoint (problems appended)."""
+    from segkd.distill.qat import QUANT_KEY
+
+    path = Path(cfg.quantize.checkpoint)
+    if not path.is_file():
+        problems.append(
+            f"quantize.checkpoint {path} does not exist{' (it is a folder)' if path.is_dir() else ''}; give the "
+            "trained float checkpoint to fine-tune, e.g. runs/demo/cwd/best.pth"
+        )
+        return None
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as e:
+        problems.append(f"quantize.checkpoint: {e}")
+        return None
+    if QUANT_KEY in ckpt.meta.extra:
+        source = ckpt.provenance.get("config", {}).get("quantize", {}).get("checkpoint")
+        hint = f" ({source})" if source else ""
+        problems.append(
+            f"quantize.checkpoint {path} is already quantization-aware trained; start from the float checkpoint "
+            f"it came from{hint}, or export it as it is (export/to_onnx.py --precision int8)"
+        )
+        return None
+    return ckpt.meta
 
 
 _DEMO_TEACHER = Path("assets", "demo_teacher.pth")  # configs/demo/_base.yaml's teacher

@@ -49,6 +49,7 @@ __all__ = [
     "OhemConfig",
     "OptimConfig",
     "TaskConfig",
+    "QuantizeConfig",
     "TeacherConfig",
     "TrainConfig",
     "GROUPS",
@@ -345,6 +346,35 @@ class TaskConfig:
 
 
 @dataclass
+class QuantizeConfig:
+    """Quantization-aware distillation into INT8 (QAD; see :mod:`segkd.distill.qat` and docs/quantization.md).
+
+    With a ``target`` the run fine-tunes the trained float model ``checkpoint`` through fake INT8 quantization in
+    exactly the placement of that INT8 file form, calibrated once at the start on ``calib_count`` training images
+    (the student's architecture, weights and class names are the checkpoint's; ``student.*`` is not used). The
+    teacher defaults to the float checkpoint itself and ``losses`` to pixel-wise KD on the logits. Export the
+    result with ``python export/to_onnx.py RUN/best.pth --precision int8 --target TARGET``: it quantizes with the
+    ranges of the run, no calibration images needed.
+
+    Attributes:
+        target: ``tensorrt`` (s8 symmetric Q/DQ, what ``export/to_trt.py`` builds) or ``cpu`` (ONNX Runtime's u8
+            form); null trains in float.
+        checkpoint: the trained float checkpoint to start from (``best.pth`` of a run).
+        calib_count: training images the activation ranges are calibrated on (spread over the split).
+        calib_method: ``percentile``, ``minmax`` or ``entropy``, as ``--calib-method`` of the export.
+        percentile: with ``percentile``, the share of each activation's histogram its range keeps.
+        freeze_bn: keep BatchNorm statistics fixed (they are folded into the Convs of the INT8 file).
+    """
+
+    target: str | None = None
+    checkpoint: str | None = None
+    calib_count: int = 32
+    calib_method: str = "percentile"
+    percentile: float = 99.99
+    freeze_bn: bool = True
+
+
+@dataclass
 class Config:
     """A whole run: see each section's class. Without ``losses`` the run is plain training (no teacher is loaded).
 
@@ -363,6 +393,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
 
     @property
     def distill(self) -> bool:
@@ -383,7 +414,13 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "student.channel_order": ("RGB", "BGR"),
     "task.loss": ("ce", "ohem"),
     "task.aux_loss": ("ce", "ohem"),
-    "adversarial.spectral_norm": ("torch", "sagan"),  # the keys of segkd.distill.adversarial.SPECTRAL_NORMS
+    "adversarial.spectral_norm": ("torch", "sagan"),
+    "quantize.target": (None, "tensorrt", "cpu"),  # segkd.distill.qat.TARGETS
+    "quantize.calib_method": (
+        "percentile",
+        "minmax",
+        "entropy",
+    ),  # segkd.export.formats.CALIB_METHODS  # the keys of segkd.distill.adversarial.SPECTRAL_NORMS
 }
 
 
@@ -620,10 +657,47 @@ def _validate(cfg: Config, origin: str) -> list[str]:
     a = cfg.adversarial
     if a.enabled:
         problems += _adversarial_problems(cfg, origin, stride)
+    problems += [f"{origin}: {p}" for p in _quantize_problems(cfg)]
     if cfg.losses and cfg.teacher.checkpoint is None:
         problems.append(
             f"{origin}: losses are given but teacher.checkpoint is null; set teacher.checkpoint=PATH to distil, "
             "or losses=[] for plain training"
+        )
+    return problems
+
+
+# Quantization-aware distillation's default terms: pixel-wise KD on the logits (configs/_methods/kd.yaml).
+QAD_LOSSES = [{"name": "kd", "tau": 1.0, "weight": 1.0}]
+
+
+def _quantize_defaults(cfg: Config) -> None:
+    """A QAD run distils from its own float checkpoint with logit KD unless the config names a teacher/losses."""
+    q = cfg.quantize
+    if q.target is None or q.checkpoint is None:
+        return
+    if cfg.teacher.checkpoint is None:
+        cfg.teacher.checkpoint = q.checkpoint
+    if not cfg.losses:
+        cfg.losses = [dict(spec) for spec in QAD_LOSSES]
+
+
+def _quantize_problems(cfg: Config) -> list[str]:
+    q = cfg.quantize
+    if q.target is None:
+        return []
+    problems = []
+    if not q.checkpoint:
+        problems.append(
+            f"quantize.target={q.target} needs quantize.checkpoint: the trained float checkpoint to fine-tune "
+            "(e.g. quantize.checkpoint=runs/demo/cwd/best.pth)"
+        )
+    if q.calib_count < 1:
+        problems.append(f"quantize.calib_count must be >= 1, got {q.calib_count}")
+    if not 50.0 < q.percentile <= 100.0:
+        problems.append(f"quantize.percentile must lie in (50, 100], got {q.percentile}")
+    if cfg.student.pretrained:
+        problems.append(
+            "quantize.checkpoint gives the student its weights; drop student.pretrained (student.pretrained=null)"
         )
     return problems
 
@@ -836,6 +910,7 @@ def load_config(
     problems: list[str] = []
     cfg = _build(Config, data, "", origin, problems)
     if not problems:
+        _quantize_defaults(cfg)
         problems = _validate(cfg, origin)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

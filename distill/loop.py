@@ -88,6 +88,10 @@ def train(cfg: Config) -> TrainResult:
             state = prepare_run_dir(run)
             if state is not None:
                 resume(run, state)
+            if cfg.quantize.target:
+                from segkd.distill.qat import prepare_qad
+
+                run.meta = prepare_qad(run, resumed=state is not None, log=lambda m: say(acc, m))
         except ConfigError:
             forget_failed_fork(run)  # a fork's new folder that got only its config is not left behind
             raise

@@ -110,6 +110,12 @@ EXTRA_KEYS = {
     "opset": "ONNX opset of the default domain",
     "params": "number of weights of the PyTorch model",
     "train_input_size": "training crop HxW recorded in the checkpoint (input_size is the export size)",
+    "float_layers": "int8 with --max-drop only: the nodes kept in float, comma-separated, most damaging first",
+    "max_drop": "int8 with --max-drop only: the mIoU drop (points) the file was kept within",
+    "quantized_by": "int8 of a quantization-aware trained checkpoint: qad (ranges from its run, no calibration)",
+    "qad_source": "int8 of a QAD checkpoint: file name of the float checkpoint its run started from",
+    "qad_source_sha256": "int8 of a QAD checkpoint: SHA-256 of that float checkpoint",
+    "calibration": "int8 of a QAD checkpoint: how its ranges were calibrated (once, at the start of the run)",
     "fp32_ops": "fp16 of a transformer only: op types kept in float32, with counts (LayerNormalization:19,...)",
     "verification": "JSON summary of the ONNX Runtime vs PyTorch check (absent with --no-verify)",
 }
@@ -207,7 +213,7 @@ for _fmt in (
     ExportFormat(
         "onnx", "export", "export/to_onnx.py", ".onnx", "segkd.export.pipeline:export_checkpoint",
         "ONNX Runtime static quantization (Q/DQ; --target tensorrt or cpu)", ("onnxruntime",),
-        "pip install onnxruntime-gpu (or onnxruntime)", _GRAPH | _IMAGES | _ORT | {"target"},
+        "pip install onnxruntime-gpu (or onnxruntime)", _GRAPH | _IMAGES | _ORT | {"target", "max_drop"},
         "verified ONNX (FP32 / FP16 / INT8 Q/DQ)",
     ),
     ExportFormat(

@@ -27,6 +27,7 @@ import numpy as np
 from torch import nn
 
 from segkd.distill.models import MODELS, model_traits
+from segkd.distill.qat import read_spec
 from segkd.export.calib import Sample, network_input
 from segkd.export.formats import get_precision
 from segkd.export.onnx_export import ExportError
@@ -236,15 +237,21 @@ def export_openvino(
         raise ExportError(
             f"OpenVINO IR path {out} must end in .xml (its weights go to {out.with_suffix('.bin').name})"
         )
-    calib = calibration_samples(opts, meta, size) if prec.calibrated else []
+    qad = prec.calibrated and read_spec(meta) is not None  # quantization-aware trained: its own Q/DQ ranges
+    calib = calibration_samples(opts, meta, size) if prec.calibrated and not qad else []
     checks, check_source = verification_samples(opts, meta, size, log) if opts.verify else ([], "")
     check_writable(out, "OpenVINO output")
     out.parent.mkdir(parents=True, exist_ok=True)
     with work_dir_beside(out, "openvino") as tmp:
-        onnx_opts = dataclasses.replace(opts, precision="fp32", verify=False, out=None)
-        graph = _fp32_graph(model, meta, checkpoint, onnx_opts, Path(tmp), log)
+        if qad:  # OpenVINO reads the Q/DQ graph of the run's ranges as its INT8 model (no NNCF calibration)
+            onnx_opts = dataclasses.replace(opts, precision="int8", target=read_spec(meta).target, verify=False,
+                                            out=None)  # fmt: skip
+            graph = export_model(model, meta, Path(tmp) / "int8.onnx", onnx_opts, source=checkpoint, log=log)
+        else:
+            onnx_opts = dataclasses.replace(opts, precision="fp32", verify=False, out=None)
+            graph = _fp32_graph(model, meta, checkpoint, onnx_opts, Path(tmp), log)
         ov_model = ov.convert_model(str(graph.path))
-        if prec.calibrated:
+        if prec.calibrated and not qad:
             ov_model = _quantize(ov_model, calib, meta, opts.fuse_preprocess, log, checks)
         extra = {
             **graph.meta.extra,

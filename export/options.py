@@ -103,6 +103,17 @@ class ExportOptions:
         group="calibration",
         type=float,
     )
+    max_drop: float | None = _option(
+        None,
+        "with --precision int8 and labelled images (--calib-dataset/--calib-root): keep the layers whose INT8 "
+        "rounding hurts most in float (ranked by measured sensitivity on the calibration images) until the file's "
+        "mIoU on the verification images is within D points of FP32 (D <= 1.0, the int8 gate); says which layers "
+        "were kept and their cost in CPU latency, and refuses (writing nothing) when D cannot be met. ONNX export "
+        "only (to_onnx.py, both --target forms); docs/quantization.md",
+        group="calibration",
+        type=float,
+        metavar="D",
+    )
     target: str = _option(
         "tensorrt",
         "INT8 form: " + "; ".join(f"{k}: {v[1]}" for k, v in INT8_TARGETS.items()) + " (default tensorrt)",

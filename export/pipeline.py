@@ -19,6 +19,7 @@ from pathlib import Path
 
 from torch import nn
 
+from segkd.distill.qat import QUANT_KEY, QuantizationError, read_spec
 from segkd.export.calib import CalibrationReader, Sample, dataset_samples, folder_samples, synthetic_samples
 from segkd.export.formats import (
     CALIB_METHODS,
@@ -41,7 +42,8 @@ from segkd.export.onnx_export import (
     write_metadata,
 )
 from segkd.export.options import ExportOptions
-from segkd.export.quantize import quantize_int8
+from segkd.export.qad import qad_extra, quantize_qad
+from segkd.export.quantize import calibrate_ranges, pre_process, quantize_int8
 from segkd.export.verify import VerificationError, VerifyReport, verify_onnx
 from segkd.infer import __version__
 from segkd.infer.fileio import atomic_path, check_writable, sha256_file, work_dir
@@ -123,11 +125,17 @@ def check_options(opts: ExportOptions, meta: ModelMeta, model: nn.Module | None 
         problems.append("give --calib-dataset (with --calib-root) or --calib-images, not both")
     if bool(opts.calib_dataset) != bool(opts.calib_root):
         problems.append("--calib-dataset and --calib-root go together (dataset name and its root folder)")
-    if opts.precision == "int8" and not (opts.calib_dataset or opts.calib_images):
+    problems += _qad_problems(opts, meta)
+    if (
+        opts.precision == "int8"
+        and not (opts.calib_dataset or opts.calib_images)
+        and QUANT_KEY not in meta.extra
+    ):
         problems.append(
             "int8 needs calibration images: --calib-dataset NAME --calib-root DIR, or --calib-images DIR "
             "(a few dozen frames like those the model will see)"
         )
+    problems += _max_drop_problems(opts)
     if opts.exporter in EXPORTERS:
         exporter = resolve_exporter(opts.exporter)
         low, high = (18, 23) if exporter == "dynamo" else (13, 20)
@@ -137,6 +145,43 @@ def check_options(opts: ExportOptions, meta: ModelMeta, model: nn.Module | None 
             )
     if problems:
         raise ExportError("cannot export:\n  - " + "\n  - ".join(problems))
+
+
+def _qad_problems(opts: ExportOptions, meta: ModelMeta) -> list[str]:
+    """A quantization-aware trained checkpoint exports INT8 in the form it was trained for, with its own ranges."""
+    spec = read_spec(meta)
+    if spec is None or opts.precision != "int8":
+        return []
+    problems = []
+    if opts.target != spec.target:
+        problems.append(
+            f"this checkpoint was quantization-aware trained for --target {spec.target}, not {opts.target}; export "
+            f"--target {spec.target}, or train the {opts.target} form with quantize.target={opts.target} from its "
+            f"float checkpoint ({Path(spec.source).name})"
+        )
+    if opts.max_drop is not None:
+        problems.append("--max-drop is for post-training INT8; a quantization-aware trained checkpoint keeps its "
+                        "trained ranges: drop --max-drop")  # fmt: skip
+    return problems
+
+
+def _max_drop_problems(opts: ExportOptions) -> list[str]:
+    """What is wrong with ``--max-drop`` in ``opts`` (it needs int8, labelled images and the verification)."""
+    if opts.max_drop is None:
+        return []
+    gate, problems = get_precision("int8").max_miou_drop, []
+    if opts.precision != "int8":
+        problems.append(f"--max-drop applies to --precision int8 only (it keeps INT8 layers in float), not "
+                        f"{opts.precision}; export int8 on its own with it")  # fmt: skip
+    if not 0 <= opts.max_drop <= gate:
+        problems.append(f"--max-drop {opts.max_drop:g} is outside 0..{gate:g} mIoU points (every int8 file must "
+                        f"also pass the int8 gate of {gate:g})")  # fmt: skip
+    if not opts.calib_dataset:
+        problems.append("--max-drop measures mIoU, which needs labelled images: --calib-dataset NAME --calib-root "
+                        "DIR (--calib-images has no labels)")  # fmt: skip
+    if not opts.verify:
+        problems.append("--max-drop measures mIoU on the verification images; drop --no-verify")
+    return problems
 
 
 def calibration_samples(opts: ExportOptions, meta: ModelMeta, size: tuple[int, int]) -> list[Sample]:
@@ -184,7 +229,7 @@ def _export_meta(
 ) -> ModelMeta:
     """The checkpoint's metadata plus what this export is (see `segkd.export.formats.EXTRA_KEYS`)."""
     prec = get_precision(opts.precision)
-    extra = dict(meta.extra)
+    extra = {k: v for k, v in meta.extra.items() if k != QUANT_KEY}  # the run's ranges stay in the checkpoint
     extra.update(
         precision=prec.name,
         output="labels" if opts.argmax else "logits",
@@ -268,6 +313,43 @@ def _tag(identity: dict) -> str:
     return "-".join(parts)
 
 
+def _int8_within_drop(
+    graph: Path, dst: Path, reader: CalibrationReader, opts: ExportOptions, meta: ModelMeta, model: nn.Module,
+    exporter: str, checks: list[Sample], check_source: str, log: Callable[[str], None],
+) -> ModelMeta:  # fmt: skip
+    """INT8 of ``graph`` with its most damaging layers in float until within ``--max-drop`` mIoU of PyTorch on the
+    verification images (`segkd.export.sensitivity`); returns ``meta`` recording the kept layers.
+
+    Raises:
+        ExportError: the drop cannot be met; the message has the numbers reached.
+    """
+    from segkd.export.sensitivity import RANK_IMAGES, quantize_within
+
+    def verified(path: Path) -> VerifyReport:  # the verification the written file gets, run on a candidate
+        staged = path.with_name(path.stem + "-staged.onnx")
+        write_metadata(path, staged, _export_meta(meta, opts, model, exporter, None, None))
+        return verify_onnx(staged, model, meta, checks, precision="int8", source=check_source)
+
+    pre = dst.with_name("pre.onnx")
+    pre_process(graph, pre, log)
+    ranges = calibrate_ranges(pre, reader, method=opts.calib_method, target=opts.target,
+                              percentile=opts.calib_percentile, group_mb=opts.calib_group_mb, log=log)  # fmt: skip
+    reader.rewind()
+    inputs = [feed for _, feed in zip(range(RANK_IMAGES), iter(reader.get_next, None), strict=False)]
+    result = quantize_within(pre, dst, ranges, evaluate=lambda p: verified(p).miou_exported,
+                             reference=verified(graph).miou_torch, max_drop=opts.max_drop, inputs=inputs,
+                             target=opts.target, log=log)  # fmt: skip
+    if not result.met:
+        raise ExportError(
+            f"cannot keep INT8 within --max-drop {opts.max_drop:g}: {result.reason}; best reached "
+            f"{result.summary()}. Nothing was written. Allow a larger --max-drop, calibrate on more or other images "
+            "(--calib-count, --calib-method), or fine-tune with quantization-aware distillation (a `quantize:` section "
+            "in the training config, e.g. configs/demo/qad.yaml)"
+        )
+    kept = {"float_layers": ",".join(result.kept), "max_drop": f"{opts.max_drop:g}"}
+    return dataclasses.replace(meta, extra={**meta.extra, **kept})
+
+
 def export_model(
     model: nn.Module,
     meta: ModelMeta,
@@ -290,7 +372,8 @@ def export_model(
     prec, size, out = get_precision(opts.precision), opts.size(meta), check_writable(out, "ONNX output")
     refuse_other_options(out, opts, meta)
     # Read the images first: a bad calibration folder fails before minutes of export.
-    calib = calibration_samples(opts, meta, size) if prec.calibrated else []
+    spec = read_spec(meta) if prec.calibrated else None  # a QAD checkpoint brings its ranges
+    calib = calibration_samples(opts, meta, size) if prec.calibrated and spec is None else []
     checks, check_source = verification_samples(opts, meta, size, log) if opts.verify else ([], "")
     static_batch = 1 if "batch" in DYNAMIC_CHOICES[opts.dynamic] else opts.batch
     with work_dir("export") as tmp:
@@ -308,15 +391,27 @@ def export_model(
             meta = dataclasses.replace(meta, extra={**meta.extra, "fp32_ops": kept})
         if opts.dynamic != "none":
             check_dynamic_sizes(graph, model, meta, size=size, rtol=_DYNAMIC_RTOL[prec.dtype], **common)
-        if prec.calibrated:
+        if spec is not None:
+            quantized = tmp / "int8.onnx"
+            try:
+                quantize_qad(graph, quantized, spec, model, size, log)
+            except QuantizationError as e:
+                raise ExportError(f"cannot export: {e}") from None
+            meta = dataclasses.replace(meta, extra={**meta.extra, **qad_extra(spec)})
+            graph = quantized
+        elif prec.calibrated:
             log(
                 f"calibrating INT8 for {opts.target} ({opts.calib_method}) on {len(calib)} images "
                 f"{size[0]}x{size[1]}"
             )
             reader = CalibrationReader(calib, meta, "input", batch=static_batch, fused=opts.fuse_preprocess)
             quantized = tmp / "int8.onnx"
-            quantize_int8(graph, quantized, reader, method=opts.calib_method, target=opts.target,
-                          percentile=opts.calib_percentile, group_mb=opts.calib_group_mb, log=log)  # fmt: skip
+            if opts.max_drop is None:
+                quantize_int8(graph, quantized, reader, method=opts.calib_method, target=opts.target,
+                              percentile=opts.calib_percentile, group_mb=opts.calib_group_mb, log=log)  # fmt: skip
+            else:
+                meta = _int8_within_drop(graph, quantized, reader, opts, meta, model, exporter, checks,
+                                         check_source, log)  # fmt: skip
             graph = quantized
         report = None
         if (

@@ -40,6 +40,7 @@ __all__ = [
     "calibrated_tensor_bytes",
     "pre_process",
     "quantize_with_ranges",
+    "quantized_tensors",
     "read_ranges",
     "tensor_groups",
     "QUANT_OP_TYPES",
@@ -188,6 +189,17 @@ def calibrated_tensor_bytes(
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
         out[name] = None if None in dims or not dims else int(np.prod(dims)) * itemsize[t.elem_type]
     return out
+
+
+def quantized_tensors(model: Path, op_types: list[str]) -> set[str]:
+    """The activation tensors of ``model`` that quantizing ``op_types`` needs a range for."""
+    import onnx
+    from onnxruntime.quantization.calibrate import CalibraterBase
+
+    probe = CalibraterBase.__new__(CalibraterBase)
+    probe.op_types_to_calibrate = op_types
+    tensors, _ = probe.select_tensors_to_calibrate(onnx.load(str(model)))
+    return set(tensors)
 
 
 def tensor_groups(sizes: dict[str, int | None], budget: int) -> list[set[str]]:
@@ -348,16 +360,21 @@ def quantize_with_ranges(
     *,
     target: str = "tensorrt",
     nodes_to_exclude: Sequence[str] = (),
+    nodes_to_quantize: Sequence[str] | None = None,
 ) -> None:
     """Write the INT8 graph of the pre-processed float graph ``pre`` for ``target`` with the given ranges.
 
-    ``nodes_to_exclude`` names nodes of ``pre`` that stay in float. Every tensor the form quantizes needs a
-    range; weights are quantized from their own values (per channel, symmetric).
+    ``nodes_to_exclude`` names nodes of ``pre`` that stay in float; ``nodes_to_quantize``, when given, names the
+    only nodes that are quantized (the rest stay float), each even where its input is float (ONNX Runtime's
+    ``ForceQuantizeNoInputCheck``: a Resize or pooling quantized alone would otherwise stay float). Every tensor
+    the form quantizes needs a range; weights are quantized from their own values (per channel, symmetric).
     """
     from onnxruntime.quantization import CalibrationMethod, quantize_static
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
     settings = quantize_settings("minmax", target)
+    if nodes_to_quantize is not None:
+        settings["extra_options"] = {**settings["extra_options"], "ForceQuantizeNoInputCheck": True}
     data = {name: (np.array(lo, np.float32), np.array(hi, np.float32)) for name, (lo, hi) in ranges.items()}
     with work_dir("int8") as work:
         cache = work / "ranges.json"
@@ -370,6 +387,7 @@ def quantize_with_ranges(
                 calibration_cache_path=str(cache),
                 calibration_providers=["CPUExecutionProvider"],
                 nodes_to_exclude=list(nodes_to_exclude),
+                nodes_to_quantize=None if nodes_to_quantize is None else list(nodes_to_quantize),
                 **settings,
             )
 

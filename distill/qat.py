@@ -1,0 +1,342 @@
+"""Quantization-aware distillation (QAD): fine-tune a trained float model through the INT8 form it will run in.
+
+A ``quantize:`` section in a training config (see ``configs/demo/qad.yaml``) turns a run into QAD:
+
+1. The student starts from a trained float checkpoint (``quantize.checkpoint``).
+2. Calibrated once: the model is exported to ONNX exactly as ``export/to_onnx.py`` exports it, and ONNX Runtime
+   calibrates the ranges of every tensor the chosen INT8 form quantizes (the same calibrator, method and settings
+   as post-training INT8: `segkd.export.quantize`). Step 0 of QAD is therefore the post-training file.
+3. Fake quantization in exactly that form's placement: every Conv of the deployed graph quantizes its input
+   per tensor (``tensorrt``: s8 symmetric, zero point 0; ``cpu``: u8 asymmetric) and its weight per output
+   channel (s8 symmetric), with ONNX Runtime's own scale and zero-point arithmetic; biases stay float. The
+   gradient passes straight through inside the range and is zero outside (``torch.fake_quantize_*``).
+   BatchNorm statistics are frozen (they are folded into the Conv weights of the file, and per-channel
+   quantization of the folded weight equals per-channel quantization of the unfolded one).
+4. Fine-tuning distils from the float model itself (the default teacher) or any teacher, with the project's
+   losses (logit KL by default).
+
+The ranges travel in the checkpoint's metadata (``extra["quantization"]``, JSON): the export of a QAD checkpoint
+quantizes with them and calibrates nothing. Training-only heads (auxiliary, boundary) are absent from the
+deployed graph and stay float.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from segkd.infer.meta import ModelMeta
+
+__all__ = [
+    "QUANT_KEY",
+    "TARGETS",
+    "QuantSpec",
+    "QuantizationError",
+    "attach_fake_quant",
+    "calibrate_spec",
+    "conv_input_tensors",
+    "read_spec",
+]
+
+QUANT_KEY = "quantization"  # the metadata key (ModelMeta.extra) of a quantization-aware trained model
+TARGETS = ("tensorrt", "cpu")
+
+
+class QuantizationError(ValueError):
+    """A model, checkpoint or graph that quantization-aware training or its export cannot use (one line)."""
+
+
+@dataclass
+class QuantSpec:
+    """How a QAD model is quantized: the INT8 form and the range of every tensor that form quantizes.
+
+    Attributes:
+        target: ``tensorrt`` or ``cpu`` (the forms of ``export/to_onnx.py --target``).
+        method: the calibration method of the ranges (``percentile``, ``minmax``, ``entropy``).
+        ranges: ONNX tensor name -> [lowest, highest] (float32 values) in the graph exported with the
+            default export options.
+        conv_inputs: module name of each deployed Conv -> the ONNX tensor name of its input.
+        source, source_sha256: the float checkpoint QAD started from.
+        images: how many images the ranges were calibrated on.
+    """
+
+    target: str
+    method: str
+    ranges: dict[str, list[float]]
+    conv_inputs: dict[str, str]
+    source: str = ""
+    source_sha256: str = ""
+    images: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "the checkpoint") -> QuantSpec:
+        try:
+            data = json.loads(text)
+            spec = cls(**data)
+            ok = spec.target in TARGETS and all(
+                isinstance(v, list) and len(v) == 2 and all(isinstance(f, float | int) for f in v)
+                for v in spec.ranges.values()
+            )
+        except (TypeError, ValueError) as e:
+            raise QuantizationError(f"{where}: its quantization metadata is unreadable ({e})") from None
+        if not ok or not set(spec.conv_inputs.values()) <= set(spec.ranges):
+            raise QuantizationError(
+                f"{where}: its quantization metadata is inconsistent; use the file QAD wrote"
+            )
+        return spec
+
+    def conv_range(self, module: str) -> tuple[float, float]:
+        lo, hi = self.ranges[self.conv_inputs[module]]
+        return float(lo), float(hi)
+
+
+def read_spec(meta: ModelMeta, where: str = "the checkpoint") -> QuantSpec | None:
+    """The quantization of a QAD model's metadata, or None for a float model."""
+    text = meta.extra.get(QUANT_KEY)
+    return None if text is None else QuantSpec.from_json(text, where)
+
+
+# ----------------------------------------------------------------------------------- Conv <-> graph mapping
+
+
+def _deployed_convs(model: nn.Module, size: tuple[int, int]) -> list[tuple[str, tuple[int, ...]]]:
+    """(module name, weight shape) of each Conv2d call of one eval-mode forward, in call order."""
+    names = {m: n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def record(module: nn.Module, _args: Any) -> None:
+        calls.append((names[module], tuple(module.weight.shape)))
+
+    handles = [m.register_forward_pre_hook(record) for m in names]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *size))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    seen: set[str] = set()
+    for name, _ in calls:
+        if name in seen:
+            raise QuantizationError(
+                f"the Conv {name} runs more than once per forward; quantization-aware training places one "
+                "quantizer per Conv and cannot train a shared one"
+            )
+        seen.add(name)
+    return calls
+
+
+def _graph_convs(graph: Any) -> list[tuple[str, tuple[int, ...] | None]]:
+    """(input tensor name, weight shape or None) of each Conv node of an ONNX graph, in node order."""
+    shapes = {t.name: tuple(t.dims) for t in graph.initializer}
+    return [(n.input[0], shapes.get(n.input[1])) for n in graph.node if n.op_type == "Conv"]
+
+
+def conv_input_tensors(model: nn.Module, onnx_path: str | Path, size: tuple[int, int]) -> dict[str, str]:
+    """Module name of each Conv of ``model`` -> the input tensor name of its Conv node in the exported graph.
+
+    The exporters emit nodes in execution order, so the i-th Conv call of a forward is the i-th Conv node; the
+    weight shapes (unchanged by BatchNorm folding) confirm each pair.
+
+    Raises:
+        QuantizationError: the graph's Convs do not correspond one to one with the model's.
+    """
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    calls, nodes = _deployed_convs(model, size), _graph_convs(graph)
+    if len(calls) != len(nodes):
+        raise QuantizationError(
+            f"the exported graph has {len(nodes)} Conv nodes for {len(calls)} Conv modules run by the model; "
+            "quantization-aware training needs each deployed Conv to be an nn.Conv2d called once"
+        )
+    out = {}
+    for (name, shape), (tensor, graph_shape) in zip(calls, nodes, strict=True):
+        if graph_shape is not None and graph_shape != shape:
+            raise QuantizationError(
+                f"the exported graph's Convs are not in the model's order (the Conv for {name} has weight "
+                f"{list(graph_shape)}, the module {list(shape)})"
+            )
+        out[name] = tensor
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ calibration
+
+
+def calibrate_spec(
+    model: nn.Module,
+    meta: ModelMeta,
+    samples: list[Any],
+    *,
+    target: str,
+    method: str = "percentile",
+    percentile: float | None = None,
+    source: str = "",
+    source_sha256: str = "",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> QuantSpec:
+    """Calibrate the INT8 ranges of ``model`` (float, any mode) as ``export/to_onnx.py`` would, once.
+
+    Args:
+        samples: calibration images (:class:`segkd.export.calib.Sample`) at the size to calibrate at.
+    """
+    import copy
+
+    from segkd.export.calib import CalibrationReader
+    from segkd.export.onnx_export import torch_to_onnx
+    from segkd.export.options import ExportOptions
+    from segkd.export.quantize import DEFAULT_PERCENTILE, calibrate_ranges, pre_process
+    from segkd.infer.fileio import work_dir
+
+    if target not in TARGETS:
+        raise QuantizationError(f"unknown INT8 target {target!r}; choose one of {', '.join(TARGETS)}")
+    if not samples:
+        raise QuantizationError("no calibration images")
+    size = tuple(samples[0].image.shape[:2])
+    model = copy.deepcopy(model).float().eval()
+    opts = ExportOptions()  # the graph export/to_onnx.py writes by default: the same tensor names
+    with work_dir("qad-calib") as tmp:
+        graph, pre = tmp / "graph.onnx", tmp / "pre.onnx"
+        torch_to_onnx(model, meta, graph, size=size, opset=opts.opset, exporter=opts.exporter, slim=opts.slim,
+                      log=lambda _: None)  # fmt: skip
+        convs = conv_input_tensors(model, graph, size)
+        pre_process(graph, pre, log)
+        reader = CalibrationReader(samples, meta, "input", batch=1, fused=False)
+        ranges = calibrate_ranges(pre, reader, method=method, target=target, progress=progress, log=log,
+                                  percentile=DEFAULT_PERCENTILE if percentile is None else percentile)  # fmt: skip
+    missing = sorted(n for n, t in convs.items() if t not in ranges)
+    if missing:
+        raise QuantizationError(f"calibration gave no range for the inputs of {', '.join(missing[:5])}")
+    return QuantSpec(target, method, {k: [lo, hi] for k, (lo, hi) in ranges.items()}, convs, source,
+                     source_sha256, len(samples))  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------ fake quantization
+
+
+def _activation_qparams(lo: float, hi: float, target: str) -> tuple[float, int, int, int]:
+    """(scale, zero point, qmin, qmax) of an activation range, as ONNX Runtime's quantizer computes them."""
+    from onnx import TensorProto
+    from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
+
+    symmetric = target == "tensorrt"
+    qtype = TensorProto.INT8 if symmetric else TensorProto.UINT8
+    qmin, qmax = get_qmin_qmax_for_qType(qtype, symmetric=symmetric)
+    zp, scale = compute_scale_zp(np.array(lo, np.float32), np.array(hi, np.float32), qmin, qmax, symmetric)
+    return float(np.float32(scale)), int(zp), int(qmin), int(qmax)
+
+
+def fake_quant_weight(w: Tensor) -> Tensor:
+    """Per-output-channel symmetric INT8 (-127..127) fake quantization, ONNX Runtime's weight arithmetic."""
+    amax = w.detach().abs().flatten(1).amax(dim=1).double()
+    scale = (2 * amax / 254).float()
+    scale = torch.where(scale < torch.finfo(torch.float32).tiny, torch.ones_like(scale), scale)
+    zero = torch.zeros_like(scale, dtype=torch.int32)
+    return torch.fake_quantize_per_channel_affine(w.float(), scale, zero, 0, -127, 127).to(w.dtype)
+
+
+def _quantized_conv_forward(conv: nn.Conv2d, qparams: tuple[float, int, int, int], x: Tensor) -> Tensor:
+    scale, zp, qmin, qmax = qparams
+    xq = torch.fake_quantize_per_tensor_affine(x.float(), scale, zp, qmin, qmax)
+    return conv._conv_forward(xq.to(x.dtype), fake_quant_weight(conv.weight), conv.bias)
+
+
+def _frozen_batchnorm(module: nn.Module, _args: Any) -> None:
+    module.training = False  # running statistics are used and not updated, whatever mode the model is in
+
+
+def attach_fake_quant(model: nn.Module, spec: QuantSpec, *, freeze_bn: bool = True) -> int:
+    """Make ``model`` compute in ``spec``'s INT8 form (in place; the state dict keeps its keys). Returns the
+    number of quantized Convs.
+
+    Raises:
+        QuantizationError: ``spec`` names a Conv the model does not have (another architecture).
+    """
+    modules = dict(model.named_modules())
+    unknown = sorted(set(spec.conv_inputs) - set(modules))
+    if unknown:
+        raise QuantizationError(f"the quantization ranges name Convs this model does not have: {unknown[:3]}")
+    for name in spec.conv_inputs:
+        conv = modules[name]
+        if not isinstance(conv, nn.Conv2d):
+            raise QuantizationError(
+                f"{name} is a {type(conv).__name__}, not the Conv the ranges were made for"
+            )
+        qparams = _activation_qparams(*spec.conv_range(name), spec.target)
+        conv.forward = functools.partial(_quantized_conv_forward, conv, qparams)  # type: ignore[method-assign]
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.register_forward_pre_hook(_frozen_batchnorm)
+    return len(spec.conv_inputs)
+
+
+# --------------------------------------------------------------------------------------------- the training run
+
+SPEC_FILE = "quantization.json"  # in the run folder: the ranges a resumed run keeps (calibrated once)
+
+
+def prepare_qad(run: Any, resumed: bool, log: Callable[[str], None] = print) -> ModelMeta:
+    """Calibrate (fresh run, main process) or reread (resumed run) the ranges and fake-quantize the student.
+
+    Returns the student's metadata with the quantization recorded, what every checkpoint of the run carries.
+
+    Raises:
+        ConfigError: a resumed run without its ranges, or whose ``quantize.target`` changed.
+    """
+    from segkd.distill.config import ConfigError
+    from segkd.distill.run_dir import raise_on_all
+    from segkd.infer.fileio import atomic_write_text, sha256_file
+
+    cfg, acc, q = run.cfg, run.accelerator, run.cfg.quantize
+    path = Path(run.run_dir) / SPEC_FILE
+    error: Exception | None = None
+    if acc.is_main_process and not resumed:
+        try:
+            from segkd.export.calib import dataset_samples
+
+            crop = (int(cfg.data.crop_size[0]), int(cfg.data.crop_size[1]))
+            samples = dataset_samples(cfg.data.dataset, cfg.data.root, cfg.data.train_split, q.calib_count, crop,
+                                      run.meta.num_classes)  # fmt: skip
+            log(
+                f"calibrating INT8 ranges for {q.target} ({q.calib_method}) on {len(samples)} training images"
+            )
+            spec = calibrate_spec(run.student, run.meta, samples, target=q.target, method=q.calib_method,
+                                  percentile=q.percentile, source=str(q.checkpoint),
+                                  source_sha256=sha256_file(q.checkpoint), log=log)  # fmt: skip
+            atomic_write_text(path, spec.to_json())
+        except (QuantizationError, ValueError, OSError) as e:
+            error = ConfigError(f"cannot calibrate quantization-aware training: {e}")
+    raise_on_all(acc, error)
+    acc.wait_for_everyone()
+    if not path.is_file():
+        raise ConfigError(
+            f"{path} is missing: it holds this run's quantization ranges, calibrated at its start; start the run "
+            "again with train.overwrite=true"
+        )
+    spec = QuantSpec.from_json(path.read_text(), str(path))
+    if spec.target != q.target:
+        raise ConfigError(
+            f"this run was calibrated for quantize.target={spec.target}, not {q.target}; resume with "
+            f"quantize.target={spec.target}, or train the other form into another train.output_dir"
+        )
+    n = attach_fake_quant(run.student, spec, freeze_bn=q.freeze_bn)
+    log(f"quantization-aware training for {spec.target}: {n} Convs fake-quantized (inputs per tensor, weights "
+        f"per channel){', BatchNorm frozen' if q.freeze_bn else ''}")  # fmt: skip
+    return dataclasses.replace(run.meta, extra={**run.meta.extra, QUANT_KEY: spec.to_json()})

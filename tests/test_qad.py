@@ -1,0 +1,280 @@
+"""Quantization-aware distillation: the fake quantization's arithmetic and placement, the run, its export."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import yaml
+from onnx import numpy_helper
+from torch import nn
+
+from segkd.distill.checkpoint import load_checkpoint, save_checkpoint
+from segkd.distill.models import build_model
+from segkd.distill.qat import (
+    QUANT_KEY,
+    QuantSpec,
+    _activation_qparams,
+    attach_fake_quant,
+    calibrate_spec,
+    fake_quant_weight,
+    read_spec,
+)
+from segkd.export.calib import CalibrationReader, synthetic_samples
+from segkd.export.onnx_export import read_metadata, torch_to_onnx
+from segkd.export.qad import quantize_qad
+from segkd.export.quantize import quantize_int8
+from segkd.infer.meta import ModelMeta
+
+REPO = Path(__file__).resolve().parents[1]
+K = 19
+SIZE = (64, 128)
+ARCH = {"name": "deeplabv3_r18", "num_classes": K, "width": 0.125, "output_stride": 16}
+
+
+def _meta(**extra: str) -> ModelMeta:
+    return ModelMeta(arch=dict(ARCH), class_names=[f"c{i}" for i in range(K)],
+                     palette=[[i, i, i] for i in range(K)], input_size=list(SIZE), extra=dict(extra))  # fmt: skip
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = build_model(**ARCH).eval()
+    for m in model.modules():  # BatchNorm statistics that make folding matter
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ arithmetic
+
+
+def test_weight_fake_quant_is_per_channel_symmetric_over_127_steps() -> None:
+    w = torch.tensor([[1.0, -0.5, 0.26], [0.0, 0.0, 0.0], [-2.0, 1.0, 0.01]]).reshape(3, 3, 1, 1)
+    q = fake_quant_weight(w).reshape(3, 3)
+    # channel 0: scale 1/127; channel 2: scale 2/127; an all-zero channel stays zero (scale 1, as ONNX Runtime)
+    assert torch.allclose(q[0], torch.tensor([127, -64, 33]) / 127.0)  # -63.5 rounds half to even: -64
+    assert torch.equal(q[1], torch.zeros(3))
+    assert torch.allclose(q[2], torch.tensor([-127, 64, 1]) * 2.0 / 127.0)  # 63.5 -> 64, 0.635 -> 1
+
+
+def test_activation_qparams_follow_onnx_runtime() -> None:
+    scale, zp, qmin, qmax = _activation_qparams(-1.0, 2.0, "tensorrt")  # symmetric s8: |max| / 127
+    assert (zp, qmin, qmax) == (0, -127, 127) and scale == pytest.approx(2.0 / 127)
+    scale, zp, qmin, qmax = _activation_qparams(-1.0, 2.0, "cpu")  # asymmetric u8 over [-1, 2]
+    assert (zp, qmin, qmax) == (85, 0, 255) and scale == pytest.approx(3.0 / 255)
+    scale, zp, _, _ = _activation_qparams(0.5, 2.0, "cpu")  # the range always includes 0
+    assert zp == 0 and scale == pytest.approx(2.0 / 255)
+
+
+def test_fake_quantized_conv_computes_with_quantized_input_and_weight() -> None:
+    conv = nn.Conv2d(2, 3, 3, padding=1, bias=True)
+    x = torch.randn(1, 2, 5, 5) * 2
+    spec = QuantSpec("tensorrt", "minmax", {"x": [-1.0, 1.0]}, {"": "x"})
+    q = copy.deepcopy(conv)
+    assert attach_fake_quant(q, spec) == 1
+    xq = torch.clamp(torch.round(x * 127), -127, 127) / 127  # range [-1, 1] -> scale 1/127, clipped outside
+    expected = nn.functional.conv2d(xq, fake_quant_weight(conv.weight), conv.bias, padding=1)
+    assert torch.allclose(q(x), expected, atol=1e-6)
+    assert set(q.state_dict()) == set(conv.state_dict())  # checkpoints keep their keys
+
+
+def test_batchnorm_statistics_stay_frozen_in_train_mode() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    spec = QuantSpec("tensorrt", "minmax", {"x": [-3.0, 3.0]}, {"0": "x"})
+    attach_fake_quant(model, spec)
+    before = model[1].running_mean.clone()
+    model.train()
+    model(torch.randn(4, 3, 8, 8) + 5)
+    assert torch.equal(model[1].running_mean, before)
+
+
+def test_spec_round_trips_and_refuses_damaged_metadata() -> None:
+    spec = QuantSpec("cpu", "percentile", {"a": [0.0, 1.5]}, {"conv": "a"}, "x.pth", "ab", 8)
+    assert QuantSpec.from_json(spec.to_json()) == spec
+    assert read_spec(_meta(**{QUANT_KEY: spec.to_json()})) == spec and read_spec(_meta()) is None
+    with pytest.raises(ValueError, match="inconsistent"):
+        QuantSpec.from_json(json.dumps({**json.loads(spec.to_json()), "conv_inputs": {"conv": "b"}}))
+    with pytest.raises(ValueError, match="unreadable"):
+        QuantSpec.from_json("{")
+
+
+# ----------------------------------------------------------------------------------- placement = the INT8 file
+
+
+@pytest.fixture(scope="module")
+def calibrated() -> tuple[nn.Module, dict[str, QuantSpec], list]:
+    model, samples = _model(), synthetic_samples(3, SIZE, seed=1)
+    specs = {t: calibrate_spec(model, _meta(), samples, target=t, method="minmax", progress=False,
+                               log=lambda _: None) for t in ("tensorrt", "cpu")}  # fmt: skip
+    return model, specs, samples
+
+
+@pytest.mark.parametrize("target", ["tensorrt", "cpu"])
+def test_qad_export_of_the_calibration_equals_the_post_training_file(
+    calibrated, tmp_path: Path, target: str
+) -> None:
+    """Step 0 of QAD is post-training INT8: same ranges, same graph, same integers."""
+    model, specs, samples = calibrated
+    graph = tmp_path / "graph.onnx"
+    torch_to_onnx(model, _meta(), graph, size=SIZE, log=lambda _: None)
+    ptq, qad = tmp_path / "ptq.onnx", tmp_path / "qad.onnx"
+    reader = CalibrationReader(samples, _meta(), "input", batch=1, fused=False)
+    quantize_int8(graph, ptq, reader, method="minmax", target=target, progress=False, log=lambda _: None)
+    quantize_qad(graph, qad, specs[target], model, SIZE, log=lambda _: None)
+    a, b = onnx.load(str(ptq)), onnx.load(str(qad))
+    assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node]
+    ia = {i.name: numpy_helper.to_array(i) for i in a.graph.initializer}
+    ib = {i.name: numpy_helper.to_array(i) for i in b.graph.initializer}
+    assert ia.keys() == ib.keys() and all(np.array_equal(ia[k], ib[k]) for k in ia)
+
+
+def test_every_conv_of_the_file_has_a_fake_quantizer_with_its_scale(calibrated, tmp_path: Path) -> None:
+    model, specs, _ = calibrated
+    spec = specs["tensorrt"]
+    graph, qad = tmp_path / "graph.onnx", tmp_path / "qad.onnx"
+    torch_to_onnx(model, _meta(), graph, size=SIZE, log=lambda _: None)
+    quantize_qad(graph, qad, spec, model, SIZE, log=lambda _: None)
+    m = onnx.load(str(qad))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    producer = {o: n for n in m.graph.node for o in n.output}
+    file_scales = []
+    for conv in (n for n in m.graph.node if n.op_type == "Conv"):
+        dq = producer[conv.input[0]]
+        assert dq.op_type == "DequantizeLinear"  # every Conv reads a quantized input
+        file_scales.append(float(inits[dq.input[1]]))
+    convs = [mod for mod in model.modules() if isinstance(mod, nn.Conv2d)]
+    deployed = [name for name in spec.conv_inputs]
+    assert len(file_scales) == len(deployed) <= len(convs)
+    mine = [_activation_qparams(*spec.conv_range(name), "tensorrt")[0] for name in deployed]
+    assert mine == pytest.approx(file_scales, rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------- the run and its export
+
+
+def _train(*args: str, expect: int = 0) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(REPO / "distill" / "train.py"), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == expect, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def qad_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A float checkpoint trained on nothing (random weights are enough) and a QAD config for it."""
+    from segkd.scenes.street import generate_demo
+
+    root = tmp_path_factory.mktemp("qad")
+    data = generate_demo(root / "demo", {"train": 4, "val": 2}, size=SIZE, seed=0, classes="cityscapes")
+    ckpt = save_checkpoint(root / "float.pth", _model(), _meta(dataset="demo", method="plain"))
+    cfg = {
+        "data": {"dataset": "demo", "root": str(data), "crop_size": list(SIZE), "batch_size": 2, "num_workers": 0},
+        "quantize": {"target": "tensorrt", "checkpoint": str(ckpt), "calib_count": 2, "calib_method": "minmax"},
+        "optim": {"lr": 0.001},
+        "train": {"max_iters": 4, "eval_every": 2, "log_every": 1},
+    }  # fmt: skip
+    (root / "qad.yaml").write_text(yaml.safe_dump(cfg))
+    return root / "qad.yaml", ckpt
+
+
+@pytest.fixture(scope="module")
+def qad_run(qad_setup: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg, _ = qad_setup
+    run = tmp_path_factory.mktemp("qad-run") / "straight"
+    _train("--config", str(cfg), f"train.output_dir={run}")
+    return run
+
+
+@pytest.mark.slow
+def test_qad_run_distils_from_its_float_checkpoint_and_records_the_ranges(qad_run: Path, qad_setup) -> None:
+    _, ckpt = qad_setup
+    saved = load_checkpoint(qad_run / "best.pth")
+    spec = read_spec(saved.meta)
+    assert spec is not None and spec.target == "tensorrt" and spec.images == 2
+    assert spec.conv_inputs and spec.source == str(ckpt)
+    assert saved.provenance["teacher"] == str(ckpt)  # its own float model is the teacher
+    losses = [json.loads(line) for line in (qad_run / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss/kd/kd" in r for r in losses)  # logit KD by default
+    assert set(saved.state_dict) == set(load_checkpoint(ckpt).state_dict)
+    assert not torch.equal(saved.state_dict["head.classifier.weight"], load_checkpoint(ckpt).state_dict[
+        "head.classifier.weight"])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_qad_resume_matches_the_uninterrupted_run(qad_setup, qad_run: Path, tmp_path: Path) -> None:
+    cfg, _ = qad_setup
+    run = tmp_path / "resumed"
+    first = _train("--config", str(cfg), f"train.output_dir={run}", "train.stop_after=2")
+    assert "stopped at iteration 2/4" in first.stdout
+    ranges = (run / "quantization.json").read_text()
+    _train("--config", str(cfg), f"train.output_dir={run}")
+    assert (run / "quantization.json").read_text() == ranges  # read back, not calibrated again
+    a, b = load_checkpoint(qad_run / "last.pth").state_dict, load_checkpoint(run / "last.pth").state_dict
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), rtol=0, atol=1e-6), key
+
+
+@pytest.mark.slow
+def test_qad_checkpoint_exports_int8_without_calibration_images(qad_run: Path, tmp_path: Path) -> None:
+    from segkd.export.pipeline import ExportOptions, export_checkpoint
+
+    out = tmp_path / "qad.int8.onnx"
+    result = export_checkpoint(qad_run / "best.pth", ExportOptions(precision="int8", out=str(out), verify_count=2),
+                               log=lambda _: None)  # fmt: skip
+    assert result.report is not None and result.report.passed
+    extra = read_metadata(out).extra
+    assert extra["quantized_by"] == "qad" and extra["target"] == "tensorrt" and QUANT_KEY not in extra
+    # The TensorRT form as post-training files have it: s8 zero-point-0 Q/DQ on every Conv input only, int8
+    # per-channel weights, float biases.
+    m = onnx.load(str(out))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    consumers = {}
+    for n in m.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.op_type)
+    dqs = [n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in inits]
+    assert dqs and all("Conv" in consumers[n.output[0]] for n in dqs)  # Conv inputs
+    assert all(inits[n.input[2]].dtype == np.int8 and not inits[n.input[2]].any() for n in dqs)
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    assert all(len(c.input) < 3 or inits[c.input[2]].dtype == np.float32 for c in convs)
+    # export/to_trt.py takes the file as it is: it gets past every check to the (absent) TensorRT.
+    proc = subprocess.run([sys.executable, str(REPO / "export" / "to_trt.py"), str(out)], capture_output=True,
+                          text=True, cwd=REPO, timeout=300)  # fmt: skip
+    assert "TensorRT" in proc.stderr and "form" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_qad_export_refuses_the_other_target(qad_run: Path, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "export" / "to_onnx.py"), str(qad_run / "best.pth"),
+                           "--precision", "int8", "--target", "cpu", "--out", str(tmp_path / "x.onnx")],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "quantization-aware trained for --target tensorrt, not cpu" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.slow
+def test_qad_refuses_bad_starts_before_any_work(qad_setup, qad_run: Path, tmp_path: Path) -> None:
+    cfg, _ = qad_setup
+    again = _train("--config", str(cfg), f"quantize.checkpoint={qad_run / 'best.pth'}",
+                   f"train.output_dir={tmp_path / 'again'}", expect=2)  # fmt: skip
+    assert "already quantization-aware trained" in again.stderr
+    other = tmp_path / "voc_teacher.pth"
+    torch.manual_seed(0)
+    arch = {**ARCH, "num_classes": 21}
+    save_checkpoint(other, build_model(**arch), ModelMeta(arch=arch, class_names=[f"v{i}" for i in range(21)],
+                                                          palette=[[0, 0, 0]] * 21))  # fmt: skip
+    wrong = _train("--config", str(cfg), f"teacher.checkpoint={other}", f"train.output_dir={tmp_path / 'w'}",
+                   expect=2)  # fmt: skip
+    assert "21" in wrong.stderr and "Traceback" not in wrong.stderr
+    assert not (tmp_path / "w" / "quantization.json").exists()
