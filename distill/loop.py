@@ -293,5 +293,9 @@ def _summary(run: Run, finished: bool, elapsed: float, iters: int) -> None:
         export = (
             ("trt", "python export/to_trt.py") if _has_tensorrt() else ("export", "python export/to_onnx.py")
         )
-        lines.append(f"next: {command(*export)} {shlex.quote(str(best))}")
+        target = run.cfg.quantize.target  # a QAD checkpoint exports to the INT8 form it was trained for
+        int8 = f" --precision int8{' --target cpu' if target == 'cpu' else ''}" if target else ""
+        if target == "cpu":
+            export = ("export", "python export/to_onnx.py")  # the CPU form is for ONNX Runtime, not TensorRT
+        lines.append(f"next: {command(*export)} {shlex.quote(str(best))}{int8}")
     say(acc, "\n".join(lines))

@@ -10,8 +10,14 @@ A ``quantize:`` section in a training config (see ``configs/demo/qad.yaml``) tur
    per tensor (``tensorrt``: s8 symmetric, zero point 0; ``cpu``: u8 asymmetric) and its weight per output
    channel (s8 symmetric), with ONNX Runtime's own scale and zero-point arithmetic; biases stay float. The
    gradient passes straight through inside the range and is zero outside (``torch.fake_quantize_*``).
-   BatchNorm statistics are frozen (they are folded into the Conv weights of the file, and per-channel
-   quantization of the folded weight equals per-channel quantization of the unfolded one).
+   As in the file, a tensor is quantized once for all its readers: where a leaf module (a ReLU, a pooling)
+   produced a Conv's input, its output is quantized, so that a residual branch reading the same tensor gets the
+   quantized value as the file's Add does. BatchNorm statistics are frozen (they are folded into the Conv weights
+   of the file, and per-channel quantization of the folded weight equals per-channel quantization of the unfolded
+   one). The fake-quantized model computes what the ``tensorrt`` file computes, up to float rounding (a value on
+   a rounding boundary may move one step: 0.02-0.3 % of the activations of a random network); the ``cpu`` form
+   also quantizes Conv outputs, Add, Concat and Resize (ONNX Runtime's QOperator graph), which training does not
+   model: those keep the ranges calibrated at the start.
 4. Fine-tuning distils from the float model itself (the default teacher) or any teacher, with the project's
    losses (logit KL by default).
 
@@ -22,9 +28,11 @@ deployed graph and stay float.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +84,7 @@ class QuantSpec:
     source: str = ""
     source_sha256: str = ""
     images: int = 0
+    size: list[int] = dataclasses.field(default_factory=lambda: [64, 128])
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -196,8 +205,6 @@ def calibrate_spec(
     Args:
         samples: calibration images (:class:`segkd.export.calib.Sample`) at the size to calibrate at.
     """
-    import copy
-
     from segkd.export.calib import CalibrationReader
     from segkd.export.onnx_export import torch_to_onnx
     from segkd.export.options import ExportOptions
@@ -224,7 +231,7 @@ def calibrate_spec(
     if missing:
         raise QuantizationError(f"calibration gave no range for the inputs of {', '.join(missing[:5])}")
     return QuantSpec(target, method, {k: [lo, hi] for k, (lo, hi) in ranges.items()}, convs, source,
-                     source_sha256, len(samples))  # fmt: skip
+                     source_sha256, len(samples), list(size))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ fake quantization
@@ -261,9 +268,76 @@ def _frozen_batchnorm(module: nn.Module, _args: Any) -> None:
     module.training = False  # running statistics are used and not updated, whatever mode the model is in
 
 
+def _leaf_calls(model: nn.Module, size: list[int], convs: set[str], train: bool) -> tuple[dict, Counter]:
+    """One forward of a copy of ``model``: the (leaf module, call index) that produced each Conv's input, and how
+    often each leaf module ran."""
+    probe = copy.deepcopy(model).cpu().float().train(train)
+    names = {m: n for n, m in probe.named_modules() if not any(True for _ in m.children())}
+    made: dict[int, tuple[str, int]] = {}
+    alive: list[Tensor] = []  # outputs kept referenced, so that no id is reused during the forward
+    counts: Counter = Counter()
+    producers: dict[str, tuple[str, int]] = {}
+
+    def before(module: nn.Module, args: Any) -> None:
+        name = names[module]
+        if name in convs and args and id(args[0]) in made:
+            producers[name] = made[id(args[0])]
+
+    def after(module: nn.Module, _args: Any, output: Any) -> None:
+        name = names[module]
+        if isinstance(output, Tensor):
+            made[id(output)] = (name, counts[name])
+            alive.append(output)
+        counts[name] += 1
+
+    handles = [
+        h for m in names for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))
+    ]
+    try:  # dropout draws random numbers in train mode: the run's random stream must not move (exact resume)
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            probe(torch.zeros(2, 3, *size))  # 2 images: BatchNorm in train mode needs more than one value
+    finally:
+        for h in handles:
+            h.remove()
+    return producers, counts
+
+
+class _OutputQuantizer:
+    """Forward hook: fake-quantizes a module's output at the calls that produce a Conv input.
+
+    ONNX Runtime quantizes a tensor once and every consumer reads the quantized value (the residual Add reads the
+    same DequantizeLinear output as the next Conv), so the quantization belongs to the tensor's producer. The
+    Conv's own input quantizer stays: on the same grid it changes nothing.
+    """
+
+    def __init__(self, calls: dict[int, tuple[float, int, int, int]]) -> None:
+        self.calls, self.count = calls, 0
+
+    def __call__(self, _module: nn.Module, _args: Any, output: Any) -> Any:
+        i, self.count = self.count, self.count + 1
+        if i in self.calls and isinstance(output, Tensor):
+            scale, zp, qmin, qmax = self.calls[i]
+            return torch.fake_quantize_per_tensor_affine(output.float(), scale, zp, qmin, qmax).to(
+                output.dtype
+            )
+        return None
+
+
+def _reset_counts(quantizers: list[_OutputQuantizer]) -> Callable[..., None]:
+    def reset(_module: nn.Module, _args: Any) -> None:
+        for q in quantizers:
+            q.count = 0
+
+    return reset
+
+
 def attach_fake_quant(model: nn.Module, spec: QuantSpec, *, freeze_bn: bool = True) -> int:
     """Make ``model`` compute in ``spec``'s INT8 form (in place; the state dict keeps its keys). Returns the
     number of quantized Convs.
+
+    Each Conv quantizes its input and weight; where a leaf module produced that input and runs as often in
+    training as in the deployed forward, its output is quantized at that call, so that every other reader of the
+    tensor (a residual branch) sees the quantized value too, as in the INT8 file.
 
     Raises:
         QuantizationError: ``spec`` names a Conv the model does not have (another architecture).
@@ -278,8 +352,23 @@ def attach_fake_quant(model: nn.Module, spec: QuantSpec, *, freeze_bn: bool = Tr
             raise QuantizationError(
                 f"{name} is a {type(conv).__name__}, not the Conv the ranges were made for"
             )
+    convs = set(spec.conv_inputs)
+    producers, deployed_counts = _leaf_calls(model, spec.size, convs, train=False)
+    _, training_counts = _leaf_calls(model, spec.size, convs, train=True)
+    calls: dict[str, dict[int, tuple[float, int, int, int]]] = {}
+    for name in spec.conv_inputs:
         qparams = _activation_qparams(*spec.conv_range(name), spec.target)
+        conv = modules[name]
         conv.forward = functools.partial(_quantized_conv_forward, conv, qparams)  # type: ignore[method-assign]
+        if name in producers:
+            module, call = producers[name]
+            if deployed_counts[module] == training_counts[module]:  # the same call is the same tensor
+                calls.setdefault(module, {})[call] = qparams
+    quantizers = []
+    for module, at in calls.items():
+        quantizers.append(_OutputQuantizer(at))
+        modules[module].register_forward_hook(quantizers[-1])
+    model.register_forward_pre_hook(_reset_counts(quantizers))
     if freeze_bn:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):

@@ -77,8 +77,8 @@ def test_activation_qparams_follow_onnx_runtime() -> None:
 
 
 def test_fake_quantized_conv_computes_with_quantized_input_and_weight() -> None:
-    conv = nn.Conv2d(2, 3, 3, padding=1, bias=True)
-    x = torch.randn(1, 2, 5, 5) * 2
+    conv = nn.Conv2d(3, 3, 3, padding=1, bias=True)
+    x = torch.randn(1, 3, 5, 5) * 2
     spec = QuantSpec("tensorrt", "minmax", {"x": [-1.0, 1.0]}, {"": "x"})
     q = copy.deepcopy(conv)
     assert attach_fake_quant(q, spec) == 1
@@ -157,6 +157,38 @@ def test_every_conv_of_the_file_has_a_fake_quantizer_with_its_scale(calibrated, 
     assert len(file_scales) == len(deployed) <= len(convs)
     mine = [_activation_qparams(*spec.conv_range(name), "tensorrt")[0] for name in deployed]
     assert mine == pytest.approx(file_scales, rel=1e-6)
+
+
+def test_fake_quantized_model_computes_what_the_tensorrt_file_computes(tmp_path: Path) -> None:
+    """Same placement, same arithmetic, and a residual branch reads the quantized tensor as the file's Add does.
+
+    BatchNorm is the identity here, so that folding it into the Convs adds no float rounding (with real
+    statistics a value lying on a rounding boundary may move by one step).
+    """
+    import onnxruntime as ort
+
+    from segkd.export.calib import network_input
+
+    torch.manual_seed(0)
+    model = build_model(**ARCH).eval()
+    samples = synthetic_samples(3, SIZE, seed=1)
+    spec = calibrate_spec(model, _meta(), samples, target="tensorrt", method="minmax", progress=False,
+                          log=lambda _: None)  # fmt: skip
+    graph, qad = tmp_path / "graph.onnx", tmp_path / "qad.onnx"
+    torch_to_onnx(model, _meta(), graph, size=SIZE, log=lambda _: None)
+    quantize_qad(graph, qad, spec, model, SIZE, log=lambda _: None)
+    x = network_input(
+        [s.image for s in synthetic_samples(1, SIZE, seed=5)], _meta(), fused=False, dtype="float32"
+    )
+    file = ort.InferenceSession(str(qad), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    fake = copy.deepcopy(model)
+    attach_fake_quant(fake, spec)
+    with torch.no_grad():
+        fq, fp = fake(torch.from_numpy(x)).numpy(), model(torch.from_numpy(x)).numpy()
+    assert np.abs(file - fq).max() < 1e-5
+    assert (
+        np.abs(file - fp).max() > 100 * np.abs(file - fq).max()
+    )  # float differs: the match is the quantization
 
 
 # ------------------------------------------------------------------------------------- the run and its export
