@@ -1,25 +1,34 @@
 #!/usr/bin/env bash
-# FP32 / post-training INT8 / QAD INT8 mIoU of the demo models through their exported files (docs/quantization.md).
-# Needs `make demo` first (data/demo, runs/demo/{baseline,cwd}). Each QAD run is 60 iterations (10 % of a demo
-# student's 600).
-#   bash benchmarks/qad_demo.sh            (OUT=runs/qad_demo by default)
+# FP32 / post-training INT8 / QAD INT8 of the demo models through their exported files (docs/quantization.md):
+# each model is QAD-fine-tuned for both INT8 forms (60 iterations: 10 % of a demo student's 600), then every file
+# is exported and benchmarked in one table per model (mIoU on the 50 demo val frames, CPU latency).
+# Needs the demo data and trained students: `make demo` (runs/demo/cwd) and, for the MobileNetV2 students,
+#   accelerate launch distill/train.py --config configs/demo/cwd.yaml student.name=deeplabv3_mbv2 \
+#     student.width=0.5 student.output_stride=16 train.output_dir=runs/demo4/deeplabv3_mbv2   (and pspnet_mbv2)
+#   bash benchmarks/qad_demo.sh            (OUT=runs/qad_demo by default; MODELS="name=ckpt ...")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-runs/qad_demo}"
 DATA="${DATA:-data/demo}"
+MODELS="${MODELS:-teacher=assets/demo_teacher.pth cwd_r18=runs/demo/cwd/best.pth dlv3_mbv2=runs/demo4/deeplabv3_mbv2/best.pth psp_mbv2=runs/demo4/pspnet_mbv2/best.pth}"
+calib=(--calib-dataset demo --calib-root "$DATA")
 mkdir -p "$OUT"
-declare -A SOURCES=([teacher]=assets/demo_teacher.pth [cwd]=runs/demo/cwd/best.pth [baseline]=runs/demo/baseline/best.pth)
-for name in teacher cwd baseline; do
-  src="${SOURCES[$name]}"
-  cp -n "$src" "$OUT/$name.pth"
+for pair in $MODELS; do
+  name="${pair%%=*}"; src="${pair#*=}"
+  dir="$OUT/$name"; mkdir -p "$dir"
+  cp "$src" "$dir/float.pth"
   for target in tensorrt cpu; do
-    run="$OUT/qad_${name}_${target}"
-    segkd train --config configs/demo/qad.yaml data.root="$DATA" quantize.checkpoint="$src" \
-      quantize.target="$target" train.output_dir="$run"
-    segkd export "$run/best.pth" --precision int8 --target "$target" --calib-dataset demo --calib-root "$DATA"
-    segkd export "$OUT/$name.pth" --precision int8 --target "$target" --calib-dataset demo --calib-root "$DATA" --force
+    segkd train --config configs/demo/qad.yaml data.root="$DATA" quantize.checkpoint="$dir/float.pth" \
+      quantize.target="$target" train.output_dir="$dir/qad_$target"
+    cp "$dir/qad_$target/best.pth" "$dir/qad_$target.pth"
+    segkd export "$dir/qad_$target.pth" --precision int8 --target "$target" "${calib[@]}" --force
+    segkd export "$dir/float.pth" --precision int8 --target "$target" "${calib[@]}" --force
   done
-  segkd export "$OUT/$name.pth" --precision fp32 --calib-dataset demo --calib-root "$DATA" --force
-  python export/to_openvino.py "$OUT/qad_${name}_tensorrt/best.pth" --precision int8 --calib-dataset demo --calib-root "$DATA"
-  python export/to_openvino.py "$OUT/$name.pth" --precision int8 --calib-dataset demo --calib-root "$DATA"
+  segkd export "$dir/float.pth" --precision fp32 "${calib[@]}" --force
+  rm -f "$dir"/*.xml "$dir"/*.bin
+  python export/to_openvino.py "$dir/float.pth" --precision int8 "${calib[@]}"
+  python export/to_openvino.py "$dir/qad_tensorrt.pth" --precision int8 "${calib[@]}"
+  segkd benchmark "$dir/float.pth" "$dir/float.onnx" "$dir"/float.int8.onnx "$dir"/float.int8-cpu.onnx \
+    "$dir"/qad_tensorrt.int8.onnx "$dir"/qad_cpu.int8-cpu.onnx "$dir"/float.int8.xml "$dir"/qad_tensorrt.int8.xml \
+    --dataset demo --data-root "$DATA" --threads 1 --rounds 5 --compare-to "$dir/float.onnx" --out "$dir/benchmark"
 done

@@ -310,3 +310,50 @@ def test_qad_refuses_bad_starts_before_any_work(qad_setup, qad_run: Path, tmp_pa
                    expect=2)  # fmt: skip
     assert "21" in wrong.stderr and "Traceback" not in wrong.stderr
     assert not (tmp_path / "w" / "quantization.json").exists()
+
+
+def test_quantize_section_is_checked_when_the_config_loads(tmp_path: Path) -> None:
+    from segkd.distill.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["quantize.target=tensorrtt", "quantize.calib_count=0"])
+    text = str(e.value)
+    assert "did you mean 'tensorrt'" in text and "quantize.calib_count must be >= 1" in text
+    with pytest.raises(ConfigError, match="needs quantize.checkpoint"):
+        load_config(None, ["quantize.target=cpu"])
+    with pytest.raises(ConfigError, match="drop student.pretrained"):
+        load_config(None, ["quantize.target=cpu", "quantize.checkpoint=x.pth", "student.pretrained=y.pth"])
+    cfg = load_config(None, ["quantize.target=cpu", "quantize.checkpoint=x.pth"])
+    assert cfg.teacher.checkpoint == "x.pth" and [d["name"] for d in cfg.losses] == ["kd"]  # the QAD defaults
+    cfg = load_config(
+        None, ["quantize.target=cpu", "quantize.checkpoint=x.pth", "teacher.checkpoint=big.pth"]
+    )
+    assert cfg.teacher.checkpoint == "big.pth"  # a larger teacher when given
+
+
+_DRIVER = """
+import sys, torch
+from segkd.distill.config import load_config
+from segkd.distill.loop import train
+cfg = load_config(sys.argv[1], sys.argv[2:])
+result = train(cfg)
+state = {k: v.detach().cpu() for k, v in result.student.state_dict().items()}
+torch.save(state, f"{cfg.train.output_dir}/rank{result.process_index}.pt")
+"""
+
+
+@pytest.mark.slow
+def test_qad_on_two_processes_calibrates_once_and_stays_in_step(qad_setup, tmp_path: Path) -> None:
+    cfg, _ = qad_setup
+    run, driver = tmp_path / "ddp", tmp_path / "driver.py"
+    driver.write_text(_DRIVER)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run([*launcher, str(driver), str(cfg), f"train.output_dir={run}", "data.batch_size=4",
+                           "train.max_iters=2", "train.eval_every=2"], cwd=REPO, capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("calibrating INT8 ranges") == 1  # the main process calibrates, the other reads
+    rank0 = torch.load(run / "rank0.pt", weights_only=True)
+    rank1 = torch.load(run / "rank1.pt", weights_only=True)
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert read_spec(load_checkpoint(run / "last.pth").meta) is not None
