@@ -149,38 +149,63 @@ def _deployed_convs(model: nn.Module, size: tuple[int, int]) -> list[tuple[str, 
     return calls
 
 
-def _graph_convs(graph: Any) -> list[tuple[str, tuple[int, ...] | None]]:
-    """(input tensor name, weight shape or None) of each Conv node of an ONNX graph, in node order."""
-    shapes = {t.name: tuple(t.dims) for t in graph.initializer}
-    return [(n.input[0], shapes.get(n.input[1])) for n in graph.node if n.op_type == "Conv"]
+def _directions(w: np.ndarray) -> np.ndarray:
+    """Each output channel of a Conv weight as a unit vector, its sign made positive by its largest entry.
+
+    BatchNorm folding scales every output channel by its own factor: the directions are what a folded weight and
+    the module's weight share.
+    """
+    flat = w.reshape(w.shape[0], -1).astype(np.float64)
+    norm = np.linalg.norm(flat, axis=1, keepdims=True)
+    flat = np.divide(flat, norm, out=np.zeros_like(flat), where=norm > 0)
+    lead = flat[np.arange(len(flat)), np.abs(flat).argmax(axis=1)]
+    return flat * np.where(lead < 0, -1.0, 1.0)[:, None]
 
 
 def conv_input_tensors(model: nn.Module, onnx_path: str | Path, size: tuple[int, int]) -> dict[str, str]:
     """Module name of each Conv of ``model`` -> the input tensor name of its Conv node in the exported graph.
 
-    The exporters emit nodes in execution order, so the i-th Conv call of a forward is the i-th Conv node; the
-    weight shapes (unchanged by BatchNorm folding) confirm each pair.
+    The graph's Convs are matched to the modules by their weights (BatchNorm folding scales each output channel,
+    so the per-channel directions are compared), not by position: exporters and graph optimisers may order
+    independent branches differently from the Python forward. Among equal weights the call order decides.
 
     Raises:
-        QuantizationError: the graph's Convs do not correspond one to one with the model's.
+        QuantizationError: a graph Conv matches no module (or the counts differ).
     """
     import onnx
+    from onnx import numpy_helper
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    calls, nodes = _deployed_convs(model, size), _graph_convs(graph)
+    weights = {t.name: t for t in graph.initializer}
+    nodes = [n for n in graph.node if n.op_type == "Conv"]
+    calls = _deployed_convs(model, size)
     if len(calls) != len(nodes):
         raise QuantizationError(
             f"the exported graph has {len(nodes)} Conv nodes for {len(calls)} Conv modules run by the model; "
             "quantization-aware training needs each deployed Conv to be an nn.Conv2d called once"
         )
-    out = {}
-    for (name, shape), (tensor, graph_shape) in zip(calls, nodes, strict=True):
-        if graph_shape is not None and graph_shape != shape:
+    modules = dict(model.named_modules())
+    free = {name: _directions(modules[name].weight.detach().float().cpu().numpy()) for name, _ in calls}
+    out: dict[str, str] = {}
+    for node in nodes:
+        init = weights.get(node.input[1])
+        if init is None:
+            raise QuantizationError(f"the Conv node {node.name} has no constant weight to match to a module")
+        d = _directions(numpy_helper.to_array(init))
+        live = np.abs(d).sum(axis=1) > 0  # a channel whose BatchNorm scale is 0 folds to zeros: no direction
+        best, score = None, 0.999
+        for name, candidate in free.items():  # in call order: the first of equal weights wins
+            if candidate.shape == d.shape:
+                cos = np.abs((candidate * d).sum(axis=1))[live]
+                agreement = float(cos.min()) if cos.size else 1.0  # all zero: the first Conv of its shape
+                if agreement > score:
+                    best, score = name, agreement
+        if best is None:
             raise QuantizationError(
-                f"the exported graph's Convs are not in the model's order (the Conv for {name} has weight "
-                f"{list(graph_shape)}, the module {list(shape)})"
+                f"the Conv node {node.name} (weight {list(d.shape)}) matches none of the model's Conv modules"
             )
-        out[name] = tensor
+        out[best] = node.input[0]
+        del free[best]
     return out
 
 
@@ -216,7 +241,7 @@ def calibrate_spec(
     if not samples:
         raise QuantizationError("no calibration images")
     size = tuple(samples[0].image.shape[:2])
-    model = copy.deepcopy(model).float().eval()
+    model = copy.deepcopy(model).cpu().float().eval()  # exported on the CPU, wherever the run trains
     opts = ExportOptions()  # the graph export/to_onnx.py writes by default: the same tensor names
     with work_dir("qad-calib") as tmp:
         graph, pre = tmp / "graph.onnx", tmp / "pre.onnx"
@@ -293,9 +318,13 @@ def _leaf_calls(model: nn.Module, size: list[int], convs: set[str], train: bool)
     handles = [
         h for m in names for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))
     ]
+    x = torch.zeros(2, 3, *size)  # 2 images: BatchNorm in train mode needs more than one value
     try:  # dropout draws random numbers in train mode: the run's random stream must not move (exact resume)
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            probe(torch.zeros(2, 3, *size))  # 2 images: BatchNorm in train mode needs more than one value
+            try:  # training runs the heads the losses read (auxiliary, boundary) as the trainer calls it
+                probe(x, return_features=True) if train else probe(x)
+            except TypeError:  # a model without that argument
+                probe(x)
     finally:
         for h in handles:
             h.remove()

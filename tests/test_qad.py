@@ -138,6 +138,25 @@ def test_qad_export_of_the_calibration_equals_the_post_training_file(
     assert ia.keys() == ib.keys() and all(np.array_equal(ia[k], ib[k]) for k in ia)
 
 
+def test_convs_are_matched_by_their_weights_not_their_position(tmp_path: Path) -> None:
+    """Exporters may order independent branches differently from the forward (PIDNet, DDRNet do): the mapping
+    reads the (BatchNorm-folded) weights, so a graph with its nodes in reverse order maps the same way."""
+    from segkd.distill.qat import conv_input_tensors
+
+    model = _model()
+    model.backbone.bn1.weight.data[:3] = 0  # zero BatchNorm scales fold to zero channels: matched on the rest
+    graph = tmp_path / "graph.onnx"
+    torch_to_onnx(model, _meta(), graph, size=SIZE, log=lambda _: None)
+    forward = conv_input_tensors(model, graph, SIZE)
+    m = onnx.load(str(graph))
+    nodes = list(m.graph.node)
+    del m.graph.node[:]
+    m.graph.node.extend(reversed(nodes))
+    onnx.save(m, str(tmp_path / "reversed.onnx"))
+    assert conv_input_tensors(model, tmp_path / "reversed.onnx", SIZE) == forward
+    assert forward["backbone.conv1"] == "input" and len(set(forward.values())) > 20
+
+
 def test_every_conv_of_the_file_has_a_fake_quantizer_with_its_scale(calibrated, tmp_path: Path) -> None:
     model, specs, _ = calibrated
     spec = specs["tensorrt"]
