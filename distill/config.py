@@ -404,7 +404,7 @@ class Config:
 # The student options that describe one architecture (a config's width for an R18 means nothing to a SegFormer).
 _ARCH_OPTIONS = ("width", "output_stride", "deep_stem")
 # The parts a run is composed of on the command line (``dataset=cityscapes``), in the order they are merged.
-GROUPS = ("dataset", "student", "method")
+GROUPS = ("dataset", "student", "method", "schedule")
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"  # the checkout's configs/
 
 # Choices checked after loading: key -> allowed values.
@@ -811,7 +811,10 @@ def _adversarial_problems(cfg: Config, origin: str, stride: int) -> list[str]:
 
 
 def group_files(selection: dict[str, str], root: Path = CONFIG_ROOT) -> list[Path | dict[str, Any]]:
-    """The files ``dataset=D student=S method=M`` name (any of the three may be left out), in merge order.
+    """The files ``dataset=D student=S method=M schedule=X`` name (any may be left out), in merge order.
+
+    ``schedule=official`` is the student's own repository's schedule on the dataset (``D/_official/S.yaml``); it
+    merges last, over the dataset's schedule.
 
     A student with no ``_students/S.yaml`` that is a registered model (a new architecture is one model file) is
     taken as ``{student: {name: S}}``: its builder's defaults, no recipe file needed.
@@ -830,7 +833,17 @@ def group_files(selection: dict[str, str], root: Path = CONFIG_ROOT) -> list[Pat
         ),
         "student": (lambda n: root / "_students" / f"{n}.yaml", _stems(root / "_students")),
         "method": (lambda n: _method_file(root, dataset, n), _stems(root / "_methods")),
+        # schedule=official: the student's own repository's schedule on that dataset, D/_official/S.yaml
+        "schedule": (
+            lambda n: root / str(dataset) / f"_{n}" / f"{selection.get('student')}.yaml",
+            sorted({p.parent.name[1:] for p in root.glob(f"{dataset}/_*/{selection.get('student')}.yaml")}),
+        ),
     }
+    if "schedule" in selection and not ("dataset" in selection and "student" in selection):
+        raise ConfigError(
+            f"schedule={selection['schedule']} is a student's schedule on a dataset: give dataset= and student= too "
+            "(e.g. dataset=cityscapes student=pidnet_s method=cwd schedule=official)"
+        )
     files: list[Path | dict[str, Any]] = []
     for group in GROUPS:
         if group not in selection:
@@ -840,6 +853,12 @@ def group_files(selection: dict[str, str], root: Path = CONFIG_ROOT) -> list[Pat
         if not path.is_file() and group == "student" and _registered_model(name):
             files.append({"student": _student_part(name)})
             continue
+        if not path.is_file() and group == "schedule" and not names:
+            have = sorted(q.stem for q in root.glob(f"{dataset}/_{name}/*.yaml"))
+            raise ConfigError(
+                f"schedule={name}: {selection['student']} has no {name} schedule on {dataset} "
+                f"(students with one: {', '.join(have) or 'none'}); leave schedule= out for the dataset's own"
+            )
         if not path.is_file():
             close = difflib.get_close_matches(name, names, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -922,7 +941,7 @@ def load_config(
 def composed_output_dir(path: str | Path | None, selection: dict[str, Any]) -> str:
     """``runs/cityscapes/deeplabv3_r18_cwd`` for ``dataset=cityscapes student=deeplabv3_r18 method=cwd``;
     with a ``--config`` file, its folder (:func:`default_output_dir`) and the selections joined to its name."""
-    parts = [str(selection[g]) for g in ("student", "method") if g in selection]
+    parts = [str(selection[g]) for g in ("student", "method", "schedule") if g in selection]
     if path is None:
         if not selection:
             return default_output_dir(None)

@@ -341,3 +341,28 @@ def test_aux_false_is_given_only_to_models_that_have_an_auxiliary_head() -> None
 
     assert takes_option("deeplabv3_r18", "aux", False) and takes_option("pidnet_s", "aux", False)
     assert not takes_option("bisenetv2", "aux", False)
+
+
+@pytest.mark.parametrize(
+    "student",
+    ["pidnet_s", "pidnet_m", "pidnet_l", "ddrnet_23_slim", "ddrnet_23", "bisenetv2", "stdc1", "stdc2"],
+)
+def test_official_schedule_of_each_real_time_student(student: str) -> None:
+    """``schedule=official`` merges the repository's own schedule over the dataset's (read from each repository's
+    config: PIDNet/DDRNet 484 epochs at batch 12, BiSeNetV2 150k iterations at 16, STDC 60k at 48)."""
+    cfg = load_config(None, ["dataset=cityscapes", f"student={student}", "method=cwd", "schedule=official"])
+    expected = {"pidnet": ([1024, 1024], 12, 119548, 0.01), "ddrnet": ([1024, 1024], 12, 119548, 0.01),
+                "bisenetv2": ([512, 1024], 16, 150000, 5e-3), "stdc": ([512, 1024], 48, 60000, 0.01)}  # fmt: skip
+    crop, batch, iters, lr = next(v for k, v in expected.items() if student.startswith(k))
+    got = (cfg.data.crop_size, cfg.data.batch_size, cfg.train.max_iters, cfg.optim.lr)
+    assert got == (crop, batch, iters, lr)
+    assert cfg.optim.weight_decay == 5e-4 and cfg.student.pretrained.startswith("pretrained/")
+    assert cfg.losses and cfg.task.loss == "ohem"  # the method and the student's task losses are kept
+    assert cfg.train.output_dir == f"runs/cityscapes/{student}_cwd_official"
+
+
+def test_official_schedule_needs_a_student_that_has_one() -> None:
+    with pytest.raises(ConfigError, match="give dataset= and student= too"):
+        load_config(None, ["student=pidnet_s", "schedule=official"])
+    with pytest.raises(ConfigError, match="deeplabv3_r18 has no official schedule on cityscapes"):
+        load_config(None, ["dataset=cityscapes", "student=deeplabv3_r18", "schedule=official"])
