@@ -16,11 +16,13 @@ mkdir -p "$OUT"
 for pair in $MODELS; do
   name="${pair%%=*}"; src="${pair#*=}"
   dir="$OUT/$name"; mkdir -p "$dir"
-  cp "$src" "$dir/float.pth"
+  [ -f "$dir/float.pth" ] || cp "$src" "$dir/float.pth"
   for target in tensorrt cpu; do
-    segkd train --config configs/demo/qad.yaml data.root="$DATA" quantize.checkpoint="$dir/float.pth" \
-      quantize.target="$target" train.output_dir="$dir/qad_$target"
-    cp "$dir/qad_$target/best.pth" "$dir/qad_$target.pth"
+    if [ ! -f "$dir/qad_$target.pth" ]; then  # finished QAD runs are reused (delete the .pth to train again)
+      segkd train --config configs/demo/qad.yaml data.root="$DATA" quantize.checkpoint="$dir/float.pth" \
+        quantize.target="$target" train.output_dir="$dir/qad_$target" train.overwrite=true
+      cp "$dir/qad_$target/best.pth" "$dir/qad_$target.pth"
+    fi
     segkd export "$dir/qad_$target.pth" --precision int8 --target "$target" "${calib[@]}" --force
     segkd export "$dir/float.pth" --precision int8 --target "$target" "${calib[@]}" --force
   done

@@ -52,6 +52,7 @@ __all__ = [
     "attach_fake_quant",
     "calibrate_spec",
     "conv_input_tensors",
+    "conv_tensors",
     "read_spec",
 ]
 
@@ -73,6 +74,10 @@ class QuantSpec:
         ranges: ONNX tensor name -> [lowest, highest] (float32 values) in the graph exported with the
             default export options.
         conv_inputs: module name of each deployed Conv -> the ONNX tensor name of its input.
+        conv_outputs: ``cpu`` form only (its QLinearConv quantizes its output too): module name of each Conv ->
+            the ONNX tensor name of its output (BatchNorm folded in).
+        producer_inputs: ``cpu`` form only: Conv module name -> the quantized tensor (a QLinearAdd's or
+            QLinearConcat's output) that the operation producing the Conv's input (a ReLU, a pooling) reads.
         source, source_sha256: the float checkpoint QAD started from.
         images: how many images the ranges were calibrated on.
     """
@@ -85,6 +90,8 @@ class QuantSpec:
     source_sha256: str = ""
     images: int = 0
     size: list[int] = dataclasses.field(default_factory=lambda: [64, 128])
+    conv_outputs: dict[str, str] = dataclasses.field(default_factory=dict)
+    producer_inputs: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -100,7 +107,12 @@ class QuantSpec:
             )
         except (TypeError, ValueError) as e:
             raise QuantizationError(f"{where}: its quantization metadata is unreadable ({e})") from None
-        if not ok or not set(spec.conv_inputs.values()) <= set(spec.ranges):
+        tensors = (
+            set(spec.conv_inputs.values())
+            | set(spec.conv_outputs.values())
+            | set(spec.producer_inputs.values())
+        )
+        if not ok or not tensors <= set(spec.ranges):
             raise QuantizationError(
                 f"{where}: its quantization metadata is inconsistent; use the file QAD wrote"
             )
@@ -163,7 +175,14 @@ def _directions(w: np.ndarray) -> np.ndarray:
 
 
 def conv_input_tensors(model: nn.Module, onnx_path: str | Path, size: tuple[int, int]) -> dict[str, str]:
-    """Module name of each Conv of ``model`` -> the input tensor name of its Conv node in the exported graph.
+    """Module name of each Conv of ``model`` -> the input tensor name of its Conv node in the exported graph."""
+    return {name: tensors[0] for name, tensors in conv_tensors(model, onnx_path, size).items()}
+
+
+def conv_tensors(
+    model: nn.Module, onnx_path: str | Path, size: tuple[int, int]
+) -> dict[str, tuple[str, str]]:
+    """Module name of each Conv of ``model`` -> (input, output) tensor names of its Conv node in the graph.
 
     The graph's Convs are matched to the modules by their weights (BatchNorm folding scales each output channel,
     so the per-channel directions are compared), not by position: exporters and graph optimisers may order
@@ -186,7 +205,7 @@ def conv_input_tensors(model: nn.Module, onnx_path: str | Path, size: tuple[int,
         )
     modules = dict(model.named_modules())
     free = {name: _directions(modules[name].weight.detach().float().cpu().numpy()) for name, _ in calls}
-    out: dict[str, str] = {}
+    out: dict[str, tuple[str, str]] = {}
     for node in nodes:
         init = weights.get(node.input[1])
         if init is None:
@@ -204,7 +223,7 @@ def conv_input_tensors(model: nn.Module, onnx_path: str | Path, size: tuple[int,
             raise QuantizationError(
                 f"the Conv node {node.name} (weight {list(d.shape)}) matches none of the model's Conv modules"
             )
-        out[best] = node.input[0]
+        out[best] = (node.input[0], node.output[0])
         del free[best]
     return out
 
@@ -247,7 +266,9 @@ def calibrate_spec(
         graph, pre = tmp / "graph.onnx", tmp / "pre.onnx"
         torch_to_onnx(model, meta, graph, size=size, opset=opts.opset, exporter=opts.exporter, slim=opts.slim,
                       log=lambda _: None)  # fmt: skip
-        convs = conv_input_tensors(model, graph, size)
+        tensors = conv_tensors(model, graph, size)
+        convs = {name: t[0] for name, t in tensors.items()}
+        graph_nodes = list(__import__("onnx").load(str(graph), load_external_data=False).graph.node)
         pre_process(graph, pre, log)
         reader = CalibrationReader(samples, meta, "input", batch=1, fused=False)
         ranges = calibrate_ranges(pre, reader, method=method, target=target, progress=progress, log=log,
@@ -255,8 +276,27 @@ def calibrate_spec(
     missing = sorted(n for n, t in convs.items() if t not in ranges)
     if missing:
         raise QuantizationError(f"calibration gave no range for the inputs of {', '.join(missing[:5])}")
+    outputs: dict[str, str] = {}
+    before: dict[str, str] = {}
+    if target == "cpu":  # QOperator also quantizes Conv outputs and the Add/Concat between Convs
+        outputs = {n: t[1] for n, t in tensors.items() if t[1] in ranges}
+        before = _producer_inputs(graph_nodes, convs, set(ranges) - set(outputs.values()))
     return QuantSpec(target, method, {k: [lo, hi] for k, (lo, hi) in ranges.items()}, convs, source,
-                     source_sha256, len(samples), list(size))  # fmt: skip
+                     source_sha256, len(samples), list(size), outputs, before)  # fmt: skip
+
+
+def _producer_inputs(nodes: list[Any], convs: dict[str, str], quantized: set[str]) -> dict[str, str]:
+    """Conv module -> the quantized tensor that the one-input operation producing its input reads (the residual
+    ``Add`` before a ``Relu``: the file quantizes the sum, then applies the ReLU in float)."""
+    producer = {o: n for n in nodes for o in n.output}
+    out = {}
+    for module, tensor in convs.items():
+        node = producer.get(tensor)
+        if node is not None and node.op_type in ("Relu", "Clip", "MaxPool") and node.input[0] in quantized:
+            source = producer.get(node.input[0])
+            if source is not None and source.op_type in ("Add", "Concat"):
+                out[module] = node.input[0]
+    return out
 
 
 # ------------------------------------------------------------------------------------------ fake quantization
@@ -293,20 +333,27 @@ def _frozen_batchnorm(module: nn.Module, _args: Any) -> None:
     module.training = False  # running statistics are used and not updated, whatever mode the model is in
 
 
-def _leaf_calls(model: nn.Module, size: list[int], convs: set[str], train: bool) -> tuple[dict, Counter]:
-    """One forward of a copy of ``model``: the (leaf module, call index) that produced each Conv's input, and how
-    often each leaf module ran."""
+def _leaf_calls(
+    model: nn.Module, size: list[int], convs: set[str], train: bool
+) -> tuple[dict, dict, Counter]:
+    """One forward of a copy of ``model``: the (leaf module, call index) that produced each Conv's input, the
+    BatchNorm call that reads each Conv's output (what the file folds into the Conv), and how often each leaf
+    module ran."""
     probe = copy.deepcopy(model).cpu().float().train(train)
     names = {m: n for n, m in probe.named_modules() if not any(True for _ in m.children())}
     made: dict[int, tuple[str, int]] = {}
     alive: list[Tensor] = []  # outputs kept referenced, so that no id is reused during the forward
     counts: Counter = Counter()
     producers: dict[str, tuple[str, int]] = {}
+    folded: dict[str, tuple[str, int]] = {}
 
     def before(module: nn.Module, args: Any) -> None:
         name = names[module]
-        if name in convs and args and id(args[0]) in made:
-            producers[name] = made[id(args[0])]
+        source = made.get(id(args[0])) if args else None
+        if name in convs and source is not None:
+            producers[name] = source
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and source is not None and source[0] in convs:
+            folded[source[0]] = (name, counts[name])
 
     def after(module: nn.Module, _args: Any, output: Any) -> None:
         name = names[module]
@@ -328,7 +375,25 @@ def _leaf_calls(model: nn.Module, size: list[int], convs: set[str], train: bool)
     finally:
         for h in handles:
             h.remove()
-    return producers, counts
+    return producers, folded, counts
+
+
+class _InputQuantizer:
+    """Forward pre-hook: fake-quantizes a module's first input at given calls (a sum the file quantizes)."""
+
+    def __init__(self, calls: dict[int, tuple[float, int, int, int]]) -> None:
+        self.calls, self.count = calls, 0
+
+    def __call__(self, _module: nn.Module, args: Any) -> Any:
+        i, self.count = self.count, self.count + 1
+        if i in self.calls and args and isinstance(args[0], Tensor):
+            scale, zp, qmin, qmax = self.calls[i]
+            x = args[0]
+            return (
+                torch.fake_quantize_per_tensor_affine(x.float(), scale, zp, qmin, qmax).to(x.dtype),
+                *args[1:],
+            )
+        return None
 
 
 class _OutputQuantizer:
@@ -352,7 +417,7 @@ class _OutputQuantizer:
         return None
 
 
-def _reset_counts(quantizers: list[_OutputQuantizer]) -> Callable[..., None]:
+def _reset_counts(quantizers: list[Any]) -> Callable[..., None]:
     def reset(_module: nn.Module, _args: Any) -> None:
         for q in quantizers:
             q.count = 0
@@ -382,8 +447,8 @@ def attach_fake_quant(model: nn.Module, spec: QuantSpec, *, freeze_bn: bool = Tr
                 f"{name} is a {type(conv).__name__}, not the Conv the ranges were made for"
             )
     convs = set(spec.conv_inputs)
-    producers, deployed_counts = _leaf_calls(model, spec.size, convs, train=False)
-    _, training_counts = _leaf_calls(model, spec.size, convs, train=True)
+    producers, folded, deployed_counts = _leaf_calls(model, spec.size, convs, train=False)
+    _, _, training_counts = _leaf_calls(model, spec.size, convs, train=True)
     calls: dict[str, dict[int, tuple[float, int, int, int]]] = {}
     for name in spec.conv_inputs:
         qparams = _activation_qparams(*spec.conv_range(name), spec.target)
@@ -393,10 +458,24 @@ def attach_fake_quant(model: nn.Module, spec: QuantSpec, *, freeze_bn: bool = Tr
             module, call = producers[name]
             if deployed_counts[module] == training_counts[module]:  # the same call is the same tensor
                 calls.setdefault(module, {})[call] = qparams
-    quantizers = []
+    for name, tensor in spec.conv_outputs.items():  # cpu form: the QLinearConv's quantized output
+        module, call = folded.get(name, (name, 0))  # after its BatchNorm, which the file folds into the Conv
+        if name in modules and deployed_counts[module] == training_counts[module]:
+            lo, hi = spec.ranges[tensor]
+            calls.setdefault(module, {}).setdefault(call, _activation_qparams(lo, hi, spec.target))
+    inputs: dict[str, dict[int, tuple[float, int, int, int]]] = {}
+    for name, tensor in spec.producer_inputs.items():  # cpu form: the quantized sum a ReLU module reads
+        if name in producers:
+            module, call = producers[name]
+            if deployed_counts[module] == training_counts[module]:
+                inputs.setdefault(module, {})[call] = _activation_qparams(*spec.ranges[tensor], spec.target)
+    quantizers: list[Any] = []
     for module, at in calls.items():
         quantizers.append(_OutputQuantizer(at))
         modules[module].register_forward_hook(quantizers[-1])
+    for module, at in inputs.items():
+        quantizers.append(_InputQuantizer(at))
+        modules[module].register_forward_pre_hook(quantizers[-1])
     model.register_forward_pre_hook(_reset_counts(quantizers))
     if freeze_bn:
         for m in model.modules():
