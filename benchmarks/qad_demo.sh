@@ -19,8 +19,9 @@ for pair in $MODELS; do
   [ -f "$dir/float.pth" ] || cp "$src" "$dir/float.pth"
   for target in tensorrt cpu; do
     if [ ! -f "$dir/qad_$target.pth" ]; then  # finished QAD runs are reused (delete the .pth to train again)
+      rm -rf "$dir/qad_$target"
       segkd train --config configs/demo/qad.yaml data.root="$DATA" quantize.checkpoint="$dir/float.pth" \
-        quantize.target="$target" train.output_dir="$dir/qad_$target" train.overwrite=true
+        quantize.target="$target" train.output_dir="$dir/qad_$target"
       cp "$dir/qad_$target/best.pth" "$dir/qad_$target.pth"
     fi
     segkd export "$dir/qad_$target.pth" --precision int8 --target "$target" "${calib[@]}" --force

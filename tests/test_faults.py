@@ -651,7 +651,11 @@ def test_a_fork_that_never_beat_its_source_names_no_missing_best(
     run_dir = tmp_path / "my fork"  # a space: the printed command must still run when pasted
     run_dir.mkdir()
     progress = Progress(iteration=6, best_miou=41.5, best_iter=4)  # the source's best, loaded with its state
-    cfg = SimpleNamespace(train=SimpleNamespace(max_iters=6), data=SimpleNamespace(batch_size=2))
+    cfg = SimpleNamespace(
+        train=SimpleNamespace(max_iters=6),
+        data=SimpleNamespace(batch_size=2),
+        quantize=SimpleNamespace(target=None),
+    )
     acc = SimpleNamespace(is_main_process=True)
     run = SimpleNamespace(accelerator=acc, progress=progress, run_dir=run_dir, cfg=cfg)
     _summary(run, finished=True, elapsed=1.0, iters=2)
