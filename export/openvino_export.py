@@ -250,7 +250,13 @@ def export_openvino(
         else:
             onnx_opts = dataclasses.replace(opts, precision="fp32", verify=False, out=None)
             graph = _fp32_graph(model, meta, checkpoint, onnx_opts, Path(tmp), log)
-        ov_model = ov.convert_model(str(graph.path))
+        source = graph.path
+        if qad:  # s8 activations that cannot be negative as u8: OpenVINO mis-pads s8 ones (segkd.export.qad)
+            from segkd.export.qad import unsigned_nonnegative
+
+            source = Path(tmp) / "int8-openvino.onnx"
+            unsigned_nonnegative(graph.path, source)
+        ov_model = ov.convert_model(str(source))
         if prec.calibrated and not qad:
             ov_model = _quantize(ov_model, calib, meta, opts.fuse_preprocess, log, checks)
         extra = {

@@ -15,7 +15,30 @@ from torch import nn
 from segkd.distill.qat import QuantizationError, QuantSpec, conv_input_tensors
 from segkd.export.quantize import pre_process, quantize_settings, quantize_with_ranges, quantized_tensors
 
-__all__ = ["qad_extra", "quantize_qad"]
+__all__ = ["qad_extra", "quantize_qad", "unsigned_nonnegative"]
+
+# Operators whose output cannot be negative when their inputs cannot (or, for the first two, ever).
+_NONNEGATIVE = {"Relu", "Sigmoid"}
+_KEEPS_SIGN = {
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "ReduceMean",
+    "ReduceMax",
+    "Resize",
+    "Concat",
+    "Add",
+    "Mul",
+    "Identity",
+    "Reshape",
+    "Transpose",
+    "Slice",
+    "Split",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+}
+_ALL_INPUTS = {"Concat", "Add", "Mul"}  # the others: the first input is the data, the rest shapes or indices
 
 
 def quantize_qad(
@@ -52,6 +75,73 @@ def quantize_qad(
     log(f"INT8 for {spec.target} with the ranges of its quantization-aware training ({len(ranges)} tensors; "
         "no calibration)")  # fmt: skip
     quantize_with_ranges(pre, dst, ranges, target=spec.target)
+
+
+def unsigned_nonnegative(src: Path, dst: Path) -> int:
+    """Write ``src`` (a ``tensorrt``-form Q/DQ graph) to ``dst`` with every s8 quantization of a tensor that
+    cannot be negative (after a ReLU, a sigmoid, and what pools, resizes, concatenates or adds only those) as
+    ``Clip(0, 127 * scale)`` followed by u8 quantization with zero point 0. Returns the number rewritten.
+
+    The integers, and so the computed values, are the same (ONNX Runtime gives identical outputs); what changes is
+    how OpenVINO reads the graph: it shifts an s8 activation to u8 by 128 before a pooling and pads with 0, not
+    128, so a padded ``AveragePool`` (STDC's stride-2 blocks) reads -128 at the border, and a Concat of such tensors
+    loses its scale. u8 with zero point 0 is OpenVINO's own form for these tensors.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    nonneg: set[str] = set()
+
+    def is_nonneg(name: str) -> bool:
+        return name in nonneg or (name in inits and bool(np.all(numpy_helper.to_array(inits[name]) >= 0)))
+
+    for node in graph.node:  # nodes are in topological order
+        data = [i for i in (node.input if node.op_type in _ALL_INPUTS else node.input[:1]) if i]
+        if (
+            node.op_type in _NONNEGATIVE
+            or (node.op_type in _KEEPS_SIGN and data and all(map(is_nonneg, data)))
+            or node.op_type in {"QuantizeLinear", "DequantizeLinear"}
+            and is_nonneg(node.input[0])
+        ):
+            nonneg.update(node.output)
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    rewritten, nodes = 0, []
+    for node in graph.node:
+        zp = inits.get(node.input[2]) if node.op_type == "QuantizeLinear" and len(node.input) > 2 else None
+        scale = inits.get(node.input[1]) if zp is not None else None
+        if (
+            zp is None or scale is None or zp.data_type != TensorProto.INT8 or node.input[0] not in nonneg
+            or numpy_helper.to_array(zp).size != 1 or int(numpy_helper.to_array(zp)) != 0
+            or numpy_helper.to_array(scale).size != 1
+            or not all(r.op_type == "DequantizeLinear" for r in readers.get(node.output[0], []))
+        ):  # fmt: skip
+            nodes.append(node)
+            continue
+        base = node.output[0]
+        hi = np.float32(float(numpy_helper.to_array(scale)) * 127.0)
+        graph.initializer.extend([
+            numpy_helper.from_array(np.array(0.0, np.float32), base + "_clip_lo"),
+            numpy_helper.from_array(np.array(hi, np.float32), base + "_clip_hi"),
+            numpy_helper.from_array(np.array(0, np.uint8), base + "_zero_point_u8"),
+        ])  # fmt: skip
+        nodes.append(helper.make_node("Clip", [node.input[0], base + "_clip_lo", base + "_clip_hi"],
+                                      [base + "_clipped"], name=node.name + "_clip"))  # fmt: skip
+        node.input[0], node.input[2] = base + "_clipped", base + "_zero_point_u8"
+        nodes.append(node)
+        for reader in readers[base]:
+            reader.input[2] = base + "_zero_point_u8"
+        rewritten += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(dst))
+    return rewritten
 
 
 def qad_extra(spec: QuantSpec) -> dict[str, str]:

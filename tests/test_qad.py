@@ -6,6 +6,7 @@ import copy
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -401,3 +402,69 @@ def test_qad_on_two_processes_calibrates_once_and_stays_in_step(qad_setup, tmp_p
     rank1 = torch.load(run / "rank1.pt", weights_only=True)
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     assert read_spec(load_checkpoint(run / "last.pth").meta) is not None
+
+
+class _StridedCatBlock(nn.Module):
+    """An STDC stride-2 block in small: a padded average pool of a ReLU output concatenated with a conv branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(3, 16, 3, padding=1)
+        self.dw = nn.Conv2d(16, 16, 3, 2, 1, groups=16)
+        self.conv1 = nn.Conv2d(16, 8, 3, padding=1)
+        self.pool = nn.AvgPool2d(3, 2, 1)
+        self.head = nn.Conv2d(24, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.conv0(x))
+        return self.head(torch.cat([self.pool(a), torch.relu(self.conv1(self.dw(a)))], 1))
+
+
+def test_openvino_reads_the_tensorrt_form_as_onnx_runtime_computes_it_once_nonnegative_tensors_are_u8(
+    tmp_path: Path,
+) -> None:
+    """OpenVINO shifts an s8 activation to u8 before a padded average pool and pads with the wrong zero: the
+    rewrite keeps every integer (ONNX Runtime's reference kernels give identical outputs) and OpenVINO then agrees."""
+    ov = pytest.importorskip("openvino")
+    import onnxruntime as ort
+
+    from segkd.export.qad import unsigned_nonnegative
+    from segkd.export.quantize import pre_process, quantize_with_ranges, quantized_tensors
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _StridedCatBlock().eval(), (x,), str(tmp_path / "f.onnx"), dynamo=False, opset_version=17
+        )
+    pre_process(tmp_path / "f.onnx", tmp_path / "pre.onnx", log=lambda _: None)
+    names = quantized_tensors(tmp_path / "pre.onnx", ["Conv", "Gemm"])
+    quantize_with_ranges(tmp_path / "pre.onnx", tmp_path / "s8.onnx", {n: (-4.0, 4.0) for n in names})
+    assert (
+        unsigned_nonnegative(tmp_path / "s8.onnx", tmp_path / "u8.onnx") == 2
+    )  # the ReLU output and the Concat
+    zero_points = {
+        i.name: i.data_type
+        for i in onnx.load(str(tmp_path / "u8.onnx")).graph.initializer
+        if "zero_point" in i.name
+    }
+    assert onnx.TensorProto.UINT8 in zero_points.values() and onnx.TensorProto.INT8 in zero_points.values()
+
+    reference = ort.SessionOptions()
+    reference.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    feed = x.numpy()
+
+    def run_ort(name: str) -> np.ndarray:
+        session = ort.InferenceSession(str(tmp_path / name), reference, providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: feed})[0]
+
+    expected = run_ort("s8.onnx")
+    np.testing.assert_array_equal(run_ort("u8.onnx"), expected)
+    core = ov.Core()
+
+    def run_ov(name: str) -> np.ndarray:
+        return core.compile_model(str(tmp_path / name), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(feed)[0]
+
+    scale = float(np.abs(expected).max())
+    assert np.abs(run_ov("u8.onnx") - expected).max() < 0.05 * scale  # OpenVINO 2026.4 reads s8.onnx 3.7x off
