@@ -155,11 +155,19 @@ def _quantize(
 
 
 def verify_openvino(
-    path: Path, model: nn.Module, meta: ModelMeta, samples: Sequence[Sample], *, precision: str, source: str
+    path: Path,
+    model: nn.Module,
+    meta: ModelMeta,
+    samples: Sequence[Sample],
+    *,
+    precision: str,
+    source: str,
+    reference_name: str = "PyTorch",
 ) -> VerifyReport:
     """:func:`~segkd.export.verify.verify` of an IR on OpenVINO (f32 inference) against the PyTorch model."""
     with OvRunner(path, provider="f32") as runner:
-        return verify(runner, torch_reference(model, meta), meta, samples, precision=precision, source=source)
+        reference = torch_reference(model, meta, reference_name)
+        return verify(runner, reference, meta, samples, precision=precision, source=source)
 
 
 def _record_weights(ov: Any, xml: Path, signed: Path) -> Path:
@@ -270,7 +278,13 @@ def export_openvino(
         _save(ov, ov_model, export_meta, staged, prec.name == "fp16")
         report = None
         if opts.verify:
-            report = verify_openvino(staged, model, meta, checks, precision=prec.name, source=check_source)
+            reference, name = model, "PyTorch"
+            if qad:  # a QAD IR computes what its run trained: the fake-quantized model
+                from segkd.export.qad import QAD_REFERENCE, fake_quantized_reference
+
+                reference, name = fake_quantized_reference(model, read_spec(meta)), QAD_REFERENCE
+            report = verify_openvino(staged, reference, meta, checks, precision=prec.name, source=check_source,
+                                     reference_name=name)  # fmt: skip
             if not report.passed:
                 raise VerificationError(report)
             staged_model = ov.Core().read_model(str(staged))

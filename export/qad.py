@@ -12,10 +12,12 @@ from pathlib import Path
 
 from torch import nn
 
-from segkd.distill.qat import QuantizationError, QuantSpec, conv_input_tensors
+from segkd.distill.qat import QuantizationError, QuantSpec, attach_fake_quant, conv_input_tensors
 from segkd.export.quantize import pre_process, quantize_settings, quantize_with_ranges, quantized_tensors
 
-__all__ = ["qad_extra", "quantize_qad", "unsigned_nonnegative"]
+__all__ = ["QAD_REFERENCE", "fake_quantized_reference", "qad_extra", "quantize_qad", "unsigned_nonnegative"]
+
+QAD_REFERENCE = "PyTorch fake-INT8"  # how verification reports call the reference of a QAD file
 
 # Operators whose output cannot be negative when their inputs cannot (or, for the first two, ever).
 _NONNEGATIVE = {"Relu", "Sigmoid"}
@@ -142,6 +144,16 @@ def unsigned_nonnegative(src: Path, dst: Path) -> int:
     graph.node.extend(nodes)
     onnx.save(model, str(dst))
     return rewritten
+
+
+def fake_quantized_reference(model: nn.Module, spec: QuantSpec) -> nn.Module:
+    """The model a QAD file is verified against: a copy of ``model`` computing in ``spec``'s fake INT8, as its run
+    trained and evaluated it (its float forward is not the model the weights were trained to be)."""
+    import copy
+
+    reference = copy.deepcopy(model).float().eval()
+    attach_fake_quant(reference, spec, freeze_bn=True)
+    return reference.eval()
 
 
 def qad_extra(spec: QuantSpec) -> dict[str, str]:

@@ -113,14 +113,16 @@ def apply_gates(report: VerifyReport) -> VerifyReport:
 Reference = Callable[[list[np.ndarray]], np.ndarray]
 
 
-def torch_reference(model: nn.Module, meta: ModelMeta) -> Reference:
-    """The float32 PyTorch model as a reference: BGR images -> (N, K, H, W) logits, always normalised NCHW."""
+def torch_reference(model: nn.Module, meta: ModelMeta, name: str = "PyTorch") -> Reference:
+    """The float32 PyTorch model as a reference: BGR images -> (N, K, H, W) logits, always normalised NCHW.
+    ``name`` is how reports call it."""
     model = model.float().eval()
 
     def run(images: list[np.ndarray]) -> np.ndarray:
         with torch.no_grad():
             return model(torch.from_numpy(preprocess(images, meta))).numpy()
 
+    run.name = name  # type: ignore[attr-defined]
     return run
 
 
@@ -207,6 +209,7 @@ def verify_onnx(
     *,
     precision: str,
     source: str,
+    reference_name: str = "PyTorch",
 ) -> VerifyReport:
     """:func:`verify` of an ONNX file on ONNX Runtime's CPU provider against the PyTorch model."""
     from segkd.infer.runtime.ort_runner import OrtRunner
@@ -217,4 +220,5 @@ def verify_onnx(
         warnings.simplefilter("ignore", RuntimeWarning)
         runner = OrtRunner(path, device="cpu")
     with runner:
-        return verify(runner, torch_reference(model, meta), meta, samples, precision=precision, source=source)
+        reference = torch_reference(model, meta, reference_name)
+        return verify(runner, reference, meta, samples, precision=precision, source=source)

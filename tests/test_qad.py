@@ -30,7 +30,7 @@ from segkd.distill.qat import (
 )
 from segkd.export.calib import CalibrationReader, synthetic_samples
 from segkd.export.onnx_export import read_metadata, torch_to_onnx
-from segkd.export.qad import quantize_qad
+from segkd.export.qad import QAD_REFERENCE, quantize_qad
 from segkd.export.quantize import quantize_int8
 from segkd.infer.meta import ModelMeta
 
@@ -309,6 +309,7 @@ def test_qad_checkpoint_exports_int8_without_calibration_images(qad_run: Path, t
     result = export_checkpoint(qad_run / "best.pth", ExportOptions(precision="int8", out=str(out), verify_count=2),
                                log=lambda _: None)  # fmt: skip
     assert result.report is not None and result.report.passed
+    assert result.report.reference == QAD_REFERENCE  # checked against the fake-quantized model its run trained
     extra = read_metadata(out).extra
     assert extra["quantized_by"] == "qad" and extra["target"] == "tensorrt" and QUANT_KEY not in extra
     # The TensorRT form as post-training files have it: s8 zero-point-0 Q/DQ on every Conv input only, int8
