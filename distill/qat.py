@@ -341,9 +341,16 @@ def _leaf_calls(
     module ran."""
     probe = copy.deepcopy(model).cpu().float().train(train)
     names = {m: n for n, m in probe.named_modules() if not any(True for _ in m.children())}
-    made: dict[int, tuple[str, int]] = {}
+    made: dict[int, tuple[Any, int]] = {}
     alive: list[Tensor] = []  # outputs kept referenced, so that no id is reused during the forward
     counts: Counter = Counter()
+    stack: list[str] = []
+
+    def produced(key: Any, output: Tensor) -> None:  # a function's output; a leaf module's overwrites it
+        made[id(output)] = (key, counts[key])
+        alive.append(output)
+        counts[key] += 1
+
     producers: dict[str, tuple[str, int]] = {}
     folded: dict[str, tuple[str, int]] = {}
 
@@ -365,9 +372,10 @@ def _leaf_calls(
     handles = [
         h for m in names for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))
     ]
+    handles += _track_modules(probe, stack)
     x = torch.zeros(2, 3, *size)  # 2 images: BatchNorm in train mode needs more than one value
     try:  # dropout draws random numbers in train mode: the run's random stream must not move (exact resume)
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), _FunctionCalls(stack, produced):
             try:  # training runs the heads the losses read (auxiliary, boundary) as the trainer calls it
                 probe(x, return_features=True) if train else probe(x)
             except TypeError:  # a model without that argument
@@ -376,6 +384,72 @@ def _leaf_calls(
         for h in handles:
             h.remove()
     return producers, folded, counts
+
+
+def _track_modules(model: nn.Module, stack: list[str]) -> list[Any]:
+    """Hooks keeping ``stack`` at the names of the modules whose forward is running (innermost last), entered
+    before and left after every other hook of the module (a quantizer's own calls belong to its module)."""
+
+    def leave(_module: nn.Module, _args: Any, _output: Any) -> None:  # returns None: the output stays
+        if stack:
+            stack.pop()
+
+    handles = []
+    for name, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(lambda _m, _a, n=name: stack.append(n), prepend=True))
+        handles.append(module.register_forward_hook(leave, always_call=True))
+    return handles
+
+
+class _FunctionCalls(torch.overrides.TorchFunctionMode):
+    """Every tensor a torch function returns (``F.relu``, ``x + y``, ``torch.cat``, ...), keyed by the module
+    whose forward called it and the function's name, handed to ``seen(key, output)``, which may replace it."""
+
+    def __init__(self, stack: list[str], seen: Callable[[Any, Tensor], Tensor | None]) -> None:
+        super().__init__()
+        self.stack, self.seen = stack, seen
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        output = func(*args, **(kwargs or {}))
+        if isinstance(output, Tensor) and self.stack:
+            replaced = self.seen((self.stack[-1], getattr(func, "__name__", str(func))), output)
+            if replaced is not None:
+                return replaced
+        return output
+
+
+class _FunctionQuantizer:
+    """Fake-quantizes the outputs of given function calls (a Conv input a functional ReLU or sum produced), so
+    that every reader of the tensor sees the quantized value, as in the file; counts restart every forward."""
+
+    def __init__(self, calls: dict[Any, dict[int, tuple[float, int, int, int]]]) -> None:
+        self.calls, self.counts = calls, Counter()
+
+    def __call__(self, key: Any, output: Tensor) -> Tensor | None:
+        if key not in self.calls:
+            return None
+        i = self.counts[key]
+        self.counts[key] += 1
+        if i not in self.calls[key]:
+            return None
+        scale, zp, qmin, qmax = self.calls[key][i]
+        return torch.fake_quantize_per_tensor_affine(output.float(), scale, zp, qmin, qmax).to(output.dtype)
+
+
+def _quantize_functions(model: nn.Module, calls: dict[Any, dict[int, tuple[float, int, int, int]]]) -> None:
+    """Run ``model``'s forward under a function mode that fake-quantizes ``calls``' outputs."""
+    stack: list[str] = []
+    _track_modules(model, stack)
+    quantizer = _FunctionQuantizer(calls)
+    forward = model.forward
+
+    @functools.wraps(forward)
+    def quantized_forward(*args: Any, **kwargs: Any) -> Any:
+        quantizer.counts.clear()
+        with _FunctionCalls(stack, quantizer):
+            return forward(*args, **kwargs)
+
+    model.forward = quantized_forward  # type: ignore[method-assign]
 
 
 class _InputQuantizer:
@@ -450,6 +524,7 @@ def attach_fake_quant(model: nn.Module, spec: QuantSpec, *, freeze_bn: bool = Tr
     producers, folded, deployed_counts = _leaf_calls(model, spec.size, convs, train=False)
     _, _, training_counts = _leaf_calls(model, spec.size, convs, train=True)
     calls: dict[str, dict[int, tuple[float, int, int, int]]] = {}
+    functions: dict[Any, dict[int, tuple[float, int, int, int]]] = {}  # (module, function name) -> calls
     for name in spec.conv_inputs:
         qparams = _activation_qparams(*spec.conv_range(name), spec.target)
         conv = modules[name]
@@ -457,7 +532,7 @@ def attach_fake_quant(model: nn.Module, spec: QuantSpec, *, freeze_bn: bool = Tr
         if name in producers:
             module, call = producers[name]
             if deployed_counts[module] == training_counts[module]:  # the same call is the same tensor
-                calls.setdefault(module, {})[call] = qparams
+                (calls if isinstance(module, str) else functions).setdefault(module, {})[call] = qparams
     for name, tensor in spec.conv_outputs.items():  # cpu form: the QLinearConv's quantized output
         module, call = folded.get(name, (name, 0))  # after its BatchNorm, which the file folds into the Conv
         if name in modules and deployed_counts[module] == training_counts[module]:
@@ -465,7 +540,7 @@ def attach_fake_quant(model: nn.Module, spec: QuantSpec, *, freeze_bn: bool = Tr
             calls.setdefault(module, {}).setdefault(call, _activation_qparams(lo, hi, spec.target))
     inputs: dict[str, dict[int, tuple[float, int, int, int]]] = {}
     for name, tensor in spec.producer_inputs.items():  # cpu form: the quantized sum a ReLU module reads
-        if name in producers:
+        if name in producers and isinstance(producers[name][0], str):
             module, call = producers[name]
             if deployed_counts[module] == training_counts[module]:
                 inputs.setdefault(module, {})[call] = _activation_qparams(*spec.ranges[tensor], spec.target)
@@ -477,6 +552,8 @@ def attach_fake_quant(model: nn.Module, spec: QuantSpec, *, freeze_bn: bool = Tr
         quantizers.append(_InputQuantizer(at))
         modules[module].register_forward_pre_hook(quantizers[-1])
     model.register_forward_pre_hook(_reset_counts(quantizers))
+    if functions:
+        _quantize_functions(model, functions)
     if freeze_bn:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):

@@ -309,7 +309,9 @@ def test_qad_checkpoint_exports_int8_without_calibration_images(qad_run: Path, t
     result = export_checkpoint(qad_run / "best.pth", ExportOptions(precision="int8", out=str(out), verify_count=2),
                                log=lambda _: None)  # fmt: skip
     assert result.report is not None and result.report.passed
-    assert result.report.reference == QAD_REFERENCE  # checked against the fake-quantized model its run trained
+    assert (
+        result.report.reference == QAD_REFERENCE
+    )  # checked against the fake-quantized model its run trained
     extra = read_metadata(out).extra
     assert extra["quantized_by"] == "qad" and extra["target"] == "tensorrt" and QUANT_KEY not in extra
     # The TensorRT form as post-training files have it: s8 zero-point-0 Q/DQ on every Conv input only, int8
@@ -469,3 +471,52 @@ def test_openvino_reads_the_tensorrt_form_as_onnx_runtime_computes_it_once_nonne
 
     scale = float(np.abs(expected).max())
     assert np.abs(run_ov("u8.onnx") - expected).max() < 0.05 * scale  # OpenVINO 2026.4 reads s8.onnx 3.7x off
+
+
+class _FunctionalResidual(nn.Module):
+    """A residual block written with functions, as the real-time students are: the ReLU output is read by a Conv
+    and by the sum, so the file's sum reads the quantized tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c0 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, K, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.relu(self.c0(x))
+        return self.head(torch.nn.functional.relu(self.c1(x) + x))
+
+
+def test_a_functional_producer_is_quantized_for_all_its_readers_as_in_the_file(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    import segkd.distill.qat as qat
+    from segkd.export.calib import network_input
+
+    torch.manual_seed(0)
+    model = _FunctionalResidual().eval()
+    spec = calibrate_spec(model, _meta(), synthetic_samples(3, SIZE, seed=1), target="tensorrt", method="minmax",
+                          progress=False, log=lambda _: None)  # fmt: skip
+    graph, qad = tmp_path / "graph.onnx", tmp_path / "qad.onnx"
+    torch_to_onnx(model, _meta(), graph, size=SIZE, log=lambda _: None)
+    quantize_qad(graph, qad, spec, model, SIZE, log=lambda _: None)
+    x = network_input([s.image for s in synthetic_samples(1, SIZE, seed=5)], _meta(), fused=False,
+                      dtype="float32")  # fmt: skip
+    file = ort.InferenceSession(str(qad), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+
+    def fake_output(functions: bool) -> np.ndarray:
+        fake = copy.deepcopy(model)
+        if functions:
+            attach_fake_quant(fake, spec)
+        else:  # the producer-module rule alone: the sum reads the float ReLU output
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(qat, "_quantize_functions", lambda *_: None)
+                attach_fake_quant(fake, spec)
+        with torch.no_grad():
+            return fake(torch.from_numpy(x)).numpy()
+
+    # Equal but where a value lies on a rounding boundary (the Conv sums in another order): 0.24 % of the logits
+    # here; with the sum reading the float ReLU output, half of them differ.
+    assert (np.abs(file - fake_output(True)) > 1e-5).mean() < 0.01
+    assert (np.abs(file - fake_output(False)) > 1e-5).mean() > 0.3
