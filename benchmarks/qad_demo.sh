@@ -6,7 +6,7 @@
 # Needs the demo data and trained students: `make demo` (runs/demo/cwd) and, for the MobileNetV2 students,
 #   accelerate launch distill/train.py --config configs/demo/cwd.yaml student.name=deeplabv3_mbv2 \
 #     student.width=0.5 student.output_stride=16 train.output_dir=runs/demo4/deeplabv3_mbv2   (and pspnet_mbv2)
-#   bash benchmarks/qad_demo.sh            (OUT=runs/qad_demo by default; MODELS="name=ckpt ...")
+#   bash benchmarks/qad_demo.sh            (OUT=runs/qad_demo by default; MODELS="name=ckpt ..."; ROUNDS=5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-runs/qad_demo}"
@@ -43,5 +43,5 @@ for pair in $MODELS; do
          "$dir"/qad_cpu.int8-cpu.onnx "$dir"/float.int8.xml)
   [ -f "$dir/qad_tensorrt.int8.xml" ] && files+=("$dir/qad_tensorrt.int8.xml")
   segkd benchmark "${files[@]}" \
-    --dataset demo --data-root "$DATA" --threads 1 --rounds 5 --compare-to "$dir/float.onnx" --out "$dir/benchmark"
+    --dataset demo --data-root "$DATA" --threads 1 --rounds "${ROUNDS:-5}" --compare-to "$dir/float.onnx" --out "$dir/benchmark"
 done
