@@ -66,10 +66,12 @@ def main(folders: list[str]) -> None:
             for a, b in PAIRS
         ]
         run = Path(folder).parent
-        same = all(_same_graph(run / a, run / b) for a, b in PAIRS if a.endswith(".onnx"))
+        pairs = [(run / a, run / b) for a, b in PAIRS if a.endswith(".onnx") and a in rows and b in rows]
+        present = all(a.is_file() and b.is_file() for a, b in pairs)
+        same = ("yes" if all(_same_graph(a, b) for a, b in pairs) else "NO") if present else "-"
         control = _best_miou(run / "fp32_ctl")
         cells.append("-" if control is None else f"{control:.2f} ({control - fp32:+.2f})")
-        print(f"| {run.name} | " + " | ".join(cells) + f" | {'yes' if same else 'NO'} | "
+        print(f"| {run.name} | " + " | ".join(cells) + f" | {same} | "
               + ", ".join("-" if r is None else f"{r:.2f}" for r in ratios) + " |")  # fmt: skip
         loads.append(
             f"{Path(folder).parent.name}: {(data['environment']['load_start'][0], data['environment']['load_end'][0])}"
