@@ -8,7 +8,8 @@ A ``quantize:`` section in a training config (see ``configs/demo/qad.yaml``) tur
    as post-training INT8: `segkd.export.quantize`). Step 0 of QAD is therefore the post-training file.
 3. Fake quantization in exactly that form's placement: every Conv of the deployed graph quantizes its input
    per tensor (``tensorrt``: s8 symmetric, zero point 0; ``cpu``: u8 asymmetric) and its weight per output
-   channel (s8 symmetric), with ONNX Runtime's own scale and zero-point arithmetic; biases stay float. The
+   channel (s8 symmetric), with ONNX Runtime's own scale and zero-point arithmetic; the (BatchNorm-folded) bias
+   rounded to INT32 with scale input scale x weight scale, as ONNX Runtime computes it (`bias_rounding`). The
    gradient passes straight through inside the range and is zero outside (``torch.fake_quantize_*``).
    As in the file, a tensor is quantized once for all its readers: where a leaf module (a ReLU, a pooling)
    produced a Conv's input, its output is quantized, so that a residual branch reading the same tensor gets the
@@ -50,6 +51,7 @@ __all__ = [
     "QuantSpec",
     "QuantizationError",
     "attach_fake_quant",
+    "bias_rounding",
     "calibrate_spec",
     "conv_input_tensors",
     "conv_tensors",
@@ -323,10 +325,48 @@ def fake_quant_weight(w: Tensor) -> Tensor:
     return torch.fake_quantize_per_channel_affine(w.float(), scale, zero, 0, -127, 127).to(w.dtype)
 
 
-def _quantized_conv_forward(conv: nn.Conv2d, qparams: tuple[float, int, int, int], x: Tensor) -> Tensor:
+def bias_rounding(conv: nn.Conv2d, bn: nn.Module | None, input_scale: float) -> Tensor | None:
+    """What rounding the file's bias to INT32 adds to ``conv``'s output (per channel, shape 1xCx1x1), or None
+    where the file's Conv has no bias.
+
+    ONNX Runtime computes a quantized Conv's bias as INT32 with scale = input scale x weight scale (the ``cpu``
+    form's QLinearConv carries it so; for the ``tensorrt`` form its graph optimiser quantizes the float bias the
+    same way). The bias and weight are those of the file: ``bn`` (frozen) folded in. Where a channel's weight
+    scale is large the grid is coarse and the rounding shifts the whole channel (BiSeNetV2: up to 1.9 on a
+    bias of 4.5). Constant here: the gradient of the bias passes through unchanged.
+    """
+    with torch.no_grad():
+        bias = None if conv.bias is None else conv.bias.detach().double()
+        amax = conv.weight.detach().abs().flatten(1).amax(dim=1).double()
+        if bn is not None:  # folded: w' = w * k, b' = (b - mean) * k + beta
+            k = (bn.running_var.double() + bn.eps).rsqrt()  # type: ignore[union-attr, operator]
+            if bn.weight is not None:
+                k = k * bn.weight.detach().double()  # type: ignore[union-attr]
+            shift = -bn.running_mean.double() * k  # type: ignore[union-attr, operator]
+            if bn.bias is not None:
+                shift = shift + bn.bias.detach().double()  # type: ignore[union-attr]
+            bias = shift if bias is None else bias * k + shift
+            amax = amax * k.abs()
+        else:
+            k = torch.ones_like(amax)
+        if bias is None:
+            return None
+        weight_scale = (2 * amax / 254).float()  # float32, as the file stores it
+        weight_scale = torch.where(weight_scale < torch.finfo(torch.float32).tiny, 1.0, weight_scale)
+        grid = (torch.tensor(input_scale, dtype=torch.float32) * weight_scale).double()
+        rounded = torch.clamp(torch.round(bias / grid), -(2**31), 2**31 - 1) * grid
+        shift_out = torch.where(k != 0, (rounded - bias) / torch.where(k != 0, k, 1.0), 0.0)
+        return shift_out.to(conv.weight.dtype).view(1, -1, 1, 1)
+
+
+def _quantized_conv_forward(
+    conv: nn.Conv2d, qparams: tuple[float, int, int, int], bn: nn.Module | None, x: Tensor
+) -> Tensor:
     scale, zp, qmin, qmax = qparams
     xq = torch.fake_quantize_per_tensor_affine(x.float(), scale, zp, qmin, qmax)
-    return conv._conv_forward(xq.to(x.dtype), fake_quant_weight(conv.weight), conv.bias)
+    out = conv._conv_forward(xq.to(x.dtype), fake_quant_weight(conv.weight), conv.bias)
+    shift = bias_rounding(conv, bn, scale)
+    return out if shift is None else out + shift.to(out.dtype)
 
 
 def _frozen_batchnorm(module: nn.Module, _args: Any) -> None:
@@ -528,7 +568,8 @@ def attach_fake_quant(model: nn.Module, spec: QuantSpec, *, freeze_bn: bool = Tr
     for name in spec.conv_inputs:
         qparams = _activation_qparams(*spec.conv_range(name), spec.target)
         conv = modules[name]
-        conv.forward = functools.partial(_quantized_conv_forward, conv, qparams)  # type: ignore[method-assign]
+        bn = modules[folded[name][0]] if name in folded else None  # what the file folds into this Conv
+        conv.forward = functools.partial(_quantized_conv_forward, conv, qparams, bn)  # type: ignore[method-assign]
         if name in producers:
             module, call = producers[name]
             if deployed_counts[module] == training_counts[module]:  # the same call is the same tensor

@@ -15,7 +15,15 @@ from torch import nn
 from segkd.distill.qat import QuantizationError, QuantSpec, attach_fake_quant, conv_input_tensors
 from segkd.export.quantize import pre_process, quantize_settings, quantize_with_ranges, quantized_tensors
 
-__all__ = ["QAD_REFERENCE", "fake_quantized_reference", "qad_extra", "quantize_qad", "unsigned_nonnegative"]
+__all__ = [
+    "QAD_REFERENCE",
+    "biases_on_int32_grid",
+    "fake_quantized_reference",
+    "qad_extra",
+    "quantize_qad",
+    "unsigned_nonnegative",
+    "verification_reference",
+]
 
 QAD_REFERENCE = "PyTorch fake-INT8"  # how verification reports call the reference of a QAD file
 
@@ -77,6 +85,60 @@ def quantize_qad(
     log(f"INT8 for {spec.target} with the ranges of its quantization-aware training ({len(ranges)} tensors; "
         "no calibration)")  # fmt: skip
     quantize_with_ranges(pre, dst, ranges, target=spec.target)
+    if spec.target == "tensorrt":  # the cpu form's QLinearConv already carries its bias as INT32
+        snapped = biases_on_int32_grid(dst, dst)
+        log(f"{snapped} Conv biases on their INT32 grid, as the run trained them")
+
+
+def biases_on_int32_grid(src: Path, dst: Path) -> int:
+    """Write ``src`` (a ``tensorrt``-form Q/DQ graph) to ``dst`` with every quantized Conv's float bias rounded to
+    the INT32 grid input scale x weight scale (per channel) that its quantization-aware run trained with. Returns
+    the number of biases rewritten.
+
+    ONNX Runtime's graph optimiser rounds such a bias to that grid when it runs the file and TensorRT adds it in
+    float; on the grid, both compute the same numbers as the fake-quantized model (`segkd.distill.qat`
+    ``bias_rounding``). The graph, its operators and its tensor names are unchanged.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+
+    def dq_scale(name: str) -> np.ndarray | None:
+        node = producer.get(name)
+        if node is None or node.op_type != "DequantizeLinear" or node.input[1] not in inits:
+            return None
+        return numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+
+    snapped = 0
+    for node in graph.node:
+        if node.op_type != "Conv" or len(node.input) < 3 or node.input[2] not in inits:
+            continue
+        x_scale, w_scale = dq_scale(node.input[0]), dq_scale(node.input[1])
+        if x_scale is None or w_scale is None or x_scale.size != 1:
+            continue
+        bias = numpy_helper.to_array(inits[node.input[2]])
+        grid = (x_scale.reshape(()) * w_scale).astype(np.float32)  # float32, as ONNX Runtime multiplies
+        steps = np.clip(np.round(bias.astype(np.float64) / grid.astype(np.float64)), -(2**31), 2**31 - 1)
+        on_grid = (steps.astype(np.float32) * grid).astype(np.float32)
+        name = node.input[2]
+        if readers.get(name, 0) > 1:  # shared: this Conv gets its own copy
+            name = f"{node.name or node.output[0]}_bias_int32_grid"
+            node.input[2] = name
+            graph.initializer.append(numpy_helper.from_array(on_grid, name))
+        else:
+            inits[name].CopyFrom(numpy_helper.from_array(on_grid, name))
+        snapped += 1
+    onnx.save(model, str(dst))
+    return snapped
 
 
 def unsigned_nonnegative(src: Path, dst: Path) -> int:
@@ -154,6 +216,14 @@ def fake_quantized_reference(model: nn.Module, spec: QuantSpec) -> nn.Module:
     reference = copy.deepcopy(model).float().eval()
     attach_fake_quant(reference, spec, freeze_bn=True)
     return reference.eval()
+
+
+def verification_reference(model: nn.Module, spec: QuantSpec | None) -> tuple[nn.Module, str]:
+    """What an exported file is verified against, and what reports call it: the model itself, or for a QAD
+    checkpoint its fake-quantized copy."""
+    if spec is None:
+        return model, "PyTorch"
+    return fake_quantized_reference(model, spec), QAD_REFERENCE
 
 
 def qad_extra(spec: QuantSpec) -> dict[str, str]:

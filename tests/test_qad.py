@@ -30,7 +30,7 @@ from segkd.distill.qat import (
 )
 from segkd.export.calib import CalibrationReader, synthetic_samples
 from segkd.export.onnx_export import read_metadata, torch_to_onnx
-from segkd.export.qad import QAD_REFERENCE, quantize_qad
+from segkd.export.qad import QAD_REFERENCE, biases_on_int32_grid, quantize_qad
 from segkd.export.quantize import quantize_int8
 from segkd.infer.meta import ModelMeta
 
@@ -78,14 +78,18 @@ def test_activation_qparams_follow_onnx_runtime() -> None:
 
 
 def test_fake_quantized_conv_computes_with_quantized_input_and_weight() -> None:
+    torch.manual_seed(0)
     conv = nn.Conv2d(3, 3, 3, padding=1, bias=True)
     x = torch.randn(1, 3, 5, 5) * 2
     spec = QuantSpec("tensorrt", "minmax", {"x": [-1.0, 1.0]}, {"": "x"})
     q = copy.deepcopy(conv)
     assert attach_fake_quant(q, spec) == 1
     xq = torch.clamp(torch.round(x * 127), -127, 127) / 127  # range [-1, 1] -> scale 1/127, clipped outside
-    expected = nn.functional.conv2d(xq, fake_quant_weight(conv.weight), conv.bias, padding=1)
+    grid = (1 / 127) * conv.weight.detach().abs().flatten(1).amax(1) / 127  # INT32 bias: input x weight scale
+    bias = torch.round(conv.bias.detach() / grid) * grid
+    expected = nn.functional.conv2d(xq, fake_quant_weight(conv.weight), bias, padding=1)
     assert torch.allclose(q(x), expected, atol=1e-6)
+    assert not torch.allclose(bias, conv.bias, atol=1e-6)  # the rounding is visible at this scale
     assert set(q.state_dict()) == set(conv.state_dict())  # checkpoints keep their keys
 
 
@@ -132,6 +136,8 @@ def test_qad_export_of_the_calibration_equals_the_post_training_file(
     reader = CalibrationReader(samples, _meta(), "input", batch=1, fused=False)
     quantize_int8(graph, ptq, reader, method="minmax", target=target, progress=False, log=lambda _: None)
     quantize_qad(graph, qad, specs[target], model, SIZE, log=lambda _: None)
+    if target == "tensorrt":  # the QAD file carries its float biases on the INT32 grid it trained with
+        biases_on_int32_grid(ptq, ptq)
     a, b = onnx.load(str(ptq)), onnx.load(str(qad))
     assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node]
     ia = {i.name: numpy_helper.to_array(i) for i in a.graph.initializer}
@@ -520,3 +526,65 @@ def test_a_functional_producer_is_quantized_for_all_its_readers_as_in_the_file(t
     # here; with the sum reading the float ReLU output, half of them differ.
     assert (np.abs(file - fake_output(True)) > 1e-5).mean() < 0.01
     assert (np.abs(file - fake_output(False)) > 1e-5).mean() > 0.3
+
+
+class _CoarseBias(nn.Module):
+    """Conv + BatchNorm whose folded weights are large in some channels and whose BatchNorm shifts them far: the
+    INT32 grid of their bias (input scale x weight scale) is coarse, as in BiSeNetV2's trained layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c0 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Conv2d(8, K, 1)
+        with torch.no_grad():
+            self.c0.weight[::2] *= 40.0
+            self.bn.bias.uniform_(-30.0, 30.0)
+            self.bn.running_mean.uniform_(-2.0, 2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.bn(self.c0(x))))
+
+
+@pytest.mark.parametrize("target", ["tensorrt", "cpu"])
+def test_the_bias_is_rounded_to_its_int32_grid_as_onnx_runtime_computes_it(
+    tmp_path: Path, target: str
+) -> None:
+    """ONNX Runtime computes a quantized Conv's (BatchNorm-folded) bias as INT32 with scale input scale x weight
+    scale; the fake quantization rounds it alike, and the tensorrt-form QAD file stores it on that grid, so that
+    a runtime adding the float bias (TensorRT; ONNX Runtime without graph optimisations) computes the same."""
+    import onnxruntime as ort
+
+    import segkd.distill.qat as qat
+    from segkd.export.calib import network_input
+
+    torch.manual_seed(0)
+    model = _CoarseBias().eval()
+    spec = calibrate_spec(model, _meta(), synthetic_samples(3, SIZE, seed=1), target=target, method="minmax",
+                          progress=False, log=lambda _: None)  # fmt: skip
+    graph, qad = tmp_path / "graph.onnx", tmp_path / "qad.onnx"
+    torch_to_onnx(model, _meta(), graph, size=SIZE, log=lambda _: None)
+    quantize_qad(graph, qad, spec, model, SIZE, log=lambda _: None)
+    x = network_input([s.image for s in synthetic_samples(1, SIZE, seed=5)], _meta(), fused=False,
+                      dtype="float32")  # fmt: skip
+
+    def run_file(level: ort.GraphOptimizationLevel) -> np.ndarray:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        session = ort.InferenceSession(str(qad), options, providers=["CPUExecutionProvider"])
+        return session.run(None, {"input": x})[0]
+
+    def fake_output(rounded: bool) -> np.ndarray:
+        fake = copy.deepcopy(model)
+        with pytest.MonkeyPatch.context() as mp:
+            if not rounded:
+                mp.setattr(qat, "bias_rounding", lambda *_: None)
+            attach_fake_quant(fake, spec)
+            with torch.no_grad():
+                return fake(torch.from_numpy(x)).numpy()
+
+    file = run_file(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    plain = run_file(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    assert np.abs(plain - file).max() < 1e-3 * np.abs(file).max()  # float bias on the grid: the same numbers
+    rounded, unrounded = np.abs(file - fake_output(True)).mean(), np.abs(file - fake_output(False)).mean()
+    assert rounded < 0.05 * unrounded, (rounded, unrounded)
