@@ -278,11 +278,10 @@ def export_openvino(
         _save(ov, ov_model, export_meta, staged, prec.name == "fp16")
         report = None
         if opts.verify:
-            reference, name = model, "PyTorch"
-            if qad:  # a QAD IR computes what its run trained: the fake-quantized model
-                from segkd.export.qad import QAD_REFERENCE, fake_quantized_reference
+            from segkd.export.qad import verification_reference
 
-                reference, name = fake_quantized_reference(model, read_spec(meta)), QAD_REFERENCE
+            # a QAD IR computes what its run trained: the fake-quantized model
+            reference, name = verification_reference(model, read_spec(meta) if qad else None)
             report = verify_openvino(staged, reference, meta, checks, precision=prec.name, source=check_source,
                                      reference_name=name)  # fmt: skip
             if not report.passed:

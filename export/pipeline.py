@@ -42,7 +42,7 @@ from segkd.export.onnx_export import (
     write_metadata,
 )
 from segkd.export.options import ExportOptions
-from segkd.export.qad import QAD_REFERENCE, fake_quantized_reference, qad_extra, quantize_qad
+from segkd.export.qad import qad_extra, quantize_qad, verification_reference
 from segkd.export.quantize import calibrate_ranges, pre_process, quantize_int8
 from segkd.export.verify import VerificationError, VerifyReport, verify_onnx
 from segkd.infer import __version__
@@ -419,9 +419,9 @@ def export_model(
         ):  # the runner reads the file's own metadata (input form, output), as a deployment would
             staged = tmp / "staged.onnx"
             write_metadata(graph, staged, _export_meta(meta, opts, model, exporter, None, None))
-            reference = model if spec is None else fake_quantized_reference(model, spec)  # what QAD trained
+            reference, name = verification_reference(model, spec)  # for QAD: the model its run trained
             report = verify_onnx(staged, reference, meta, checks, precision=prec.name, source=check_source,
-                                 reference_name="PyTorch" if spec is None else QAD_REFERENCE)  # fmt: skip
+                                 reference_name=name)  # fmt: skip
             if not report.passed:
                 raise VerificationError(report)
         export_meta = _export_meta(meta, opts, model, exporter, Path(source) if source else None, report)
