@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from segkd.distill.data import normalize
-from segkd.distill.load import load_model
+from segkd.distill.load import half_safe, load_model
 from segkd.distill.task_loss import TaskLoss
 from segkd.infer.meta import ModelMeta
 
@@ -84,7 +84,7 @@ def frozen_teacher(path: str, device: torch.device, half: bool) -> tuple[nn.Modu
         teacher, meta = load_model(path, device)
     teacher.requires_grad_(False)
     if half and device.type == "cuda":
-        teacher.half()
+        teacher = half_safe(teacher).half()  # BatchNorm statistics beyond float16's range stay usable
     return teacher.eval(), meta
 
 

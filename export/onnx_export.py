@@ -9,7 +9,6 @@ into ``metadata_props`` (`write_metadata`), readable back with `read_metadata`.
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import logging
 import os
@@ -22,6 +21,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from segkd.distill.load import half_safe
 from segkd.export.formats import LABEL_DTYPES
 from segkd.infer.meta import ModelMeta
 
@@ -228,7 +228,7 @@ def torch_to_onnx(
     path = Path(path)
     exporter = resolve_exporter(exporter)
     tdtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
-    net = copy.deepcopy(model).to(tdtype) if tdtype != torch.float32 else model
+    net = half_safe(model).to(tdtype) if tdtype != torch.float32 else model
     module = DeployModule(
         net, meta, fuse_preprocess=fuse_preprocess, argmax=argmax, label_dtype=label_dtype, dtype=tdtype
     ).eval()

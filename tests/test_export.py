@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -442,3 +443,32 @@ def test_cli_to_trt_without_tensorrt_stops_after_the_onnx(work: Path, tmp_path: 
     assert not list(tmp_path.glob("*.engine"))
     again = _cli("export/to_trt.py", str(onnx_path))  # an ONNX input has nothing to fall back to
     assert again.returncode == 2 and "pip install -e .[trt]" in again.stderr
+
+
+def test_fp16_export_survives_a_batchnorm_variance_beyond_float16(tmp_path: Path) -> None:
+    """A BatchNorm reading large Conv outputs (PIDNet-L's first one: variance 1.4e5) has a running variance above
+    float16's 65504: a half copy turns it into inf and zeroes the channels. The FP16 export computes each
+    BatchNorm's scale and shift in float32 first, so the file stays within float16's rounding of the model."""
+    from segkd.distill.load import half_safe
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, K, 1)
+    ).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(300.0)
+        model[1].running_var.uniform_(1e5, 2e5)
+        model[1].running_mean.uniform_(-50.0, 50.0)
+    x = torch.randn(1, 3, *SIZE)
+    with torch.no_grad():
+        ref = model(x)
+        naive = copy.deepcopy(model).half()(x.half()).float()
+        assert torch.allclose(half_safe(model)(x), ref, rtol=1e-5, atol=1e-5)  # the same function
+    scale = ref.abs().max().item()
+    assert (naive - ref).abs().max().item() > 0.2 * scale  # what a plain half copy computes
+    path = tmp_path / "bn.fp16.onnx"
+    torch_to_onnx(model, _meta("deeplabv3_r18"), path, size=SIZE, dtype="float16", exporter="torchscript",
+                  log=lambda _: None)  # fmt: skip
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: x.half().numpy()})[0].astype(np.float32)
+    assert np.abs(out - ref.numpy()).max() < 0.01 * scale
