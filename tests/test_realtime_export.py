@@ -46,7 +46,7 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from segkd.scenes.street import generate_demo
 
     root = tmp_path_factory.mktemp("demo")
-    return generate_demo(root, {"train": 8, "val": 4}, size=SIZE, seed=0, classes="cityscapes")
+    return generate_demo(root, {"train": 8, "val": 8}, size=SIZE, seed=0, classes="cityscapes")
 
 
 def _meta(name: str) -> ModelMeta:
@@ -93,7 +93,7 @@ def _briefly_trained(name: str, root: Path) -> torch.nn.Module:
 def _opts(root: Path, **kw: object) -> ExportOptions:
     return ExportOptions(
         exporter="torchscript", slim=False, calib_dataset="demo", calib_root=str(root), calib_count=8,
-        verify_split="val", verify_count=4, **kw,
+        verify_split="val", verify_count=8, **kw,
     )  # fmt: skip
 
 
