@@ -6,11 +6,13 @@
 # Needs the demo data and trained students: `make demo` (runs/demo/cwd) and, for the MobileNetV2 students,
 #   accelerate launch distill/train.py --config configs/demo/cwd.yaml student.name=deeplabv3_mbv2 \
 #     student.width=0.5 student.output_stride=16 train.output_dir=runs/demo4/deeplabv3_mbv2   (and pspnet_mbv2)
-#   bash benchmarks/qad_demo.sh            (OUT=runs/qad_demo by default; MODELS="name=ckpt ..."; ROUNDS=5)
+#   bash benchmarks/qad_demo.sh            (OUT=runs/qad_demo by default; MODELS="name=ckpt ..."; ROUNDS=5;
+#                                           QAD_ARGS="optim.lr=0.005": overrides for the QAD and control runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-runs/qad_demo}"
 DATA="${DATA:-data/demo}"
+read -r -a qad_args <<< "${QAD_ARGS:-}"
 MODELS="${MODELS:-teacher=assets/demo_teacher.pth cwd_r18=runs/demo/cwd/best.pth dlv3_mbv2=runs/demo4/deeplabv3_mbv2/best.pth psp_mbv2=runs/demo4/pspnet_mbv2/best.pth}"
 calib=(--calib-dataset demo --calib-root "$DATA")
 mkdir -p "$OUT"
@@ -22,7 +24,7 @@ for pair in $MODELS; do
     if [ ! -f "$dir/qad_$target.pth" ]; then  # finished QAD runs are reused (delete the .pth to train again)
       rm -rf "$dir/qad_$target"
       segkd train --config configs/demo/qad.yaml data.root="$DATA" quantize.checkpoint="$dir/float.pth" \
-        quantize.target="$target" train.output_dir="$dir/qad_$target"
+        quantize.target="$target" train.output_dir="$dir/qad_$target" "${qad_args[@]}"
       cp "$dir/qad_$target/best.pth" "$dir/qad_$target.pth"
     fi
     segkd export "$dir/qad_$target.pth" --precision int8 --target "$target" "${calib[@]}" --force \
@@ -35,7 +37,7 @@ for pair in $MODELS; do
   if [ ! -f "$dir/fp32_ctl/best.pth" ]; then  # the control: the same fine-tune without fake quantization
     rm -rf "$dir/fp32_ctl"
     python benchmarks/qad_float_control.py --config configs/demo/qad.yaml data.root="$DATA" \
-      quantize.checkpoint="$dir/float.pth" train.output_dir="$dir/fp32_ctl"
+      quantize.checkpoint="$dir/float.pth" train.output_dir="$dir/fp32_ctl" "${qad_args[@]}"
   fi
   segkd export "$dir/float.pth" --precision fp32 "${calib[@]}" --force
   rm -f "$dir"/*.xml "$dir"/*.bin

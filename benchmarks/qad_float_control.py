@@ -16,7 +16,7 @@ import sys
 import segkd.distill.qat as qat
 
 
-def _float_conv(conv, _qparams, x):  # type: ignore[no-untyped-def]
+def _float_conv(conv, _qparams, _bn, x):  # type: ignore[no-untyped-def]
     return conv._conv_forward(x, conv.weight, conv.bias)
 
 
@@ -24,6 +24,7 @@ def main() -> int:
     qat._quantized_conv_forward = _float_conv  # type: ignore[assignment]
     qat._InputQuantizer.__call__ = lambda self, module, args: None  # type: ignore[method-assign]
     qat._OutputQuantizer.__call__ = lambda self, module, args, output: None  # type: ignore[method-assign]
+    qat._FunctionQuantizer.__call__ = lambda self, key, output: None  # type: ignore[method-assign]
     from segkd.distill.train import main as train_main
 
     return train_main(sys.argv[1:])
