@@ -17,7 +17,7 @@ from segkd.distill.checkpoint import CheckpointError, load_checkpoint
 from segkd.distill.models import build_model
 from segkd.infer.meta import ModelMeta
 
-__all__ = ["half_safe", "load_model"]
+__all__ = ["batchnorm_affine", "half_safe", "load_model"]
 
 
 def load_model(
@@ -47,26 +47,35 @@ def _arch_name(meta: ModelMeta) -> str:
     return str(meta.arch.get("name", "model"))
 
 
+def batchnorm_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel scale k and shift c (float64) of a BatchNorm in eval mode: y = k x + c, with
+    k = gamma / sqrt(var + eps) and c = beta - mean k (what folding it into the Conv before it multiplies and adds)."""
+    k = (bn.running_var.detach().double() + bn.eps).rsqrt()  # type: ignore[union-attr, operator]
+    if bn.weight is not None:
+        k = k * bn.weight.detach().double()  # type: ignore[union-attr]
+    c = -bn.running_mean.detach().double() * k  # type: ignore[union-attr, operator]
+    if bn.bias is not None:
+        c = c + bn.bias.detach().double()  # type: ignore[union-attr]
+    return k, c
+
+
 def half_safe(model: nn.Module) -> nn.Module:
     """A copy of ``model`` whose BatchNorms compute the same function with parameters float16 can hold.
 
     A BatchNorm's running variance can exceed float16's 65504 (PIDNet-L's first BatchNorm reads Conv outputs up to
-    ~1000: variance 1.4e5), and cast to float16 it becomes inf, zeroing the channel. Each BatchNorm's scale and
-    shift are computed in float32 instead and stored as weight and bias over unit statistics: the same y = k x + c
-    (k = gamma / sqrt(var + eps), c = beta - mean k), which the exporter folds into the Conv as before.
+    ~1000: variance 1.4e5), and cast to float16 it becomes inf, zeroing the channel. Each affine BatchNorm's scale
+    and shift (`batchnorm_affine`) are computed in float32 or better instead and stored as weight and bias over unit
+    statistics: the same y = k x + c, which the exporter folds into the Conv as before.
     """
     net = copy.deepcopy(model)
     with torch.no_grad():
         for bn in net.modules():
-            if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_var is None:
-                continue
-            mean, var = bn.running_mean.double(), bn.running_var.double()  # type: ignore[union-attr]
-            k = (var + bn.eps).rsqrt()
-            if bn.weight is not None:
-                k = k * bn.weight.double()
-            c = -mean * k + (bn.bias.double() if bn.bias is not None else 0.0)
-            if bn.weight is None or bn.bias is None:  # no affine parameters to carry them: leave it
-                continue
+            if (
+                not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_var is None
+                or bn.weight is None or bn.bias is None
+            ):  # fmt: skip
+                continue  # without statistics there is nothing to overflow; without affine parameters, no place
+            k, c = batchnorm_affine(bn)
             bn.weight.copy_(k)
             bn.bias.copy_(c)
             bn.running_mean.zero_()  # type: ignore[union-attr]

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from segkd.distill.load import batchnorm_affine
 from segkd.infer.meta import ModelMeta
 
 __all__ = [
@@ -338,13 +339,8 @@ def bias_rounding(conv: nn.Conv2d, bn: nn.Module | None, input_scale: float) -> 
     with torch.no_grad():
         bias = None if conv.bias is None else conv.bias.detach().double()
         amax = conv.weight.detach().abs().flatten(1).amax(dim=1).double()
-        if bn is not None:  # folded: w' = w * k, b' = (b - mean) * k + beta
-            k = (bn.running_var.double() + bn.eps).rsqrt()  # type: ignore[union-attr, operator]
-            if bn.weight is not None:
-                k = k * bn.weight.detach().double()  # type: ignore[union-attr]
-            shift = -bn.running_mean.double() * k  # type: ignore[union-attr, operator]
-            if bn.bias is not None:
-                shift = shift + bn.bias.detach().double()  # type: ignore[union-attr]
+        if bn is not None:  # folded: w' = w * k, b' = b * k + c
+            k, shift = batchnorm_affine(bn)
             bias = shift if bias is None else bias * k + shift
             amax = amax * k.abs()
         else:

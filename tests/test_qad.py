@@ -185,6 +185,20 @@ def test_every_conv_of_the_file_has_a_fake_quantizer_with_its_scale(calibrated, 
     assert mine == pytest.approx(file_scales, rel=1e-6)
 
 
+def _qad_file(model: nn.Module, target: str, folder: Path) -> tuple[QuantSpec, Path, np.ndarray]:
+    """``model`` calibrated on 3 synthetic frames, its QAD file of the calibration alone, and an input to run."""
+    from segkd.export.calib import network_input
+
+    spec = calibrate_spec(model, _meta(), synthetic_samples(3, SIZE, seed=1), target=target, method="minmax",
+                          progress=False, log=lambda _: None)  # fmt: skip
+    graph, qad = folder / "graph.onnx", folder / "qad.onnx"
+    torch_to_onnx(model, _meta(), graph, size=SIZE, log=lambda _: None)
+    quantize_qad(graph, qad, spec, model, SIZE, log=lambda _: None)
+    x = network_input([s.image for s in synthetic_samples(1, SIZE, seed=5)], _meta(), fused=False,
+                      dtype="float32")  # fmt: skip
+    return spec, qad, x
+
+
 def test_fake_quantized_model_computes_what_the_tensorrt_file_computes(tmp_path: Path) -> None:
     """Same placement, same arithmetic, and a residual branch reads the quantized tensor as the file's Add does.
 
@@ -193,19 +207,9 @@ def test_fake_quantized_model_computes_what_the_tensorrt_file_computes(tmp_path:
     """
     import onnxruntime as ort
 
-    from segkd.export.calib import network_input
-
     torch.manual_seed(0)
     model = build_model(**ARCH).eval()
-    samples = synthetic_samples(3, SIZE, seed=1)
-    spec = calibrate_spec(model, _meta(), samples, target="tensorrt", method="minmax", progress=False,
-                          log=lambda _: None)  # fmt: skip
-    graph, qad = tmp_path / "graph.onnx", tmp_path / "qad.onnx"
-    torch_to_onnx(model, _meta(), graph, size=SIZE, log=lambda _: None)
-    quantize_qad(graph, qad, spec, model, SIZE, log=lambda _: None)
-    x = network_input(
-        [s.image for s in synthetic_samples(1, SIZE, seed=5)], _meta(), fused=False, dtype="float32"
-    )
+    spec, qad, x = _qad_file(model, "tensorrt", tmp_path)
     file = ort.InferenceSession(str(qad), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     fake = copy.deepcopy(model)
     attach_fake_quant(fake, spec)
@@ -221,19 +225,10 @@ def test_cpu_form_fake_quantization_follows_the_qoperator_graph(tmp_path: Path) 
     Concat stay unmodelled, hence not equal)."""
     import onnxruntime as ort
 
-    from segkd.export.calib import network_input
-
     torch.manual_seed(0)
     model = build_model(**ARCH).eval()
-    spec = calibrate_spec(model, _meta(), synthetic_samples(3, SIZE, seed=1), target="cpu", method="minmax",
-                          progress=False, log=lambda _: None)  # fmt: skip
+    spec, qad, x = _qad_file(model, "cpu", tmp_path)
     assert len(spec.conv_outputs) == len(spec.conv_inputs) and len(spec.producer_inputs) >= 4  # residual adds
-    graph, qad = tmp_path / "graph.onnx", tmp_path / "qad.onnx"
-    torch_to_onnx(model, _meta(), graph, size=SIZE, log=lambda _: None)
-    quantize_qad(graph, qad, spec, model, SIZE, log=lambda _: None)
-    x = network_input(
-        [s.image for s in synthetic_samples(1, SIZE, seed=5)], _meta(), fused=False, dtype="float32"
-    )
     file = ort.InferenceSession(str(qad), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     fake = copy.deepcopy(model)
     attach_fake_quant(fake, spec)
@@ -498,17 +493,10 @@ def test_a_functional_producer_is_quantized_for_all_its_readers_as_in_the_file(t
     import onnxruntime as ort
 
     import segkd.distill.qat as qat
-    from segkd.export.calib import network_input
 
     torch.manual_seed(0)
     model = _FunctionalResidual().eval()
-    spec = calibrate_spec(model, _meta(), synthetic_samples(3, SIZE, seed=1), target="tensorrt", method="minmax",
-                          progress=False, log=lambda _: None)  # fmt: skip
-    graph, qad = tmp_path / "graph.onnx", tmp_path / "qad.onnx"
-    torch_to_onnx(model, _meta(), graph, size=SIZE, log=lambda _: None)
-    quantize_qad(graph, qad, spec, model, SIZE, log=lambda _: None)
-    x = network_input([s.image for s in synthetic_samples(1, SIZE, seed=5)], _meta(), fused=False,
-                      dtype="float32")  # fmt: skip
+    spec, qad, x = _qad_file(model, "tensorrt", tmp_path)
     file = ort.InferenceSession(str(qad), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
 
     def fake_output(functions: bool) -> np.ndarray:
@@ -556,17 +544,10 @@ def test_the_bias_is_rounded_to_its_int32_grid_as_onnx_runtime_computes_it(
     import onnxruntime as ort
 
     import segkd.distill.qat as qat
-    from segkd.export.calib import network_input
 
     torch.manual_seed(0)
     model = _CoarseBias().eval()
-    spec = calibrate_spec(model, _meta(), synthetic_samples(3, SIZE, seed=1), target=target, method="minmax",
-                          progress=False, log=lambda _: None)  # fmt: skip
-    graph, qad = tmp_path / "graph.onnx", tmp_path / "qad.onnx"
-    torch_to_onnx(model, _meta(), graph, size=SIZE, log=lambda _: None)
-    quantize_qad(graph, qad, spec, model, SIZE, log=lambda _: None)
-    x = network_input([s.image for s in synthetic_samples(1, SIZE, seed=5)], _meta(), fused=False,
-                      dtype="float32")  # fmt: skip
+    spec, qad, x = _qad_file(model, target, tmp_path)
 
     def run_file(level: ort.GraphOptimizationLevel) -> np.ndarray:
         options = ort.SessionOptions()
